@@ -1,0 +1,17 @@
+rule dataset:
+    """Prompts of one dataset, deduplicated, length-filtered and split with the seed."""
+    input:
+        dataset_input,
+    output:
+        train="results/data/{dataset}/train.parquet",
+        test="results/data/{dataset}/test.parquet",
+    params:
+        spec=lambda wildcards: config["datasets"][wildcards.dataset],
+        seed=config["seed"],
+    log:
+        "logs/dataset/{dataset}.log",
+    conda:
+        "../envs/data.yaml"
+    cache: "omit-software"
+    script:
+        "../workflow/scripts/dataset.py"

@@ -1,0 +1,21 @@
+rule generate:
+    """The frozen model answers x (base) or the prompter's x' (alignpro/<prompter>), n samples each."""
+    input:
+        unpack(generation_input),
+    output:
+        "results/responses/{dataset}/{frozen}/{system}.parquet",
+    params:
+        method=lambda wildcards: parse_system(wildcards.system)[0],
+        prompter=lambda wildcards: parse_system(wildcards.system)[1],
+        model=lambda wildcards: model_spec("frozen", wildcards.frozen),
+        sampling=config["generation"],
+        seed=config["seed"],
+    resources:
+        gpu=1,
+    log:
+        "logs/generate/{dataset}/{frozen}/{system}.log",
+    conda:
+        "../envs/vllm.yaml"
+    cache: "omit-software"
+    script:
+        "../workflow/scripts/generate.py"

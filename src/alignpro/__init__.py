@@ -1,0 +1,1 @@
+"""Align-Pro: prompt optimization for LLM alignment."""

@@ -1,0 +1,249 @@
+"""The datasets stage: prompts from a hub dataset or a local file, cleaned and split into train/test.
+
+Every source goes through the same pipeline (normalise whitespace, drop empties, length filter,
+dedup by prompt_id, seeded split), so a prompt is treated the same whichever dataset it came from,
+and the split depends only on the set of prompts and the seed, never on the order rows arrive in.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from alignpro.tables import PROMPTS, prompt_id_of
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+log = logging.getLogger(__name__)
+
+BUNDLED = "bundled"
+"""The `path` that names the prompt set shipped in the package (fields prompt, category)."""
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    """Where a hub dataset keeps its prompts, at a pinned revision so reruns read the same rows."""
+
+    repo: str
+    revision: str
+    split: str
+    prompt_column: str
+    system_column: str | None = None
+    data_files: str | None = None
+
+
+HUB_DATASETS = {
+    # Revision: main on 2026-08-11, as pinned by a public dataset card that loads UltraFeedback with it.
+    "ultrafeedback": HubDataset(
+        repo="openbmb/UltraFeedback",
+        revision="40b436560ca83a8dba36114c22ab3c66e43f6d5e",
+        split="train",
+        prompt_column="instruction",
+    ),
+    # Revision: commit "Update README.md" of 2023-11-28 (hub commit history); its tree has
+    # train.jsonl.gz and validation.jsonl.gz.
+    # HelpSteer rates several responses per prompt, so its rows repeat prompts (dedup removes them).
+    "helpsteer": HubDataset(
+        repo="nvidia/HelpSteer",
+        revision="4d715889bb2581702d73cd98e58162e7b90e569b",
+        split="train+validation",
+        prompt_column="prompt",
+    ),
+    # Revision: commit "Update README.md" (hub tree page, 123 commits in); its tree has 1M-GPT4-Augmented.parquet.
+    # Only the GPT-4 file (~1M rows) is read; the whole dataset is 4M rows.
+    "openorca": HubDataset(
+        repo="Open-Orca/OpenOrca",
+        revision="4db284c5eba9378dae839634f54abce4a0a7cfdf",
+        split="train",
+        prompt_column="question",
+        system_column="system_prompt",
+        data_files="1M-GPT4-Augmented.parquet",
+    ),
+}
+
+
+def prepare_dataset(name: str, spec: dict, seed: int) -> tuple[pa.Table, pa.Table]:
+    """(train, test) PROMPTS tables for the config entry `spec` (defaults filled) of dataset `name`."""
+    if spec["source"] == "local":
+        raw = read_local_prompts(spec["path"], spec["prompt_column"])
+    else:
+        raw = read_hub_prompts(hub_dataset(spec), spec["system_prompt"])
+    prompts = clean_prompts(raw, spec["min_chars"], spec["max_chars"])
+    train, test = split_prompts(name, prompts, seed, spec["test_size"], spec["train_size"])
+    log.info("%s: %d train, %d test prompts (seed %d)", name, len(train), len(test), seed)
+    return prompts_table(train), prompts_table(test)
+
+
+def hub_dataset(spec: dict) -> HubDataset:
+    """The adapter for `spec["source"]`, with the config's `repo`/`revision` taking precedence."""
+    adapter = HUB_DATASETS[spec["source"]]
+    repo = spec.get("repo", adapter.repo)
+    revision = spec.get("revision")
+    if revision is None:
+        # The pinned revision belongs to the adapter's repo; another repo has no pin to reuse.
+        revision = adapter.revision if repo == adapter.repo else "main"
+        if revision == "main":
+            log.warning("%s: no revision given, reading the moving branch 'main'", repo)
+    return dataclasses.replace(adapter, repo=repo, revision=revision)
+
+
+def read_hub_prompts(adapter: HubDataset, system_prompt: str) -> list[tuple[object, str]]:
+    """(prompt, source) pairs from a hub dataset; `system_prompt` is "drop" or "prepend"."""
+    import datasets  # imported here: it takes seconds, and start-up checks never need it
+
+    log.info("loading %s@%s split %s", adapter.repo, adapter.revision, adapter.split)
+    rows = datasets.load_dataset(
+        adapter.repo, revision=adapter.revision, split=adapter.split, data_files=adapter.data_files
+    )
+    wanted = [adapter.prompt_column] + ([adapter.system_column] if adapter.system_column else [])
+    missing = [column for column in wanted if column not in rows.column_names]
+    if missing:
+        raise ValueError(f"{adapter.repo}@{adapter.revision}: no column(s) {missing}; it has {rows.column_names}")
+    prompts = list(rows[adapter.prompt_column])
+    if adapter.system_column and system_prompt == "prepend":
+        systems = rows[adapter.system_column]
+        prompts = [prepend_system_prompt(system, prompt) for system, prompt in zip(systems, prompts)]
+    return [(prompt, adapter.repo) for prompt in prompts]
+
+
+def prepend_system_prompt(system: object, question: object) -> str | None:
+    """The system prompt, a blank line, then the question; the question alone when there is no system
+    prompt, and None when there is no question, so a system prompt never becomes a prompt by itself."""
+    if not isinstance(question, str) or not question.strip():
+        return None
+    if not isinstance(system, str) or not system.strip():
+        return question
+    return f"{system.strip()}\n\n{question.strip()}"
+
+
+def check_prompt_column(path: str, column: str) -> None:
+    """Raise ValueError unless the local file at `path` has `column`.
+
+    Reads only the header (first jsonl line, csv header row, parquet schema), so the workflow can
+    check every local dataset at start-up, before any job runs.
+    """
+    file = local_file(path)
+    columns = header_columns(file)
+    if column not in columns:
+        raise ValueError(f"{file}: no prompt column {column!r}; its columns are {columns}")
+
+
+def header_columns(file: Path | Traversable) -> list[str]:
+    """Column names of a jsonl, csv or parquet file, read from its header alone."""
+    suffix = file_suffix(file)
+    if suffix == ".parquet":
+        with file.open("rb") as stream:
+            return pq.read_schema(stream).names
+    with file.open("r", encoding="utf-8-sig", newline="") as stream:
+        if suffix == ".csv":
+            return next(csv.reader(stream), [])
+        first = next((line for line in stream if line.strip()), None)
+    if first is None:
+        return []
+    record = json.loads(first)
+    if not isinstance(record, dict):
+        raise ValueError(f"{file}: the first jsonl line is not an object")
+    return list(record)
+
+
+def read_local_prompts(path: str, column: str) -> list[tuple[object, str]]:
+    """(prompt, source) pairs from a local file; source is the path, or "bundled/<category>"."""
+    check_prompt_column(path, column)
+    file = local_file(path)
+    records = read_records(file, column)
+    log.info("read %d rows from %s", len(records), file)
+    if path == BUNDLED:
+        return [(record.get(column), f"bundled/{record['category']}") for record in records]
+    return [(record.get(column), path) for record in records]
+
+
+def local_file(path: str) -> Path | Traversable:
+    """The file `path` names: the packaged prompt set for "bundled", else the path itself."""
+    if path == BUNDLED:
+        return resources.files("alignpro") / "data" / "prompts.jsonl"
+    return Path(path)
+
+
+def read_records(file: Path | Traversable, column: str) -> list[dict]:
+    """All rows of a jsonl, csv or parquet file as dicts (parquet: only `column`, to spare memory)."""
+    suffix = file_suffix(file)
+    if suffix == ".parquet":
+        with file.open("rb") as stream:
+            return pq.read_table(stream, columns=[column]).to_pylist()
+    with file.open("r", encoding="utf-8-sig", newline="") as stream:
+        if suffix == ".csv":
+            return list(csv.DictReader(stream))
+        return [json.loads(line) for line in stream if line.strip()]
+
+
+def file_suffix(file: Path | Traversable) -> str:
+    """The suffix that picks the reader, refusing formats the stage cannot read."""
+    suffix = Path(file.name).suffix.lower()
+    if suffix not in {".jsonl", ".csv", ".parquet"}:
+        raise ValueError(f"{file}: unsupported file type {suffix!r}; use .jsonl, .csv or .parquet")
+    return suffix
+
+
+def normalise_whitespace(text: object) -> str:
+    """Unify line endings, drop trailing spaces and strip the ends; keep newlines and indentation,
+    which carry the structure of code and lists. Anything but a string counts as empty."""
+    if not isinstance(text, str):
+        return ""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "\n".join(line.rstrip() for line in lines).strip()
+
+
+def clean_prompts(raw: list[tuple[object, str]], min_chars: int, max_chars: int) -> list[dict]:
+    """PROMPTS rows from (prompt, source) pairs: normalised, non-empty, min_chars..max_chars long,
+    and unique by prompt_id (the first occurrence, and its source, wins)."""
+    rows: dict[str, dict] = {}
+    empty = out_of_range = duplicates = 0
+    for text, source in raw:
+        prompt = normalise_whitespace(text)
+        if not prompt:
+            empty += 1
+        elif not min_chars <= len(prompt) <= max_chars:
+            out_of_range += 1
+        elif (prompt_id := prompt_id_of(prompt)) in rows:
+            duplicates += 1
+        else:
+            rows[prompt_id] = {"prompt_id": prompt_id, "prompt": prompt, "source": source}
+    log.info(
+        "%d rows: %d empty, %d outside %d..%d chars, %d duplicates, %d kept",
+        len(raw), empty, out_of_range, min_chars, max_chars, duplicates, len(rows),
+    )
+    return list(rows.values())
+
+
+def split_prompts(
+    name: str, prompts: list[dict], seed: int, test_size: int, train_size: int
+) -> tuple[list[dict], list[dict]]:
+    """(train, test): a seeded shuffle of the prompts in prompt_id order; the first `test_size` are
+    test, the next (up to) `train_size` train. Sorting first makes the split independent of row order."""
+    if len(prompts) < test_size:
+        raise ValueError(
+            f"dataset {name!r}: {len(prompts)} prompts left after cleaning, fewer than test_size={test_size}"
+        )
+    canonical = sorted(prompts, key=lambda row: row["prompt_id"])
+    shuffled = [canonical[i] for i in np.random.default_rng(seed).permutation(len(canonical))]
+    test = shuffled[:test_size]
+    train = shuffled[test_size : test_size + train_size]
+    if len(train) < train_size:
+        log.warning("dataset %r: only %d of train_size=%d train prompts", name, len(train), train_size)
+    return train, test
+
+
+def prompts_table(rows: list[dict]) -> pa.Table:
+    """Rows as a table with the PROMPTS schema."""
+    return pa.Table.from_pylist(rows, schema=PROMPTS)

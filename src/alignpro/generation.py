@@ -1,0 +1,270 @@
+"""Chat generation behind one interface, with a vLLM backend and a transformers backend.
+
+Both the prompter (rewrite stage) and the frozen LLM (generation stage) go through `load_generator`,
+whose result has `.chat(conversations, sampling)`: one list of `sampling.n` completions per
+conversation, in input order. vLLM is the fast path; transformers' `generate` needs no engine and is
+the reference the vLLM path is compared with. vLLM is imported only by its backend, so the
+transformers path works where vLLM is not installed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from operator import attrgetter
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from alignpro.tables import RESPONSES
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("vllm", "transformers")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample: n completions per conversation; temperature 0 means greedy decoding."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled answer. finish_reason is "stop" (end of sequence) or "length" (hit max_new_tokens)."""
+
+    text: str
+    finish_reason: str
+    num_tokens: int
+
+
+def load_generator(
+    backend: str,
+    model: str,
+    *,
+    revision: str = "main",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    batch_size: int = 64,
+    seed: int = 0,
+    vllm_options: dict | None = None,
+) -> VLLMGenerator | TransformersGenerator:
+    """Load `model` (local directory or hub id) for chat generation with `backend`."""
+    if backend == "vllm":
+        return VLLMGenerator(
+            model,
+            revision=revision,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            batch_size=batch_size,
+            seed=seed,
+            vllm_options=vllm_options or {},
+        )
+    if backend == "transformers":
+        return TransformersGenerator(
+            model, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code, batch_size=batch_size
+        )
+    raise ValueError(f"unknown generation backend {backend!r}; expected one of {BACKENDS}")
+
+
+class VLLMGenerator:
+    """vLLM's offline engine, fed `batch_size` conversations per `LLM.chat` call.
+
+    The engine is seeded once at start, never per request: per-request seeds crash vLLM's CPU build
+    on large batches ("CPU Generator does not use offset"). So `Sampling.seed` is not used here;
+    calls on one engine continue its random stream.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        revision: str,
+        dtype: str,
+        trust_remote_code: bool,
+        batch_size: int,
+        seed: int,
+        vllm_options: dict,
+    ):
+        from vllm import LLM
+
+        self.llm = LLM(
+            model=model, revision=revision, seed=seed, dtype=dtype, trust_remote_code=trust_remote_code, **vllm_options
+        )
+        self.batch_size = batch_size
+
+    def chat(self, conversations: list[list[dict]], sampling: Sampling) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_new_tokens
+        )
+        results = []
+        with tqdm(total=len(conversations), desc="generate (vllm)", unit="prompt") as progress:
+            for chunk in _chunks(conversations, self.batch_size):
+                for request in self.llm.chat(chunk, params, use_tqdm=False):
+                    outputs = sorted(request.outputs, key=attrgetter("index"))
+                    results.append([_completion_of(output) for output in outputs])
+                progress.update(len(chunk))
+        return results
+
+
+def _completion_of(output) -> Completion:
+    """A vLLM CompletionOutput as a Completion; token_ids include the end-of-sequence token."""
+    return Completion(text=output.text, finish_reason=output.finish_reason, num_tokens=len(output.token_ids))
+
+
+class TransformersGenerator:
+    """`model.generate` on left-padded batches of similar length.
+
+    Samples from exactly temperature/top-p, as vLLM does with explicit SamplingParams: transformers'
+    default top-k of 50 and a checkpoint's own top-k/repetition penalty are switched off.
+    """
+
+    def __init__(self, model: str, *, revision: str, dtype: str, trust_remote_code: bool, batch_size: int):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        on_gpu = torch.cuda.is_available()
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            model, revision=revision, trust_remote_code=trust_remote_code, padding_side="left"
+        )
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model,
+            revision=revision,
+            dtype=_torch_dtype(dtype, on_gpu),
+            trust_remote_code=trust_remote_code,
+            device_map="cuda" if on_gpu else None,
+        ).eval()
+        self.eos_ids = _eos_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
+        self.batch_size = batch_size
+
+    def chat(self, conversations: list[list[dict]], sampling: Sampling) -> list[list[Completion]]:
+        """Generate longest-first so padding stays small and memory errors show up in the first batch.
+
+        Seeded with `sampling.seed` at the start of every call, so a call's output depends only on
+        its inputs and the seed.
+        """
+        import torch
+
+        texts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        token_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        longest_first = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))
+        results: list[list[Completion]] = [[] for _ in texts]
+        torch.manual_seed(sampling.seed)
+        with torch.inference_mode(), tqdm(total=len(texts), desc="generate (transformers)", unit="prompt") as progress:
+            for batch in _chunks(longest_first, self.batch_size):
+                completions = self._generate([token_ids[i] for i in batch], sampling)
+                for i, completions_of_one in zip(batch, completions):
+                    results[i] = completions_of_one
+                progress.update(len(batch))
+        return results
+
+    def _generate(self, token_ids: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
+        """Greedy decoding gives one sequence per prompt (transformers refuses more), repeated n times."""
+        greedy = sampling.temperature == 0
+        per_prompt = 1 if greedy else sampling.n
+        inputs = self.tokenizer.pad({"input_ids": token_ids}, return_tensors="pt").to(self.model.device)
+        output = self.model.generate(
+            **inputs,
+            max_new_tokens=sampling.max_new_tokens,
+            num_return_sequences=per_prompt,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **_decoding_options(sampling),
+        )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+        completions = [self._completion(tokens) for tokens in new_tokens]
+        groups = [completions[k : k + per_prompt] for k in range(0, len(completions), per_prompt)]
+        return [group * sampling.n for group in groups] if greedy else groups
+
+    def _completion(self, tokens: list[int]) -> Completion:
+        """Cut at the first end-of-sequence token (padding follows it); count it, as vLLM does."""
+        end = next((i for i, token in enumerate(tokens) if token in self.eos_ids), None)
+        if end is None:
+            return Completion(self._decode(tokens), "length", len(tokens))
+        return Completion(self._decode(tokens[:end]), "stop", end + 1)
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _decoding_options(sampling: Sampling) -> dict:
+    if sampling.temperature == 0:
+        return {"do_sample": False}
+    return {
+        "do_sample": True,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": 0,
+        "repetition_penalty": 1.0,
+    }
+
+
+def _torch_dtype(dtype: str, on_gpu: bool):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if on_gpu else torch.float32
+    return getattr(torch, dtype)
+
+
+def _eos_ids(generation_eos: int | list[int] | None, tokenizer_eos: int | None) -> frozenset[int]:
+    """The generation config's end-of-sequence ids (chat models often list several), else the tokenizer's."""
+    if generation_eos is None:
+        generation_eos = tokenizer_eos
+    if isinstance(generation_eos, int):
+        return frozenset([generation_eos])
+    return frozenset(generation_eos or ())
+
+
+def generate_responses(
+    generator,
+    inputs: pa.Table,
+    *,
+    input_column: str,
+    sampling: Sampling,
+    dataset: str,
+    method: str,
+    frozen: str,
+    prompter: str | None,
+) -> pa.Table:
+    """The frozen model's answers to `inputs[input_column]` as a RESPONSES table, one row per sample.
+
+    The model sees a single user turn; `prompt` stays the original x so rewards are r(x, y).
+    """
+    model_inputs = inputs.column(input_column).to_pylist()
+    fallbacks = inputs.column("fallback").to_pylist() if "fallback" in inputs.column_names else [None] * len(model_inputs)
+    answers = generator.chat([[{"role": "user", "content": text}] for text in model_inputs], sampling)
+    rows = []
+    for prompt_id, prompt, model_input, fallback, completions in zip(
+        inputs.column("prompt_id").to_pylist(), inputs.column("prompt").to_pylist(), model_inputs, fallbacks, answers
+    ):
+        for sample_index, completion in enumerate(completions):
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "prompt_id": prompt_id,
+                    "prompt": prompt,
+                    "model_input": model_input,
+                    "sample_index": sample_index,
+                    "response": completion.text,
+                    "finish_reason": completion.finish_reason,
+                    "num_tokens": completion.num_tokens,
+                    "method": method,
+                    "prompter": prompter,
+                    "frozen": frozen,
+                    "fallback": fallback,
+                }
+            )
+    return pa.Table.from_pylist(rows, schema=RESPONSES)

@@ -1,0 +1,363 @@
+"""Summarize scored responses per method and write the report (Markdown, HTML, two bar plots).
+
+The numbers mirror the Align-Pro paper's Figures 2 and 3: the mean reward of each method, with a
+confidence interval, and the variance of the reward over all sampled responses.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import polars as pl  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from alignpro.tables import SCORES, SUMMARY, conform  # noqa: E402
+
+METHOD_ORDER = ("base", "sft", "alignpro", "rlhf")
+METHOD_COLOURS = {"base": "#7f7f7f", "sft": "#1f77b4", "alignpro": "#ff7f0e", "rlhf": "#2ca02c"}
+EXTRA_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#d62728")
+GROUP_KEYS = ["dataset", "prompter", "frozen", "method"]
+SUMMARY_TYPES = {"string": pl.String, "int64": pl.Int64, "double": pl.Float64}
+
+
+# ---------------------------------------------------------------------------- Student's t quantile
+
+
+def _continued_fraction(a: float, b: float, x: float) -> float:
+    """Lentz's continued fraction for the regularized incomplete beta (Numerical Recipes, betacf)."""
+    tiny, eps = 1e-300, 1e-15
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 1000):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= c * d
+        if abs(c * d - 1.0) < eps:
+            break
+    return result
+
+
+def regularized_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the CDF of a Beta(a, b) variable at x."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _continued_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _continued_fraction(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with `df` degrees of freedom."""
+    tail = 0.5 * regularized_beta(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(probability: float, df: float) -> float:
+    """The exact Student's t quantile (inverse of `t_cdf`, by bisection), with no scipy needed."""
+    if not 0.0 < probability < 1.0 or df <= 0:
+        raise ValueError(f"need 0 < probability < 1 and df > 0, got {probability}, {df}")
+    if probability < 0.5:
+        return -t_quantile(1.0 - probability, df)
+    low, high = 0.0, 1.0
+    while t_cdf(high, df) < probability:
+        low, high = high, 2.0 * high
+    for _ in range(200):
+        middle = 0.5 * (low + high)
+        if t_cdf(middle, df) < probability:
+            low = middle
+        else:
+            high = middle
+        if high - low < 1e-12 * high:
+            break
+    return 0.5 * (low + high)
+
+
+# ---------------------------------------------------------------------------- summary
+
+
+def _scores_frame(scores: list[pa.Table] | pl.DataFrame) -> pl.DataFrame:
+    """One polars frame of all score rows, each input table checked against the SCORES schema."""
+    if isinstance(scores, pl.DataFrame):
+        return scores
+    if not scores:
+        raise ValueError("no score tables to summarize")
+    return pl.concat([pl.from_arrow(conform(table, SCORES, "scores")) for table in scores])
+
+
+def _per_prompt(frame: pl.DataFrame) -> pl.DataFrame:
+    """Mean reward and fallback flag per prompt: the independent units the CI is computed over."""
+    return frame.group_by([*GROUP_KEYS, "prompt_id"]).agg(
+        prompt_mean=pl.col("reward").mean(),
+        fallback=pl.col("fallback").cast(pl.Float64).max(),
+    )
+
+
+def _confidence_interval(stats: pl.DataFrame, confidence: float) -> pl.DataFrame:
+    """mean of per-prompt means +- t * standard error, null with fewer than two prompts."""
+    quantiles = [t_quantile(0.5 + confidence / 2.0, n - 1) if n >= 2 else None for n in stats["n_prompts"]]
+    half_width = pl.col("t") * pl.col("prompt_sd") / pl.col("n_prompts").sqrt()
+    return stats.with_columns(t=pl.Series(quantiles, dtype=pl.Float64)).with_columns(
+        ci_low=pl.col("prompt_mean_mean") - half_width,
+        ci_high=pl.col("prompt_mean_mean") + half_width,
+    )
+
+
+def _repeat_base_rows(stats: pl.DataFrame, prompters: list[str]) -> pl.DataFrame:
+    """Copy rows without a prompter (base, rlhf) under every prompter, completing each group."""
+    shared = stats.filter(pl.col("prompter").is_null())
+    if shared.height and not prompters:
+        raise ValueError("rows without a prompter (e.g. base) need a list of prompters to repeat under")
+    repeated = shared.drop("prompter").join(pl.DataFrame({"prompter": prompters}, schema={"prompter": pl.String}), how="cross")
+    return pl.concat([stats.filter(pl.col("prompter").is_not_null()), repeated.select(stats.columns)])
+
+
+def method_rank(method: pl.Expr) -> pl.Expr:
+    """Position in METHOD_ORDER; other methods come after, alphabetically (by a secondary sort)."""
+    return method.replace_strict(list(METHOD_ORDER), list(range(len(METHOD_ORDER))), default=len(METHOD_ORDER), return_dtype=pl.Int64)
+
+
+def summarize(scores: list[pa.Table] | pl.DataFrame, *, prompters: list[str], confidence: float = 0.95) -> pl.DataFrame:
+    """One SUMMARY row per (dataset, prompter, frozen, method).
+
+    mean_reward and reward_variance (ddof=1) are over all samples; the CI is over per-prompt mean
+    rewards because samples of one prompt are correlated; fallback_rate is the share of prompts
+    whose rewrite fell back to the original prompt (null for methods without a prompter).
+    """
+    frame = _scores_frame(scores).select([*GROUP_KEYS, "prompt_id", "reward", "fallback"])
+    sample_stats = frame.group_by(GROUP_KEYS).agg(
+        n_samples=pl.len(),
+        mean_reward=pl.col("reward").mean(),
+        reward_variance=pl.when(pl.len() >= 2).then(pl.col("reward").var(ddof=1)),
+    )
+    prompt_stats = _per_prompt(frame).group_by(GROUP_KEYS).agg(
+        n_prompts=pl.len(),
+        prompt_mean_mean=pl.col("prompt_mean").mean(),
+        prompt_sd=pl.col("prompt_mean").std(ddof=1),
+        fallback_rate=pl.col("fallback").mean(),
+    )
+    stats = _confidence_interval(sample_stats.join(prompt_stats, on=GROUP_KEYS, nulls_equal=True), confidence)
+    stats = _repeat_base_rows(stats, prompters)
+    stats = stats.sort(["dataset", "prompter", "frozen", method_rank(pl.col("method")), "method"])
+    return stats.select(pl.col(f.name).cast(SUMMARY_TYPES[str(f.type)]) for f in SUMMARY)
+
+
+# ---------------------------------------------------------------------------- report files
+
+
+def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write via a temporary file in the same directory, so a killed job leaves no partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _ordered_methods(summary: pl.DataFrame) -> list[str]:
+    """Methods present, in the fixed paper order, unknown ones last and alphabetical."""
+    methods = summary["method"].unique().to_list()
+    return sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
+
+
+def _method_colours(methods: list[str]) -> dict[str, str]:
+    """Fixed colours for known methods, so every plot and run uses the same ones."""
+    extras = iter(EXTRA_COLOURS * (1 + len(methods) // len(EXTRA_COLOURS)))
+    return {m: METHOD_COLOURS[m] if m in METHOD_COLOURS else next(extras) for m in methods}
+
+
+def _short_name(model: str) -> str:
+    """`org/name` -> `name`: tick labels stay readable; the tables keep full names."""
+    return model.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _bar_plot(summary: pl.DataFrame, value: str, ylabel: str, title: str, with_ci: bool) -> bytes:
+    """PNG bytes of grouped bars: one subplot per dataset, groups = prompter -> frozen, bars = methods."""
+    datasets = sorted(summary["dataset"].unique().to_list())
+    methods = _ordered_methods(summary)
+    colours = _method_colours(methods)
+    ncols = min(3, len(datasets))
+    nrows = math.ceil(len(datasets) / ncols)
+    max_groups = max(summary.filter(pl.col("dataset") == d).select("prompter", "frozen").n_unique() for d in datasets)
+    width = max(4.5, 0.35 * len(methods) * max_groups + 1.5)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 4.2 * nrows + 1.0), squeeze=False, layout="constrained")
+    for ax, dataset in zip(axes.flat, datasets):
+        rows = summary.filter(pl.col("dataset") == dataset)
+        _draw_dataset(ax, rows, [m for m in methods if m in rows["method"]], colours, value, with_ci)
+        ax.set_title(dataset, fontweight="bold")
+        ax.set_ylabel(ylabel)
+    for ax in list(axes.flat)[len(datasets) :]:
+        ax.set_visible(False)
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=colours[m], edgecolor="black", linewidth=0.5) for m in methods]
+    fig.legend(handles, methods, loc="outside lower center", ncol=len(methods), frameon=False, title="method")
+    fig.suptitle(title, fontsize=13)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _draw_dataset(ax, rows: pl.DataFrame, methods: list[str], colours: dict, value: str, with_ci: bool) -> None:
+    """Bars of `value` for one dataset, with CI error bars and value labels beyond the bar or error bar."""
+    pairs = rows.select("prompter", "frozen").unique().sort("prompter", "frozen").rows()
+    bar_width = 0.8 / len(methods)
+    for slot, method in enumerate(methods):
+        for group, (prompter, frozen) in enumerate(pairs):
+            match = rows.filter((pl.col("method") == method) & (pl.col("prompter") == prompter) & (pl.col("frozen") == frozen))
+            if match.is_empty() or match[value][0] is None:
+                continue
+            row = match.row(0, named=True)
+            x = group + (slot - (len(methods) - 1) / 2) * bar_width
+            low = high = row[value]
+            error = None
+            if with_ci and row["ci_low"] is not None:
+                low, high = min(row["ci_low"], low), max(row["ci_high"], high)
+                error = [[row[value] - low], [high - row[value]]]
+            ax.bar(x, row[value], bar_width, yerr=error, capsize=3, color=colours[method], edgecolor="black", linewidth=0.5)
+            above = row[value] >= 0
+            ax.annotate(
+                f"{row[value]:.2f}",
+                (x, high if above else low),
+                xytext=(0, 3 if above else -3),
+                textcoords="offset points",
+                ha="center",
+                va="bottom" if above else "top",
+                fontsize=7,
+            )
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(pairs)), [f"{_short_name(p)}\n→ {_short_name(f)}" for p, f in pairs], fontsize=9)
+    ax.set_xlabel("prompter → frozen model")
+    ax.margins(y=0.12)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+
+
+def _format(value: float | None, pattern: str = "{:.3f}") -> str:
+    return "–" if value is None else pattern.format(value)
+
+
+def _table_rows(summary: pl.DataFrame, dataset: str) -> list[list[str]]:
+    """Display cells for one dataset's table: plain text, escaped by the caller."""
+    rows = []
+    for row in summary.filter(pl.col("dataset") == dataset).iter_rows(named=True):
+        half = None if row["ci_low"] is None else (row["ci_high"] - row["ci_low"]) / 2.0
+        mean = _format(row["mean_reward"]) + ("" if half is None else f" ± {half:.3f}")
+        rows.append(
+            [
+                row["prompter"],
+                row["frozen"],
+                row["method"],
+                f"{row['n_prompts']} / {row['n_samples']}",
+                mean,
+                _format(row["reward_variance"]),
+                _format(row["fallback_rate"], "{:.1%}"),
+            ]
+        )
+    return rows
+
+
+TABLE_HEADER = ["prompter", "frozen", "method", "prompts / samples", "mean reward ± CI", "reward variance", "fallback rate"]
+
+
+def _ci_note(confidence: float) -> str:
+    return (
+        f"± is the half-width of the {confidence:.0%} Student-t confidence interval over per-prompt mean rewards "
+        "(the samples of one prompt are correlated, so prompts are the independent units; the interval is "
+        "centred on the mean of per-prompt means, which equals the mean reward when every prompt has the "
+        "same number of samples). Variance is the sample variance (ddof=1) over all samples. Fallback rate is "
+        "the share of prompts whose rewrite fell back to the original prompt."
+    )
+
+
+def _markdown_cell(text: str) -> str:
+    return html.escape(text, quote=False).replace("|", "\\|")
+
+
+def _markdown(summary: pl.DataFrame, title: str, note: str, mean_plot: str, variance_plot: str) -> str:
+    lines = [f"# {_markdown_cell(title)}", "", note, ""]
+    for dataset in sorted(summary["dataset"].unique().to_list()):
+        lines += [f"## {_markdown_cell(dataset)}", "", "| " + " | ".join(TABLE_HEADER) + " |"]
+        lines.append("|" + "---|" * len(TABLE_HEADER))
+        lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in _table_rows(summary, dataset)]
+        lines.append("")
+    lines += ["## Plots", "", f"![Mean reward]({mean_plot})", "", f"![Reward variance]({variance_plot})", ""]
+    return "\n".join(lines)
+
+
+HTML_STYLE = (
+    "body{font-family:sans-serif;margin:2em;max-width:80em}"
+    "table{border-collapse:collapse;margin-bottom:1.5em}"
+    "th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
+    "th{background:#f0f0f0}img{max-width:100%}"
+)
+
+
+def _html(summary: pl.DataFrame, title: str, note: str, mean_png: bytes, variance_png: bytes) -> str:
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        f'<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title><style>{HTML_STYLE}</style></head><body>',
+        f"<h1>{esc(title)}</h1>",
+        f"<p>{esc(note)}</p>",
+    ]
+    for dataset in sorted(summary["dataset"].unique().to_list()):
+        parts += [f"<h2>{esc(dataset)}</h2>", "<table>", "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in TABLE_HEADER) + "</tr>"]
+        parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _table_rows(summary, dataset)]
+        parts.append("</table>")
+    parts.append("<h2>Plots</h2>")
+    for alt, png in (("Mean reward", mean_png), ("Reward variance", variance_png)):
+        parts.append(f'<p><img alt="{alt}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"></p>')
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _relative(target: str | os.PathLike, start: Path) -> str:
+    return Path(os.path.relpath(Path(target).resolve(), start.resolve())).as_posix()
+
+
+def write_report(
+    summary: pl.DataFrame,
+    *,
+    markdown: str | os.PathLike,
+    html: str | os.PathLike,
+    mean_plot: str | os.PathLike,
+    variance_plot: str | os.PathLike,
+    title: str = "Align-Pro evaluation",
+    confidence: float = 0.95,
+) -> None:
+    """Write the Markdown and self-contained HTML reports and the mean / variance bar plots."""
+    if summary.is_empty():
+        raise ValueError("empty summary: nothing to report")
+    mean_png = _bar_plot(summary, "mean_reward", "mean reward", "Mean reward (error bars: CI over prompts)", True)
+    variance_png = _bar_plot(summary, "reward_variance", "reward variance", "Reward variance", False)
+    note = _ci_note(confidence)
+    markdown_dir = Path(markdown).parent
+    markdown_text = _markdown(summary, title, note, _relative(mean_plot, markdown_dir), _relative(variance_plot, markdown_dir))
+    _write_atomic(mean_plot, mean_png)
+    _write_atomic(variance_plot, variance_png)
+    _write_atomic(markdown, markdown_text.encode("utf-8"))
+    _write_atomic(html, _html(summary, title, note, mean_png, variance_png).encode("utf-8"))

@@ -1,0 +1,136 @@
+"""The Parquet tables passed between workflow stages: one Arrow schema per stage, written atomically.
+
+Every stage reads the previous stage's table with `read_table`, which checks the schema, and writes
+its own with `write_table`, which writes to a temporary file beside the target and renames it, so a
+killed job never leaves a half-written table that a rerun would take for finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PROMPTS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+    ],
+    metadata={"doc": "one prompt per row; prompt_id = prompt_id_of(prompt); source = dataset it came from"},
+)
+
+REWRITES = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("rewrite", pa.string(), nullable=False),
+        pa.field("raw_output", pa.string(), nullable=False),
+        pa.field("fallback", pa.bool_(), nullable=False),
+        pa.field("fallback_reason", pa.string(), nullable=True),
+        pa.field("prompter", pa.string(), nullable=False),
+    ],
+    metadata={
+        "doc": "x -> x' per test prompt; rewrite equals prompt when fallback is true, "
+        "fallback_reason is one of empty, runaway, truncated"
+    },
+)
+
+RESPONSES = pa.schema(
+    [
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("model_input", pa.string(), nullable=False),
+        pa.field("sample_index", pa.int32(), nullable=False),
+        pa.field("response", pa.string(), nullable=False),
+        pa.field("finish_reason", pa.string(), nullable=False),
+        pa.field("num_tokens", pa.int32(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("prompter", pa.string(), nullable=True),
+        pa.field("frozen", pa.string(), nullable=False),
+        pa.field("fallback", pa.bool_(), nullable=True),
+    ],
+    metadata={
+        "doc": "one row per (prompt, sample); prompt is the original x, model_input what the frozen "
+        "model was given (x for base, x' for alignpro); prompter and fallback (the rewrite fell "
+        "back to x) are null for base"
+    },
+)
+
+SCORES = pa.schema(
+    list(RESPONSES) + [pa.field("reward", pa.float64(), nullable=False), pa.field("reward_model", pa.string(), nullable=False)],
+    metadata={"doc": "the responses table with r(x, y) per row, x the ORIGINAL prompt"},
+)
+
+SUMMARY = pa.schema(
+    [
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("prompter", pa.string(), nullable=False),
+        pa.field("frozen", pa.string(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("n_prompts", pa.int64(), nullable=False),
+        pa.field("n_samples", pa.int64(), nullable=False),
+        pa.field("mean_reward", pa.float64(), nullable=False),
+        pa.field("reward_variance", pa.float64(), nullable=True),
+        pa.field("ci_low", pa.float64(), nullable=True),
+        pa.field("ci_high", pa.float64(), nullable=True),
+        pa.field("fallback_rate", pa.float64(), nullable=True),
+    ],
+    metadata={
+        "doc": "one row per (dataset, prompter, frozen, method); the CI is over per-prompt mean "
+        "rewards; base rows repeat for every prompter; fallback_rate is null for base"
+    },
+)
+
+SCHEMAS = {"prompts": PROMPTS, "rewrites": REWRITES, "responses": RESPONSES, "scores": SCORES, "summary": SUMMARY}
+
+
+class SchemaError(ValueError):
+    """A table does not have the columns or types its stage promises."""
+
+
+def prompt_id_of(prompt: str) -> str:
+    """A stable id from the prompt text alone, so the same prompt matches across datasets and runs."""
+    return hashlib.sha256(prompt.strip().encode("utf-8")).hexdigest()[:16]
+
+
+def conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
+    """Select and cast `table` to `schema`, naming the first missing column or bad null."""
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if missing:
+        raise SchemaError(f"{name}: missing column(s) {missing}; has {table.column_names}")
+    columns = []
+    for field in schema:
+        column = table.column(field.name)
+        if not field.nullable and column.null_count:
+            raise SchemaError(f"{name}: column {field.name!r} has {column.null_count} null value(s)")
+        try:
+            columns.append(column.cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+            raise SchemaError(f"{name}: column {field.name!r} is {column.type}, expected {field.type}") from error
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema) -> None:
+    """Write `table` as Parquet with `schema`, atomically (temporary file, then rename)."""
+    path = Path(path)
+    table = conform(table, schema, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
+    """Read a stage's Parquet table and check it against the stage's schema."""
+    return conform(pq.read_table(path), schema, str(path))

@@ -1,0 +1,195 @@
+"""The workflow as a user runs it: snakemake in a fresh copy of the project, on the tiny models.
+
+Snakemake runs in a subprocess (its Python API does not apply profiles and changes the cwd).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from alignpro import tables
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+WORKFLOW_FILES = ["Snakefile", "rules", "workflow", "config", "profiles", "envs"]
+
+
+def copy_workflow(dest: Path) -> Path:
+    for name in WORKFLOW_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name)
+        else:
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    result = subprocess.run(
+        [*SNAKEMAKE, "--cores", "2", "--resources", "gpu=1", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if check and result.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted(workdir.glob("logs/**/*.log")))
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}\n{logs}")
+    return result
+
+
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Jobs per rule that a dry run plans (empty when there is nothing to do)."""
+    result = run_snakemake(workdir, "--dry-run", *args)
+    output = result.stdout + result.stderr
+    if "Nothing to be done" in output:
+        return {}
+    stats = output.split("Job stats:", 1)[1]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", stats, flags=re.MULTILINE))
+    counts.pop("total", None)
+    return {rule: int(count) for rule, count in counts.items()}
+
+
+def derive_config(base: Path, name: str, **sections: dict) -> Path:
+    """A copy of the config file `base`, with keys of some top-level sections changed."""
+    config = yaml.safe_load(base.read_text())
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    path = base.parent / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def small_config(workdir: Path) -> Path:
+    """The embedded default with fewer prompts, so the end-to-end test stays in CI's budget."""
+    bundled = yaml.safe_load((workdir / "config/config.yaml").read_text())["datasets"]["bundled"]
+    return derive_config(workdir / "config/config.yaml", "small.yaml", datasets={"bundled": {**bundled, "test_size": 12}})
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """The embedded default (fewer prompts) run to completion in a fresh copy of the project."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
+    config = small_config(workdir)
+    run_snakemake(workdir, "--configfile", str(config))
+    return workdir, config
+
+
+@pytest.mark.slow
+def test_every_stage_table_is_complete(finished_run):
+    workdir, config_path = finished_run
+    config = yaml.safe_load(config_path.read_text())
+    n_samples = config["generation"]["n_samples"]
+    test = tables.read_table(workdir / "results/data/bundled/test.parquet", tables.PROMPTS)
+    train = tables.read_table(workdir / "results/data/bundled/train.parquet", tables.PROMPTS)
+    prompt_ids = set(test.column("prompt_id").to_pylist())
+    assert len(prompt_ids) == test.num_rows == 12
+    assert not prompt_ids & set(train.column("prompt_id").to_pylist())
+
+    rewrites = tables.read_table(workdir / "results/rewrites/bundled/tiny-prompter.parquet", tables.REWRITES)
+    assert set(rewrites.column("prompt_id").to_pylist()) == prompt_ids
+    assert rewrites.num_rows == len(prompt_ids)
+
+    for system in ["base", "alignpro/tiny-prompter"]:
+        responses = tables.read_table(workdir / f"results/responses/bundled/tiny-frozen/{system}.parquet", tables.RESPONSES)
+        scores = tables.read_table(workdir / f"results/scores/bundled/tiny-frozen/{system}.parquet", tables.SCORES)
+        per_prompt = responses.group_by("prompt_id").aggregate([("sample_index", "count")]).to_pylist()
+        assert {row["prompt_id"] for row in per_prompt} == prompt_ids
+        assert all(row["sample_index_count"] == n_samples for row in per_prompt)
+        assert scores.num_rows == responses.num_rows == len(prompt_ids) * n_samples
+        assert all(isinstance(reward, float) for reward in scores.column("reward").to_pylist())
+    alignpro = tables.read_table(workdir / "results/responses/bundled/tiny-frozen/alignpro/tiny-prompter.parquet", tables.RESPONSES)
+    rewrite_of = dict(zip(rewrites.column("prompt_id").to_pylist(), rewrites.column("rewrite").to_pylist()))
+    assert all(rewrite_of[pid] == given for pid, given in zip(alignpro.column("prompt_id").to_pylist(), alignpro.column("model_input").to_pylist()))
+
+
+@pytest.mark.slow
+def test_report_has_numbers_for_each_method(finished_run):
+    workdir, _ = finished_run
+    summary = tables.read_table(workdir / "results/report/summary.parquet", tables.SUMMARY).to_pylist()
+    assert sorted(row["method"] for row in summary) == ["alignpro", "base"]
+    for row in summary:
+        assert row["n_prompts"] == 12
+        assert row["ci_low"] <= row["mean_reward"] <= row["ci_high"]
+    markdown = (workdir / "results/report/report.md").read_text()
+    for row in summary:
+        assert f"{row['mean_reward']:.3f}" in markdown
+    for plot in ["mean_reward.png", "reward_variance.png"]:
+        assert (workdir / "results/report" / plot).read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+def test_rerun_plans_nothing_and_generation_change_reruns_downstream_only(finished_run):
+    workdir, config = finished_run
+    assert planned_jobs(workdir, "--configfile", str(config)) == {}
+
+    cooler = derive_config(config, "cooler.yaml", generation={"temperature": 0.7})
+    assert planned_jobs(workdir, "--configfile", str(cooler)) == {"all": 1, "generate": 2, "score": 2, "report": 1}
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_backend_runs_generation_end_to_end(finished_run):
+    """Switching the frozen model to vLLM reruns only generation onward, and vLLM really answers."""
+    workdir, config = finished_run
+    with_vllm = derive_config(
+        config, "vllm.yaml", generation={"backend": "vllm", "vllm": {"gpu_memory_utilization": 0.2, "max_model_len": 512}}
+    )
+    assert planned_jobs(workdir, "--configfile", str(with_vllm)) == {"all": 1, "generate": 2, "score": 2, "report": 1}
+    run_snakemake(workdir, "--configfile", str(with_vllm))
+    log = (workdir / "logs/generate/bundled/tiny-frozen/base.log").read_text()
+    assert "vllm" in log.lower()
+    responses = pq.read_table(workdir / "results/responses/bundled/tiny-frozen/base.parquet")
+    assert responses.num_rows == 12 * yaml.safe_load(with_vllm.read_text())["generation"]["n_samples"]
+    assert planned_jobs(workdir, "--configfile", str(with_vllm)) == {}
+
+
+def test_lint_is_clean():
+    result = subprocess.run([*SNAKEMAKE, "--lint"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def dry_run_error(tmp_path: Path, config: dict) -> str:
+    workdir = copy_workflow(tmp_path / "workflow")
+    (workdir / "config" / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(workdir, "--dry-run", "--configfile", "config/bad.yaml", check=False)
+    assert result.returncode != 0
+    assert not (workdir / "results").exists()
+    return result.stdout + result.stderr
+
+
+def default_config() -> dict:
+    return yaml.safe_load((ROOT / "config/config.yaml").read_text())
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    config = default_config()
+    config["generation"]["temprature"] = 0.5
+    assert "temprature" in dry_run_error(tmp_path, config)
+
+
+def test_wrong_config_type_is_named(tmp_path):
+    config = default_config()
+    config["generation"]["n_samples"] = "four"
+    message = dry_run_error(tmp_path, config)
+    assert "n_samples" in message and "'four' is not of type 'integer'" in message
+
+
+def test_dataset_file_without_prompt_column_is_named(tmp_path):
+    data = tmp_path / "my_prompts.csv"
+    data.write_text("question,answer\nwhat is 2+2?,4\n")
+    config = default_config()
+    config["datasets"] = {"mine": {"source": "local", "path": str(data), "prompt_column": "prompt"}}
+    message = dry_run_error(tmp_path, config)
+    assert "my_prompts.csv" in message and "'prompt'" in message and "datasets.mine" in message

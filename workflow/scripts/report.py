@@ -1,0 +1,15 @@
+"""Snakemake adapter: rule report -> alignpro.stages.report."""
+from alignpro import stages
+
+if __name__ == "__main__":
+    with stages.logging_to(snakemake.log[0]):
+        stages.report(
+            scores_paths=list(snakemake.input),
+            prompters=list(snakemake.params.prompters),
+            confidence=snakemake.params.confidence,
+            summary_path=snakemake.output.summary,
+            markdown=snakemake.output.markdown,
+            html=snakemake.output.html,
+            mean_plot=snakemake.output.mean_plot,
+            variance_plot=snakemake.output.variance_plot,
+        )
