@@ -50,7 +50,9 @@ def _scores(rows: list[dict]) -> pa.Table:
 @pytest.fixture
 def tables():
     base = _scores(_rows(BASE_REWARDS, method="base", prompter=None, fallback=None))
-    alignpro = _scores(_rows(ALIGNPRO_REWARDS, method="alignpro", prompter="org/prompter-a", fallback=ALIGNPRO_FALLBACK))
+    alignpro = _scores(
+        _rows(ALIGNPRO_REWARDS, method="alignpro", prompter="org/prompter-a", fallback=ALIGNPRO_FALLBACK)
+    )
     return [base, alignpro]
 
 
@@ -150,7 +152,8 @@ def test_summarize_rejects_bad_tables(tables):
 
 @pytest.fixture
 def report(tables, tmp_path):
-    evil = _scores(_rows(ALIGNPRO_REWARDS, method="<script>alert(1)</script>", prompter="org/prompter-a", fallback=ALIGNPRO_FALLBACK))
+    evil_method = "<script>alert(1)</script>"
+    evil = _scores(_rows(ALIGNPRO_REWARDS, method=evil_method, prompter="org/prompter-a", fallback=ALIGNPRO_FALLBACK))
     web = _scores(_rows(BASE_REWARDS, method="base", prompter=None, fallback=None, dataset="web"))
     summary = summarize([*tables, evil, web], prompters=["org/prompter-a"])
     paths = dict(

@@ -132,10 +132,11 @@ def _responses(rows: list[dict]) -> pa.Table:
 
 
 def test_score_responses_scores_the_original_prompt(scorer):
+    prompt, rewrite, response = "How do I bake bread?", "Explain bread baking step by step.", "Use yeast."
     table = _responses(
         [
-            dict(prompt_id="p1", prompt="How do I bake bread?", model_input="Explain bread baking step by step.", response="Use yeast."),
-            dict(prompt_id="p1", prompt="How do I bake bread?", model_input="How do I bake bread?", response="Use yeast.", sample_index=1),
+            dict(prompt_id="p1", prompt=prompt, model_input=rewrite, response=response),
+            dict(prompt_id="p1", prompt=prompt, model_input=prompt, response=response, sample_index=1),
             dict(prompt_id="p2", prompt="Hi", model_input="Greet me warmly.", response="Hello there!"),
         ]
     )
@@ -145,6 +146,6 @@ def test_score_responses_scores_the_original_prompt(scorer):
     assert scored.select(RESPONSES.names).equals(table)
     rewards = scored.column("reward").to_pylist()
     assert rewards[0] == pytest.approx(rewards[1], abs=1e-6)
-    assert rewards[0] == pytest.approx(scorer.score(["How do I bake bread?"], ["Use yeast."])[0], abs=1e-4)
-    assert rewards[0] != pytest.approx(scorer.score(["Explain bread baking step by step."], ["Use yeast."])[0], abs=1e-4)
+    assert rewards[0] == pytest.approx(scorer.score([prompt], [response])[0], abs=1e-4)
+    assert rewards[0] != pytest.approx(scorer.score([rewrite], [response])[0], abs=1e-4)
     assert rewards[2] == pytest.approx(scorer.score(["Hi"], ["Hello there!"])[0], abs=1e-4)

@@ -167,3 +167,22 @@ def test_rewrite_prompts_builds_the_rewrites_table(caplog):
     assert [row["raw_output"] for row in rows] == [c.text for c in generator.completions]
     assert {row["prompter"] for row in rows} == {"tiny"}
     assert "3 of 4 rewrites fell back to the original prompt (empty: 1, runaway: 1, truncated: 1)" in caplog.text
+
+
+def test_rewrite_prompts_with_the_tiny_prompter(tiny_prompter):
+    """End to end through the real chat template; random weights never close a <prompt> tag."""
+    from alignpro.generation import load_generator
+
+    prompts = ["how do i make bread", "tell me a joke"]
+    table = rewrite_prompts(
+        load_generator("transformers", str(tiny_prompter), batch_size=2),
+        prompts_table(prompts),
+        sampling=Sampling(temperature=1.0, max_new_tokens=16),
+        prompter="tiny",
+        fallback_on_truncation=True,
+        max_length_ratio=8.0,
+    )
+    assert table.schema == REWRITES
+    rows = table.to_pylist()
+    assert [(row["rewrite"], row["fallback_reason"]) for row in rows] == [(p, "truncated") for p in prompts]
+    assert all(row["raw_output"] for row in rows)

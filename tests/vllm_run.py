@@ -1,47 +1,45 @@
-"""Run the vLLM backend once on a model and write what it generated as JSON; used by test_generation.
+"""Run the vLLM backend on a model and write what it generated as JSON, for test_generation.
 
-vLLM spawns engine processes, so it runs here, in a separate interpreter, rather than in pytest's:
-    python tests/vllm_run.py MODEL OUT.json
+vLLM starts engine processes and threads of its own, so it runs in a separate interpreter rather
+than inside pytest:  python tests/vllm_run.py MODEL OUT.json
 """
 
 import json
 import sys
-import time
 from dataclasses import asdict
 
 from alignpro.generation import Sampling, load_generator
 
-NUM_PROMPTS = 32
-SAMPLING = Sampling(n=2, temperature=1.0, top_p=0.95, max_new_tokens=24, seed=0)
+# More prompts than one batch, so both a full batch of 32 and a partial one are exercised.
+BATCH_SIZE = 32
+SAMPLED = Sampling(n=2, temperature=1.0, top_p=0.95, max_new_tokens=24)
+GREEDY = Sampling(n=2, temperature=0, max_new_tokens=24)
 
 
 def prompts() -> list[str]:
-    """Prompts of very different lengths, so the batch mixes short and long inputs."""
-    return [f"Question {i}: " + "tell me more about bread and baking " * (i % 7) for i in range(NUM_PROMPTS)]
+    """40 prompts of very different lengths, so batches mix short and long inputs."""
+    return [f"Question {i}: " + "tell me more about bread and baking " * (i % 7) for i in range(40)]
+
+
+def conversations() -> list[list[dict]]:
+    return [[{"role": "user", "content": prompt}] for prompt in prompts()]
 
 
 def main(model: str, out_path: str) -> None:
-    started = time.monotonic()
     generator = load_generator(
         "vllm",
         model,
         dtype="float32",
-        batch_size=32,
+        batch_size=BATCH_SIZE,
         seed=0,
         vllm_options={"gpu_memory_utilization": 0.2, "max_model_len": 512},
     )
-    loaded = time.monotonic()
-    sampled = generator.chat([[{"role": "user", "content": p}] for p in prompts()], SAMPLING)
-    greedy = generator.chat([[{"role": "user", "content": p}] for p in prompts()[:4]], Sampling(n=2, temperature=0, max_new_tokens=24))
-    result = {
-        "max_new_tokens": SAMPLING.max_new_tokens,
-        "sampled": [[asdict(c) for c in completions] for completions in sampled],
-        "greedy": [[asdict(c) for c in completions] for completions in greedy],
-        "load_s": loaded - started,
-        "generate_s": time.monotonic() - loaded,
-    }
+    results = {}
+    for name, sampling in [("sampled", SAMPLED), ("greedy", GREEDY)]:
+        completions = generator.chat(conversations(), sampling)
+        results[name] = [[asdict(completion) for completion in of_prompt] for of_prompt in completions]
     with open(out_path, "w") as out:
-        json.dump(result, out)
+        json.dump(results, out)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ transformers path works where vLLM is not installed.
 
 from __future__ import annotations
 
-import logging
+import os
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -17,8 +17,6 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from alignpro.tables import RESPONSES
-
-log = logging.getLogger(__name__)
 
 BACKENDS = ("vllm", "transformers")
 
@@ -77,7 +75,10 @@ class VLLMGenerator:
 
     The engine is seeded once at start, never per request: per-request seeds crash vLLM's CPU build
     on large batches ("CPU Generator does not use offset"). So `Sampling.seed` is not used here;
-    calls on one engine continue its random stream.
+    calls on one engine continue its random stream. Unless the environment says otherwise, the
+    engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), vLLM's documented way to
+    reproducible offline runs: its scheduling, and so each request's random draws, then no longer
+    depend on timing. Seeded runs differ from one another without it.
     """
 
     def __init__(
@@ -91,6 +92,7 @@ class VLLMGenerator:
         seed: int,
         vllm_options: dict,
     ):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
         self.llm = LLM(
@@ -102,14 +104,17 @@ class VLLMGenerator:
         from vllm import SamplingParams
 
         params = SamplingParams(
-            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_new_tokens
+            n=_sequences_per_prompt(sampling),
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
         )
         results = []
         with tqdm(total=len(conversations), desc="generate (vllm)", unit="prompt") as progress:
             for chunk in _chunks(conversations, self.batch_size):
                 for request in self.llm.chat(chunk, params, use_tqdm=False):
                     outputs = sorted(request.outputs, key=attrgetter("index"))
-                    results.append([_completion_of(output) for output in outputs])
+                    results.append(_as_samples([_completion_of(output) for output in outputs], sampling))
                 progress.update(len(chunk))
         return results
 
@@ -122,8 +127,9 @@ def _completion_of(output) -> Completion:
 class TransformersGenerator:
     """`model.generate` on left-padded batches of similar length.
 
-    Samples from exactly temperature/top-p, as vLLM does with explicit SamplingParams: transformers'
-    default top-k of 50 and a checkpoint's own top-k/repetition penalty are switched off.
+    Decodes exactly as vLLM does with explicit SamplingParams (plain greedy, or temperature/top-p
+    sampling): transformers' default top-k of 50 and a checkpoint's own top-k or repetition penalty
+    are switched off.
     """
 
     def __init__(self, model: str, *, revision: str, dtype: str, trust_remote_code: bool, batch_size: int):
@@ -147,14 +153,18 @@ class TransformersGenerator:
         self.batch_size = batch_size
 
     def chat(self, conversations: list[list[dict]], sampling: Sampling) -> list[list[Completion]]:
-        """Generate longest-first so padding stays small and memory errors show up in the first batch.
+        """Batches of similar-length prompts keep padding small; the longest go first, so that running
+        out of memory happens in the first batch rather than at the end.
 
         Seeded with `sampling.seed` at the start of every call, so a call's output depends only on
         its inputs and the seed.
         """
         import torch
 
-        texts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        texts = [
+            self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+            for conversation in conversations
+        ]
         token_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         longest_first = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))
         results: list[list[Completion]] = [[] for _ in texts]
@@ -168,21 +178,19 @@ class TransformersGenerator:
         return results
 
     def _generate(self, token_ids: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
-        """Greedy decoding gives one sequence per prompt (transformers refuses more), repeated n times."""
-        greedy = sampling.temperature == 0
-        per_prompt = 1 if greedy else sampling.n
+        per_prompt = _sequences_per_prompt(sampling)
         inputs = self.tokenizer.pad({"input_ids": token_ids}, return_tensors="pt").to(self.model.device)
         output = self.model.generate(
             **inputs,
             max_new_tokens=sampling.max_new_tokens,
             num_return_sequences=per_prompt,
+            eos_token_id=sorted(self.eos_ids),
             pad_token_id=self.tokenizer.pad_token_id,
             **_decoding_options(sampling),
         )
         new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
         completions = [self._completion(tokens) for tokens in new_tokens]
-        groups = [completions[k : k + per_prompt] for k in range(0, len(completions), per_prompt)]
-        return [group * sampling.n for group in groups] if greedy else groups
+        return [_as_samples(completions[k : k + per_prompt], sampling) for k in range(0, len(completions), per_prompt)]
 
     def _completion(self, tokens: list[int]) -> Completion:
         """Cut at the first end-of-sequence token (padding follows it); count it, as vLLM does."""
@@ -195,13 +203,22 @@ class TransformersGenerator:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
 
+def _sequences_per_prompt(sampling: Sampling) -> int:
+    """Both vLLM and transformers refuse n > 1 with greedy decoding: decode once, repeat it n times."""
+    return 1 if sampling.temperature == 0 else sampling.n
+
+
+def _as_samples(completions: list[Completion], sampling: Sampling) -> list[Completion]:
+    return completions * sampling.n if sampling.temperature == 0 else completions
+
+
 def _chunks(items: list, size: int) -> list[list]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def _decoding_options(sampling: Sampling) -> dict:
     if sampling.temperature == 0:
-        return {"do_sample": False}
+        return {"do_sample": False, "repetition_penalty": 1.0}
     return {
         "do_sample": True,
         "temperature": sampling.temperature,
@@ -244,7 +261,8 @@ def generate_responses(
     The model sees a single user turn; `prompt` stays the original x so rewards are r(x, y).
     """
     model_inputs = inputs.column(input_column).to_pylist()
-    fallbacks = inputs.column("fallback").to_pylist() if "fallback" in inputs.column_names else [None] * len(model_inputs)
+    has_fallback = "fallback" in inputs.column_names
+    fallbacks = inputs.column("fallback").to_pylist() if has_fallback else [None] * inputs.num_rows
     answers = generator.chat([[{"role": "user", "content": text}] for text in model_inputs], sampling)
     rows = []
     for prompt_id, prompt, model_input, fallback, completions in zip(

@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
 import matplotlib
 
@@ -127,13 +128,17 @@ def _repeat_base_rows(stats: pl.DataFrame, prompters: list[str]) -> pl.DataFrame
     shared = stats.filter(pl.col("prompter").is_null())
     if shared.height and not prompters:
         raise ValueError("rows without a prompter (e.g. base) need a list of prompters to repeat under")
-    repeated = shared.drop("prompter").join(pl.DataFrame({"prompter": prompters}, schema={"prompter": pl.String}), how="cross")
+    every_prompter = pl.DataFrame({"prompter": prompters}, schema={"prompter": pl.String})
+    repeated = shared.drop("prompter").join(every_prompter, how="cross")
     return pl.concat([stats.filter(pl.col("prompter").is_not_null()), repeated.select(stats.columns)])
 
 
-def method_rank(method: pl.Expr) -> pl.Expr:
-    """Position in METHOD_ORDER; other methods come after, alphabetically (by a secondary sort)."""
-    return method.replace_strict(list(METHOD_ORDER), list(range(len(METHOD_ORDER))), default=len(METHOD_ORDER), return_dtype=pl.Int64)
+def _method_rank() -> pl.Expr:
+    """Position in METHOD_ORDER, unknown methods after; sort by `method` next to order those."""
+    positions = list(range(len(METHOD_ORDER)))
+    return pl.col("method").replace_strict(
+        list(METHOD_ORDER), positions, default=len(METHOD_ORDER), return_dtype=pl.Int64
+    )
 
 
 def summarize(scores: list[pa.Table] | pl.DataFrame, *, prompters: list[str], confidence: float = 0.95) -> pl.DataFrame:
@@ -143,7 +148,11 @@ def summarize(scores: list[pa.Table] | pl.DataFrame, *, prompters: list[str], co
     rewards because samples of one prompt are correlated; fallback_rate is the share of prompts
     whose rewrite fell back to the original prompt (null for methods without a prompter).
     """
-    frame = _scores_frame(scores).select([*GROUP_KEYS, "prompt_id", "reward", "fallback"])
+    frame = _scores_frame(scores).select(
+        pl.col([*GROUP_KEYS, "prompt_id"]).cast(pl.String),
+        pl.col("reward").cast(pl.Float64),
+        pl.col("fallback").cast(pl.Boolean),
+    )
     sample_stats = frame.group_by(GROUP_KEYS).agg(
         n_samples=pl.len(),
         mean_reward=pl.col("reward").mean(),
@@ -157,7 +166,7 @@ def summarize(scores: list[pa.Table] | pl.DataFrame, *, prompters: list[str], co
     )
     stats = _confidence_interval(sample_stats.join(prompt_stats, on=GROUP_KEYS, nulls_equal=True), confidence)
     stats = _repeat_base_rows(stats, prompters)
-    stats = stats.sort(["dataset", "prompter", "frozen", method_rank(pl.col("method")), "method"])
+    stats = stats.sort(["dataset", "prompter", "frozen", _method_rank(), "method"])
     return stats.select(pl.col(f.name).cast(SUMMARY_TYPES[str(f.type)]) for f in SUMMARY)
 
 
@@ -180,8 +189,7 @@ def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 def _ordered_methods(summary: pl.DataFrame) -> list[str]:
     """Methods present, in the fixed paper order, unknown ones last and alphabetical."""
-    methods = summary["method"].unique().to_list()
-    return sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
+    return summary.select("method").unique().sort(_method_rank(), "method")["method"].to_list()
 
 
 def _method_colours(methods: list[str]) -> dict[str, str]:
@@ -204,7 +212,8 @@ def _bar_plot(summary: pl.DataFrame, value: str, ylabel: str, title: str, with_c
     nrows = math.ceil(len(datasets) / ncols)
     max_groups = max(summary.filter(pl.col("dataset") == d).select("prompter", "frozen").n_unique() for d in datasets)
     width = max(4.5, 0.35 * len(methods) * max_groups + 1.5)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 4.2 * nrows + 1.0), squeeze=False, layout="constrained")
+    figsize = (width * ncols, 4.2 * nrows + 1.0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize, squeeze=False, layout="constrained")
     for ax, dataset in zip(axes.flat, datasets):
         rows = summary.filter(pl.col("dataset") == dataset)
         _draw_dataset(ax, rows, [m for m in methods if m in rows["method"]], colours, value, with_ci)
@@ -224,20 +233,23 @@ def _bar_plot(summary: pl.DataFrame, value: str, ylabel: str, title: str, with_c
 def _draw_dataset(ax, rows: pl.DataFrame, methods: list[str], colours: dict, value: str, with_ci: bool) -> None:
     """Bars of `value` for one dataset, with CI error bars and value labels beyond the bar or error bar."""
     pairs = rows.select("prompter", "frozen").unique().sort("prompter", "frozen").rows()
-    bar_width = 0.8 / len(methods)
+    bar_width = min(0.8 / len(methods), 0.35)
     for slot, method in enumerate(methods):
         for group, (prompter, frozen) in enumerate(pairs):
-            match = rows.filter((pl.col("method") == method) & (pl.col("prompter") == prompter) & (pl.col("frozen") == frozen))
-            if match.is_empty() or match[value][0] is None:
+            match = rows.filter(method=method, prompter=prompter, frozen=frozen)
+            if match.is_empty():
                 continue
             row = match.row(0, named=True)
             x = group + (slot - (len(methods) - 1) / 2) * bar_width
+            if row[value] is None:  # e.g. the variance of a single sample
+                ax.annotate("n/a", (x, 0.0), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=7)
+                continue
             low = high = row[value]
             error = None
             if with_ci and row["ci_low"] is not None:
                 low, high = min(row["ci_low"], low), max(row["ci_high"], high)
                 error = [[row[value] - low], [high - row[value]]]
-            ax.bar(x, row[value], bar_width, yerr=error, capsize=3, color=colours[method], edgecolor="black", linewidth=0.5)
+            ax.bar(x, row[value], bar_width, yerr=error, capsize=3, color=colours[method], edgecolor="black", lw=0.5)
             above = row[value] >= 0
             ax.annotate(
                 f"{row[value]:.2f}",
@@ -249,6 +261,7 @@ def _draw_dataset(ax, rows: pl.DataFrame, methods: list[str], colours: dict, val
                 fontsize=7,
             )
     ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xlim(-0.5, len(pairs) - 0.5)
     ax.set_xticks(range(len(pairs)), [f"{_short_name(p)}\n→ {_short_name(f)}" for p, f in pairs], fontsize=9)
     ax.set_xlabel("prompter → frozen model")
     ax.margins(y=0.12)
@@ -257,6 +270,7 @@ def _draw_dataset(ax, rows: pl.DataFrame, methods: list[str], colours: dict, val
 
 
 def _format(value: float | None, pattern: str = "{:.3f}") -> str:
+    """A table cell; a dash where a statistic is undefined (too few prompts or samples, no prompter)."""
     return "–" if value is None else pattern.format(value)
 
 
@@ -280,10 +294,13 @@ def _table_rows(summary: pl.DataFrame, dataset: str) -> list[list[str]]:
     return rows
 
 
-TABLE_HEADER = ["prompter", "frozen", "method", "prompts / samples", "mean reward ± CI", "reward variance", "fallback rate"]
+TABLE_HEADER = [
+    "prompter", "frozen", "method", "prompts / samples", "mean reward ± CI", "reward variance", "fallback rate"
+]
 
 
 def _ci_note(confidence: float) -> str:
+    """The sentence that tells readers what the interval and the other columns are computed over."""
     return (
         f"± is the half-width of the {confidence:.0%} Student-t confidence interval over per-prompt mean rewards "
         "(the samples of one prompt are correlated, so prompts are the independent units; the interval is "
@@ -294,10 +311,12 @@ def _ci_note(confidence: float) -> str:
 
 
 def _markdown_cell(text: str) -> str:
+    """Escape HTML (Markdown renders raw HTML) and pipes (they would split the table cell)."""
     return html.escape(text, quote=False).replace("|", "\\|")
 
 
 def _markdown(summary: pl.DataFrame, title: str, note: str, mean_plot: str, variance_plot: str) -> str:
+    """The report as Markdown: a table per dataset, then the plots linked by relative path."""
     lines = [f"# {_markdown_cell(title)}", "", note, ""]
     for dataset in sorted(summary["dataset"].unique().to_list()):
         lines += [f"## {_markdown_cell(dataset)}", "", "| " + " | ".join(TABLE_HEADER) + " |"]
@@ -317,17 +336,19 @@ HTML_STYLE = (
 
 
 def _html(summary: pl.DataFrame, title: str, note: str, mean_png: bytes, variance_png: bytes) -> str:
+    """The same report as one self-contained page: inline style, plots as base64 data URIs."""
     esc = html.escape
     parts = [
         "<!DOCTYPE html>",
-        f'<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title><style>{HTML_STYLE}</style></head><body>',
+        f'<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>',
+        f"<style>{HTML_STYLE}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
         f"<p>{esc(note)}</p>",
     ]
     for dataset in sorted(summary["dataset"].unique().to_list()):
-        parts += [f"<h2>{esc(dataset)}</h2>", "<table>", "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in TABLE_HEADER) + "</tr>"]
-        parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _table_rows(summary, dataset)]
-        parts.append("</table>")
+        header = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in TABLE_HEADER) + "</tr>"
+        rows = ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _table_rows(summary, dataset)]
+        parts += [f"<h2>{esc(dataset)}</h2>", "<table>", header, *rows, "</table>"]
     parts.append("<h2>Plots</h2>")
     for alt, png in (("Mean reward", mean_png), ("Reward variance", variance_png)):
         parts.append(f'<p><img alt="{alt}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"></p>')
@@ -335,8 +356,9 @@ def _html(summary: pl.DataFrame, title: str, note: str, mean_png: bytes, varianc
     return "\n".join(parts)
 
 
-def _relative(target: str | os.PathLike, start: Path) -> str:
-    return Path(os.path.relpath(Path(target).resolve(), start.resolve())).as_posix()
+def _relative_link(target: str | os.PathLike, start: Path) -> str:
+    """URL-quoted path of `target` relative to `start`, so the Markdown link survives moving the folder."""
+    return quote(Path(os.path.relpath(Path(target).resolve(), start.resolve())).as_posix())
 
 
 def write_report(
@@ -356,7 +378,8 @@ def write_report(
     variance_png = _bar_plot(summary, "reward_variance", "reward variance", "Reward variance", False)
     note = _ci_note(confidence)
     markdown_dir = Path(markdown).parent
-    markdown_text = _markdown(summary, title, note, _relative(mean_plot, markdown_dir), _relative(variance_plot, markdown_dir))
+    links = _relative_link(mean_plot, markdown_dir), _relative_link(variance_plot, markdown_dir)
+    markdown_text = _markdown(summary, title, note, *links)
     _write_atomic(mean_plot, mean_png)
     _write_atomic(variance_plot, variance_png)
     _write_atomic(markdown, markdown_text.encode("utf-8"))

@@ -177,4 +177,6 @@ def rewrite_prompts(
 def _log_fallbacks(prompter: str, reasons: list[str | None]) -> None:
     counts = Counter(reason for reason in reasons if reason is not None)
     by_reason = ", ".join(f"{reason}: {count}" for reason, count in sorted(counts.items())) or "none"
-    log.info("%s: %d of %d rewrites fell back to the original prompt (%s)", prompter, counts.total(), len(reasons), by_reason)
+    log.info(
+        "%s: %d of %d rewrites fell back to the original prompt (%s)", prompter, counts.total(), len(reasons), by_reason
+    )

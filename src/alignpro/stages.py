@@ -177,4 +177,6 @@ def report(
     scores = [tables.read_table(path, tables.SCORES) for path in scores_paths]
     summary = summarize(scores, prompters=prompters, confidence=confidence)
     tables.write_table(summary.to_arrow(), summary_path, tables.SUMMARY)
-    write_report(summary, markdown=markdown, html=html, mean_plot=mean_plot, variance_plot=variance_plot)
+    write_report(
+        summary, markdown=markdown, html=html, mean_plot=mean_plot, variance_plot=variance_plot, confidence=confidence
+    )
