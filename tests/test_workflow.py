@@ -24,6 +24,7 @@ WORKFLOW_FILES = ["Snakefile", "rules", "workflow", "config", "profiles", "envs"
 
 
 def copy_workflow(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
     for name in WORKFLOW_FILES:
         source = ROOT / name
         if source.is_dir():
@@ -163,7 +164,7 @@ def test_lint_is_clean():
 def dry_run_error(tmp_path: Path, config: dict) -> str:
     workdir = copy_workflow(tmp_path / "workflow")
     (workdir / "config" / "bad.yaml").write_text(yaml.safe_dump(config))
-    result = run_snakemake(workdir, "--dry-run", "--configfile", "config/bad.yaml", check=False)
+    result = run_snakemake(workdir, "--dry-run", "--configfile", "config/bad.yaml", "--replace-workflow-config", check=False)
     assert result.returncode != 0
     assert not (workdir / "results").exists()
     return result.stdout + result.stderr
