@@ -34,8 +34,12 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_snakemake(workdir: Path, *args: str, check: bool = True, cache: Path | None = None) -> subprocess.CompletedProcess:
+    """snakemake in `workdir`; with `cache`, eligible rules use it as the between-workflow cache."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    if cache is not None:
+        env["SNAKEMAKE_OUTPUT_CACHE"] = str(cache)
+        args = (*args, "--cache")
     result = subprocess.run(
         [*SNAKEMAKE, "--cores", "2", "--resources", "gpu=1", *args],
         cwd=workdir,
@@ -79,16 +83,28 @@ def small_config(workdir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def output_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("snakemake-cache")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, output_cache):
     """The embedded default (fewer prompts) run to completion in a fresh copy of the project."""
     workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
     config = small_config(workdir)
-    run_snakemake(workdir, "--configfile", str(config))
+    run_snakemake(workdir, "--configfile", str(config), cache=output_cache)
     return workdir, config
 
 
+@pytest.fixture(scope="module")
+def first_scores(finished_run):
+    """The score tables of the first run, before other tests change its config."""
+    workdir, _ = finished_run
+    return {path.relative_to(workdir): path.read_bytes() for path in workdir.glob("results/scores/**/*.parquet")}
+
+
 @pytest.mark.slow
-def test_every_stage_table_is_complete(finished_run):
+def test_every_stage_table_is_complete(finished_run, first_scores):
     workdir, config_path = finished_run
     config = yaml.safe_load(config_path.read_text())
     n_samples = config["generation"]["n_samples"]
@@ -110,6 +126,10 @@ def test_every_stage_table_is_complete(finished_run):
         assert all(row["sample_index_count"] == n_samples for row in per_prompt)
         assert scores.num_rows == responses.num_rows == len(prompt_ids) * n_samples
         assert all(isinstance(reward, float) for reward in scores.column("reward").to_pylist())
+    assert {str(path) for path in first_scores} == {
+        "results/scores/bundled/tiny-frozen/base.parquet",
+        "results/scores/bundled/tiny-frozen/alignpro/tiny-prompter.parquet",
+    }
     alignpro = tables.read_table(workdir / "results/responses/bundled/tiny-frozen/alignpro/tiny-prompter.parquet", tables.RESPONSES)
     rewrite_of = dict(zip(rewrites.column("prompt_id").to_pylist(), rewrites.column("rewrite").to_pylist()))
     assert all(rewrite_of[pid] == given for pid, given in zip(alignpro.column("prompt_id").to_pylist(), alignpro.column("model_input").to_pylist()))
@@ -154,6 +174,29 @@ def test_vllm_backend_runs_generation_end_to_end(finished_run):
     responses = pq.read_table(workdir / "results/responses/bundled/tiny-frozen/base.parquet")
     assert responses.num_rows == 12 * yaml.safe_load(with_vllm.read_text())["generation"]["n_samples"]
     assert planned_jobs(workdir, "--configfile", str(with_vllm)) == {}
+
+
+@pytest.mark.slow
+def test_another_workflow_reuses_cached_outputs(finished_run, first_scores, output_cache, tmp_path):
+    """Models, data, responses and scores come from the between-workflow cache, not recomputed."""
+    _, config = finished_run
+    other = copy_workflow(tmp_path / "other")
+    result = run_snakemake(other, "--configfile", str(config), cache=output_cache)
+    from_cache = set(re.findall(r"Symlinking output file (\S+) from cache", result.stdout + result.stderr))
+    assert {
+        "results/data/bundled/test.parquet",
+        "results/responses/bundled/tiny-frozen/base.parquet",
+        "results/responses/bundled/tiny-frozen/alignpro/tiny-prompter.parquet",
+        "results/scores/bundled/tiny-frozen/base.parquet",
+        "results/scores/bundled/tiny-frozen/alignpro/tiny-prompter.parquet",
+        "results/models/frozen/tiny-frozen/model.safetensors",
+    } <= from_cache
+    ran = {log.relative_to(other / "logs").parts[0] for log in other.glob("logs/**/*.log") if log.stat().st_size}
+    assert ran == {"rewrite", "report"}
+    assert len(first_scores) == 2
+    for path, content in first_scores.items():
+        assert (other / path).read_bytes() == content
+    assert planned_jobs(other, "--configfile", str(config)) == {}
 
 
 def test_lint_is_clean():

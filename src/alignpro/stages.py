@@ -180,3 +180,4 @@ def report(
     write_report(
         summary, markdown=markdown, html=html, mean_plot=mean_plot, variance_plot=variance_plot, confidence=confidence
     )
+    log.info("report of %d rows from %d score tables written to %s", summary.height, len(scores), markdown)
