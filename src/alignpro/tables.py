@@ -87,7 +87,53 @@ SUMMARY = pa.schema(
     },
 )
 
-SCHEMAS = {"prompts": PROMPTS, "rewrites": REWRITES, "responses": RESPONSES, "scores": SCORES, "summary": SUMMARY}
+SFT_PAIRS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("rewrite", pa.string(), nullable=False),
+        pa.field("reward", pa.float64(), nullable=True),
+        pa.field("source", pa.string(), nullable=False),
+    ],
+    metadata={
+        "doc": "(x, x') pairs the SFT prompter is trained on; reward is the frozen-answer reward of the "
+        "kept rewrite for best-of-K self-distillation (null for pairs read from a file); source is "
+        "'best-of-K' or the file/hub dataset the pair came from"
+    },
+)
+
+PPO_METRICS = pa.schema(
+    [
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("reward_mean", pa.float64(), nullable=False),
+        pa.field("reward_std", pa.float64(), nullable=False),
+        pa.field("score_mean", pa.float64(), nullable=False),
+        pa.field("kl", pa.float64(), nullable=False),
+        pa.field("kl_coef", pa.float64(), nullable=False),
+        pa.field("entropy", pa.float64(), nullable=False),
+        pa.field("policy_loss", pa.float64(), nullable=False),
+        pa.field("value_loss", pa.float64(), nullable=False),
+        pa.field("clip_fraction", pa.float64(), nullable=False),
+        pa.field("value_clip_fraction", pa.float64(), nullable=False),
+        pa.field("approx_kl", pa.float64(), nullable=False),
+        pa.field("response_length", pa.float64(), nullable=False),
+        pa.field("missing_eos_fraction", pa.float64(), nullable=False),
+        pa.field("time_policy_generation", pa.float64(), nullable=False),
+        pa.field("time_reward", pa.float64(), nullable=False),
+        pa.field("time_frozen_generation", pa.float64(), nullable=True),
+        pa.field("time_scoring", pa.float64(), nullable=True),
+        pa.field("time_update", pa.float64(), nullable=False),
+        pa.field("time_step", pa.float64(), nullable=False),
+    ],
+    metadata={
+        "doc": "one row per PPO step: score_mean is the raw reward r (before KL penalty, clipping or "
+        "whitening), reward_mean/std the per-sequence reward minus the KL penalty, kl the mean "
+        "per-sequence sum of log(pi/pi_ref) over response tokens, entropy the mean per-token policy "
+        "entropy, clip fractions over response tokens, times in seconds (time_reward = frozen "
+        "generation + scoring; their split is null where the reward does not report it)"
+    },
+)
+
 
 
 class SchemaError(ValueError):
