@@ -1,5 +1,6 @@
 # Align-Pro: a prompter rewrites each prompt for a frozen model; a reward model scores the answers.
-# Stages: models -> datasets -> rewrite -> generate -> score -> report. See README.md.
+# Stages: models -> datasets -> sft_pairs -> sft -> ppo / rlhf -> rewrite -> generate -> score -> report.
+# See README.md.
 import re
 
 from snakemake.utils import min_version
@@ -16,6 +17,7 @@ report: "workflow/report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/datasets.smk"
+include: "rules/train.smk"
 include: "rules/rewrite.smk"
 include: "rules/generate.smk"
 include: "rules/score.smk"

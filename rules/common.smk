@@ -14,6 +14,9 @@ FROZEN = list(config["models"]["frozen"])
 REWARD_MODEL = next(iter(config["models"]["reward"]))
 DATASETS = list(config["datasets"])
 METHODS = config["methods"]
+# The frozen model's sampling inside training (one answer per rewrite there): everything but the
+# evaluation's number of samples, so changing n_samples retrains nothing.
+TRAINING_GENERATION = {key: value for key, value in config["generation"].items() if key != "n_samples"}
 
 
 def check_local_datasets():
@@ -29,11 +32,18 @@ def check_local_datasets():
 check_local_datasets()
 
 
+# Methods that put a trained prompter in front of the frozen model, and the training stage whose
+# model does the rewriting.
+PROMPTER_METHODS = {"sft": "sft", "alignpro": "ppo"}
+
+
 def systems():
-    """What answers a prompt: `base` (the frozen model alone) or `alignpro/<prompter>`."""
-    names = ["base"] if "base" in METHODS else []
-    if "alignpro" in METHODS:
-        names += [f"alignpro/{prompter}" for prompter in PROMPTERS]
+    """What answers a prompt: `base` or `rlhf` (frozen model alone, as is or PPO-tuned), or
+    `<method>/<prompter>` (a trained prompter rewrites, the frozen model answers)."""
+    names = [method for method in ("base", "rlhf") if method in METHODS]
+    for method in PROMPTER_METHODS:
+        if method in METHODS:
+            names += [f"{method}/{prompter}" for prompter in PROMPTERS]
     return names
 
 
@@ -56,9 +66,29 @@ def model_spec(kind, name):
     return {key: spec[key] for key in ("path", "revision", "dtype", "trust_remote_code")}
 
 
+def trained_spec(kind, name, path):
+    """A model the workflow trained from model `name`: its directory, loaded like its origin."""
+    return {**model_spec(kind, name), "path": path, "revision": "main"}
+
+
 def model_input(kind, name):
     """The built model directory as a job input for tiny models; hub/local models load at run time."""
     return [model_dir(kind, name)] if config["models"][kind][name].get("tiny") else []
+
+
+def train_dir(wildcards):
+    """Training outputs of one (dataset, frozen, prompter)."""
+    return f"results/train/{wildcards.dataset}/{wildcards.frozen}/{wildcards.prompter}"
+
+
+def trained_prompter(wildcards):
+    """The prompter model directory a prompter method rewrites with."""
+    stage = PROMPTER_METHODS[wildcards.method]
+    return f"{train_dir(wildcards)}/sft" if stage == "sft" else f"{train_dir(wildcards)}/ppo/model"
+
+
+def rlhf_model(wildcards):
+    return f"results/train/{wildcards.dataset}/{wildcards.frozen}/rlhf/model"
 
 
 def dataset_input(wildcards):
@@ -68,11 +98,36 @@ def dataset_input(wildcards):
 
 def generation_input(wildcards):
     method, prompter = parse_system(wildcards.system)
+    test = f"results/data/{wildcards.dataset}/test.parquet"
     if method == "base":
-        prompts = f"results/data/{wildcards.dataset}/test.parquet"
-    else:
-        prompts = f"results/rewrites/{wildcards.dataset}/{prompter}.parquet"
-    return {"prompts": prompts, "model": model_input("frozen", wildcards.frozen)}
+        return {"prompts": test, "model": model_input("frozen", wildcards.frozen)}
+    if method == "rlhf":
+        return {"prompts": test, "model": rlhf_model(wildcards)}
+    return {
+        "prompts": f"results/rewrites/{wildcards.dataset}/{wildcards.frozen}/{wildcards.system}.parquet",
+        "model": model_input("frozen", wildcards.frozen),
+    }
+
+
+def generation_model(wildcards):
+    if parse_system(wildcards.system)[0] == "rlhf":
+        return trained_spec("frozen", wildcards.frozen, rlhf_model(wildcards))
+    return model_spec("frozen", wildcards.frozen)
+
+
+def training_metrics():
+    """PPO metric tables the report plots: (path, label) per training run."""
+    runs = []
+    for dataset in DATASETS:
+        for frozen in FROZEN:
+            if "alignpro" in METHODS:
+                runs += [
+                    (f"results/train/{dataset}/{frozen}/{prompter}/ppo/metrics.parquet", f"alignpro {prompter} → {frozen} ({dataset})")
+                    for prompter in PROMPTERS
+                ]
+            if "rlhf" in METHODS:
+                runs.append((f"results/train/{dataset}/{frozen}/rlhf/metrics.parquet", f"rlhf {frozen} ({dataset})"))
+    return runs
 
 
 def score_files():
@@ -97,4 +152,5 @@ wildcard_constraints:
     prompter="|".join(map(re.escape, PROMPTERS)),
     frozen="|".join(map(re.escape, FROZEN)),
     kind="prompters|frozen|reward",
-    system="base|alignpro/[^/]+",
+    system="base|rlhf|(sft|alignpro)/[^/]+",
+    method="sft|alignpro",

@@ -1,5 +1,6 @@
 rule generate:
-    """The frozen model answers x (base) or the prompter's x' (alignpro/<prompter>), n samples each."""
+    """The frozen model answers x (base), its PPO-tuned self answers x (rlhf), or the frozen model
+    answers a trained prompter's x' (sft/<prompter>, alignpro/<prompter>); n samples each."""
     input:
         unpack(generation_input),
     output:
@@ -7,7 +8,7 @@ rule generate:
     params:
         method=lambda wildcards: parse_system(wildcards.system)[0],
         prompter=lambda wildcards: parse_system(wildcards.system)[1],
-        model=lambda wildcards: model_spec("frozen", wildcards.frozen),
+        model=generation_model,
         sampling=config["generation"],
         seed=config["seed"],
     resources:

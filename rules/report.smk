@@ -1,7 +1,8 @@
 rule report:
     """Reward mean, variance and CI per (dataset, prompter, frozen, method), as tables and plots."""
     input:
-        score_files(),
+        scores=score_files(),
+        metrics=[path for path, _ in training_metrics()],
     output:
         summary="results/report/summary.parquet",
         markdown=report(
@@ -20,7 +21,14 @@ rule report:
             caption="../workflow/report/reward_variance.rst",
             labels={"figure": "reward variance"},
         ),
+        training_plot=report(
+            "results/report/training_curves.png",
+            category="Training",
+            caption="../workflow/report/training_curves.rst",
+            labels={"figure": "PPO training curves"},
+        ),
     params:
+        metric_labels=[label for _, label in training_metrics()],
         prompters=PROMPTERS,
         confidence=config["report"]["confidence"],
     log:

@@ -1,20 +1,21 @@
 rule rewrite:
-    """The prompter rewrites every test prompt x into x' (falling back to x when it fails)."""
+    """A trained prompter (sft: rho_sft, alignpro: the PPO prompter) rewrites every test prompt x
+    into x' (falling back to x when it fails)."""
     input:
         prompts="results/data/{dataset}/test.parquet",
-        model=lambda wildcards: model_input("prompters", wildcards.prompter),
+        model=trained_prompter,
     output:
-        "results/rewrites/{dataset}/{prompter}.parquet",
+        "results/rewrites/{dataset}/{frozen}/{method}/{prompter}.parquet",
     params:
-        model=lambda wildcards: model_spec("prompters", wildcards.prompter),
+        model=lambda wildcards: trained_spec("prompters", wildcards.prompter, trained_prompter(wildcards)),
         sampling=config["rewrite"],
         seed=config["seed"],
     resources:
         gpu=1,
     log:
-        "logs/rewrite/{dataset}/{prompter}.log",
+        "logs/rewrite/{dataset}/{frozen}/{method}/{prompter}.log",
     benchmark:
-        "results/benchmarks/rewrite/{dataset}/{prompter}.tsv"
+        "results/benchmarks/rewrite/{dataset}/{frozen}/{method}/{prompter}.tsv"
     conda:
         "../envs/vllm.yaml"
     script:

@@ -1,15 +1,17 @@
 """Summary statistics against hand-computed values, the t quantile, and the written report files."""
 
 import base64
+import io
 import re
 import statistics
 
+import matplotlib.image
 import polars as pl
 import pyarrow as pa
 import pytest
 
 from alignpro.report import summarize, t_quantile, write_report
-from alignpro.tables import SCORES, SUMMARY, conform
+from alignpro.tables import PPO_METRICS, SCORES, SUMMARY, SchemaError, conform
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -202,3 +204,178 @@ def test_html_is_self_contained_and_escaped(report):
 def test_report_leaves_no_temporary_files(report, tmp_path):
     names = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert names == ["plots/mean.png", "plots/variance.png", "report.html", "report.md"]
+
+
+# ---------------------------------------------------------------------------- training curves
+
+ALIGNPRO_RUN = "alignpro tiny-prompter → tiny-frozen (bundled)"
+EVIL_RUN = "rlhf <b>frozen</b> | $x$"
+# Per-step values of the multi-step run, by step; the frame is built out of step order on purpose.
+RUN_STEPS = [1, 2, 3, 4]
+RUN_VALUES = dict(
+    score_mean=[0.25, 0.5, 1.125, 1.75],
+    kl=[0.01, 0.07, 0.12, 0.3],
+    entropy=[2.5, 2.4, 2.2, 2.1],
+    value_loss=[1.0, 0.6, 0.4, 0.3],
+    time_policy_generation=[1.0, 1.2, 2.6, 1.6],
+    time_frozen_generation=[0.4, 0.6, 1.8, 1.0],
+    time_scoring=[0.1, 0.2, 0.3, 0.9],
+    time_update=[0.3, 0.5, 0.7, 2.1],
+    time_step=[2.0, 3.0, 9.0, 4.0],
+)  # skewed times: their medians differ from their means
+
+
+def _metrics(steps: list[int], values: dict, *, split: bool) -> pl.DataFrame:
+    rows = []
+    for index, step in enumerate(steps):
+        row = {name: 0.0 for name in PPO_METRICS.names}
+        row.update({name: column[index] for name, column in values.items()})
+        row["step"] = step
+        row["time_reward"] = values["time_frozen_generation"][index] + values["time_scoring"][index]
+        if not split:
+            row["time_frozen_generation"] = row["time_scoring"] = None
+        rows.append(row)
+    return pl.DataFrame(rows, schema=pl.Schema(PPO_METRICS))
+
+
+def _training_runs() -> dict[str, pl.DataFrame]:
+    order = [2, 0, 3, 1]
+    shuffled = {name: [column[i] for i in order] for name, column in RUN_VALUES.items()}
+    one_step = dict(
+        score_mean=[2.0], kl=[0.5], entropy=[1.5], value_loss=[0.2], time_policy_generation=[1.5],
+        time_frozen_generation=[2.5], time_scoring=[0.5], time_update=[1.0], time_step=[6.0],
+    )
+    return {
+        ALIGNPRO_RUN: _metrics([RUN_STEPS[i] for i in order], shuffled, split=True),
+        EVIL_RUN: _metrics([7], one_step, split=False),
+    }
+
+
+def _small_summary() -> pl.DataFrame:
+    base = _scores(_rows(BASE_REWARDS, method="base", prompter=None, fallback=None))
+    return summarize([base], prompters=["org/prompter-a"])
+
+
+def _paths(folder) -> dict:
+    return dict(
+        markdown=folder / "report.md",
+        html=folder / "report.html",
+        mean_plot=folder / "plots" / "mean.png",
+        variance_plot=folder / "plots" / "variance.png",
+        training_plot=folder / "plots" / "training.png",
+    )
+
+
+@pytest.fixture(scope="module")
+def training_report(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("training")
+    paths = _paths(folder)
+    write_report(_small_summary(), **paths, training=_training_runs())
+    return folder, paths
+
+
+def _image(data: bytes):
+    assert data.startswith(PNG_SIGNATURE)
+    return matplotlib.image.imread(io.BytesIO(data), format="png")
+
+
+def _run_tables(markdown: str) -> dict[str, dict[str, str]]:
+    """Run heading -> {statistic: value} from the Markdown training section."""
+    section = markdown.split("## Training", 1)[1]
+    tables = {}
+    for block in section.split("\n### ")[1:]:
+        heading, *lines = block.splitlines()
+        cells = [re.split(r"(?<!\\)\|", line.strip())[1:-1] for line in lines if line.startswith("| ")]
+        tables[heading] = {name.strip(): value.strip() for name, value in cells[1:]}
+    return tables
+
+
+def test_training_plot_is_a_real_png(training_report):
+    _, paths = training_report
+    data = paths["training_plot"].read_bytes()
+    image = _image(data)
+    assert len(data) > 30_000
+    assert image.shape[0] > 500 and image.shape[1] > 1000
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_markdown_training_tables_have_the_right_numbers(training_report):
+    _, paths = training_report
+    text = paths["markdown"].read_text(encoding="utf-8")
+    assert "](plots/training.png)" in text
+    tables = _run_tables(text)
+    assert list(tables) == [ALIGNPRO_RUN, "rlhf &lt;b&gt;frozen&lt;/b&gt; \\| $x$"]
+    run = tables[ALIGNPRO_RUN]
+    assert run["steps"] == "4"
+    assert float(run["score_mean, first step"]) == pytest.approx(RUN_VALUES["score_mean"][0], abs=5e-4)
+    assert float(run["score_mean, last step"]) == pytest.approx(RUN_VALUES["score_mean"][-1], abs=5e-4)
+    assert float(run["kl, last step"]) == pytest.approx(RUN_VALUES["kl"][-1], abs=5e-4)
+    assert float(run["median step time (s)"]) == pytest.approx(statistics.median(RUN_VALUES["time_step"]), abs=5e-4)
+    for key, column in (
+        ("… policy generation (s)", "time_policy_generation"),
+        ("… frozen generation (s)", "time_frozen_generation"),
+        ("… scoring (s)", "time_scoring"),
+        ("… update (s)", "time_update"),
+    ):
+        assert float(run[key]) == pytest.approx(statistics.median(RUN_VALUES[column]), abs=5e-4), key
+    evil = tables["rlhf &lt;b&gt;frozen&lt;/b&gt; \\| $x$"]
+    assert evil["steps"] == "1"
+    assert evil["score_mean, first step"] == evil["score_mean, last step"] == "2.000"
+    assert evil["median step time (s)"] == "6.000"
+    assert evil["… reward (frozen generation + scoring) (s)"] == "3.000"  # no split: one reward part
+    assert "… scoring (s)" not in evil
+    assert "<b>" not in text
+
+
+def test_html_embeds_training_plot_and_escapes_run_labels(training_report):
+    _, paths = training_report
+    page = paths["html"].read_text(encoding="utf-8")
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 3
+    assert base64.b64decode(images[2]) == paths["training_plot"].read_bytes()
+    assert "<h2>Training</h2>" in page
+    assert "rlhf &lt;b&gt;frozen&lt;/b&gt; | $x$" in page and "<b>" not in page
+    assert "<td>median step time (s)</td><td>3.500</td>" in page
+    assert "<link" not in page and "http" not in page
+
+
+def test_training_report_leaves_no_temporary_files(training_report):
+    folder, _ = training_report
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    assert names == ["plots", "plots/mean.png", "plots/training.png", "plots/variance.png", "report.html", "report.md"]
+
+
+@pytest.mark.parametrize("training", [None, {}])
+def test_no_training_runs_writes_placeholder_and_no_section(training, tmp_path):
+    paths = _paths(tmp_path)
+    write_report(_small_summary(), **paths, training=training)
+    placeholder = _image(paths["training_plot"].read_bytes())
+    assert placeholder.shape[0] < 300 and placeholder[..., :3].std() > 0.0  # small, with the text on it
+    text = paths["markdown"].read_text(encoding="utf-8")
+    page = paths["html"].read_text(encoding="utf-8")
+    assert "Training" not in text and "training" not in text
+    assert "Training" not in page and "training.png" not in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 2
+    names = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert names == ["mean.png", "report.html", "report.md", "training.png", "variance.png"]
+
+
+def test_no_training_runs_and_no_path_writes_no_training_plot(tmp_path):
+    paths = _paths(tmp_path)
+    del paths["training_plot"]
+    write_report(_small_summary(), **paths)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
+        "mean.png", "report.html", "report.md", "variance.png"
+    ]
+
+
+def test_bad_training_input_is_rejected_before_writing(tmp_path):
+    paths = _paths(tmp_path)
+    runs = _training_runs()
+    with pytest.raises(ValueError, match="training_plot"):
+        write_report(_small_summary(), **{**paths, "training_plot": None}, training=runs)
+    with pytest.raises(SchemaError, match="kl"):
+        write_report(_small_summary(), **paths, training={"run": runs[ALIGNPRO_RUN].drop("kl")})
+    with pytest.raises(ValueError, match="no steps"):
+        write_report(_small_summary(), **paths, training={"run": runs[ALIGNPRO_RUN].clear()})
+    assert list(tmp_path.iterdir()) == []

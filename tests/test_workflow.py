@@ -21,6 +21,7 @@ from alignpro import tables
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 WORKFLOW_FILES = ["Snakefile", "rules", "workflow", "config", "profiles", "envs"]
+SYSTEMS = ["base", "rlhf", "sft/tiny-prompter", "alignpro/tiny-prompter"]
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -114,11 +115,18 @@ def test_every_stage_table_is_complete(finished_run, first_scores):
     assert len(prompt_ids) == test.num_rows == 12
     assert not prompt_ids & set(train.column("prompt_id").to_pylist())
 
-    rewrites = tables.read_table(workdir / "results/rewrites/bundled/tiny-prompter.parquet", tables.REWRITES)
-    assert set(rewrites.column("prompt_id").to_pylist()) == prompt_ids
-    assert rewrites.num_rows == len(prompt_ids)
+    for method in ["sft", "alignpro"]:
+        rewrites = tables.read_table(workdir / f"results/rewrites/bundled/tiny-frozen/{method}/tiny-prompter.parquet", tables.REWRITES)
+        assert set(rewrites.column("prompt_id").to_pylist()) == prompt_ids
+        assert rewrites.num_rows == len(prompt_ids)
+        responses = tables.read_table(
+            workdir / f"results/responses/bundled/tiny-frozen/{method}/tiny-prompter.parquet", tables.RESPONSES
+        )
+        rewrite_of = dict(zip(rewrites.column("prompt_id").to_pylist(), rewrites.column("rewrite").to_pylist()))
+        given = zip(responses.column("prompt_id").to_pylist(), responses.column("model_input").to_pylist())
+        assert all(rewrite_of[prompt_id] == model_input for prompt_id, model_input in given)
 
-    for system in ["base", "alignpro/tiny-prompter"]:
+    for system in SYSTEMS:
         responses = tables.read_table(workdir / f"results/responses/bundled/tiny-frozen/{system}.parquet", tables.RESPONSES)
         scores = tables.read_table(workdir / f"results/scores/bundled/tiny-frozen/{system}.parquet", tables.SCORES)
         per_prompt = responses.group_by("prompt_id").aggregate([("sample_index", "count")]).to_pylist()
@@ -126,27 +134,38 @@ def test_every_stage_table_is_complete(finished_run, first_scores):
         assert all(row["sample_index_count"] == n_samples for row in per_prompt)
         assert scores.num_rows == responses.num_rows == len(prompt_ids) * n_samples
         assert all(isinstance(reward, float) for reward in scores.column("reward").to_pylist())
-    assert {str(path) for path in first_scores} == {
-        "results/scores/bundled/tiny-frozen/base.parquet",
-        "results/scores/bundled/tiny-frozen/alignpro/tiny-prompter.parquet",
-    }
-    alignpro = tables.read_table(workdir / "results/responses/bundled/tiny-frozen/alignpro/tiny-prompter.parquet", tables.RESPONSES)
-    rewrite_of = dict(zip(rewrites.column("prompt_id").to_pylist(), rewrites.column("rewrite").to_pylist()))
-    assert all(rewrite_of[pid] == given for pid, given in zip(alignpro.column("prompt_id").to_pylist(), alignpro.column("model_input").to_pylist()))
+    assert {str(path) for path in first_scores} == {f"results/scores/bundled/tiny-frozen/{system}.parquet" for system in SYSTEMS}
+
+
+@pytest.mark.slow
+def test_training_stages_write_models_and_metrics(finished_run):
+    workdir, config_path = finished_run
+    config = yaml.safe_load(config_path.read_text())
+    train = workdir / "results/train/bundled/tiny-frozen"
+    pairs = tables.read_table(train / "tiny-prompter/sft_pairs.parquet", tables.SFT_PAIRS)
+    assert pairs.num_rows == config["sft"]["pairs"]["max_prompts"]
+    assert set(pairs.column("source").to_pylist()) == {f"best-of-{config['sft']['pairs']['k']}"}
+    for run, section in [("tiny-prompter/ppo", "ppo"), ("rlhf", "rlhf")]:
+        metrics = tables.read_table(train / run / "metrics.parquet", tables.PPO_METRICS)
+        assert metrics.column("step").to_pylist() == list(range(1, config[section]["steps"] + 1))
+        assert (train / run / "model" / "config.json").exists()
+    for model in [train / "tiny-prompter/sft", train / "tiny-prompter/ppo/model", train / "rlhf/model"]:
+        assert (model / "model.safetensors").exists() and (model / "tokenizer.json").exists()
+    assert not list(train.glob("**/adapter_model.safetensors"))
 
 
 @pytest.mark.slow
 def test_report_has_numbers_for_each_method(finished_run):
     workdir, _ = finished_run
     summary = tables.read_table(workdir / "results/report/summary.parquet", tables.SUMMARY).to_pylist()
-    assert sorted(row["method"] for row in summary) == ["alignpro", "base"]
+    assert sorted(row["method"] for row in summary) == ["alignpro", "base", "rlhf", "sft"]
     for row in summary:
         assert row["n_prompts"] == 12
         assert row["ci_low"] <= row["mean_reward"] <= row["ci_high"]
     markdown = (workdir / "results/report/report.md").read_text()
     for row in summary:
         assert f"{row['mean_reward']:.3f}" in markdown
-    for plot in ["mean_reward.png", "reward_variance.png"]:
+    for plot in ["mean_reward.png", "reward_variance.png", "training_curves.png"]:
         assert (workdir / "results/report" / plot).read_bytes().startswith(b"\x89PNG")
 
 
@@ -155,30 +174,33 @@ def test_rerun_plans_nothing_and_generation_change_reruns_downstream_only(finish
     workdir, config = finished_run
     assert planned_jobs(workdir, "--configfile", str(config)) == {}
 
-    cooler = derive_config(config, "cooler.yaml", generation={"temperature": 0.7})
-    assert planned_jobs(workdir, "--configfile", str(cooler)) == {"all": 1, "generate": 2, "score": 2, "report": 1}
+    more_samples = derive_config(config, "more_samples.yaml", generation={"n_samples": 3})
+    assert planned_jobs(workdir, "--configfile", str(more_samples)) == {"all": 1, "generate": 4, "score": 4, "report": 1}
 
 
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_vllm_backend_runs_generation_end_to_end(finished_run):
-    """Switching the frozen model to vLLM reruns only generation onward, and vLLM really answers."""
+    """Switching the frozen model to vLLM reruns what uses it (generation, and the prompter's training,
+    whose reward needs the frozen model's answers), and vLLM really answers."""
     workdir, config = finished_run
     with_vllm = derive_config(
         config, "vllm.yaml", generation={"backend": "vllm", "vllm": {"gpu_memory_utilization": 0.2, "max_model_len": 512}}
     )
-    assert planned_jobs(workdir, "--configfile", str(with_vllm)) == {"all": 1, "generate": 2, "score": 2, "report": 1}
+    retrained = {"sft_pairs": 1, "sft": 1, "ppo": 1, "rewrite": 2}
+    assert planned_jobs(workdir, "--configfile", str(with_vllm)) == {"all": 1, "generate": 4, "score": 4, "report": 1, **retrained}
     run_snakemake(workdir, "--configfile", str(with_vllm))
     log = (workdir / "logs/generate/bundled/tiny-frozen/base.log").read_text()
     assert "vllm" in log.lower()
     responses = pq.read_table(workdir / "results/responses/bundled/tiny-frozen/base.parquet")
     assert responses.num_rows == 12 * yaml.safe_load(with_vllm.read_text())["generation"]["n_samples"]
+    assert "vllm" in (workdir / "logs/ppo/bundled/tiny-frozen/tiny-prompter.log").read_text().lower()
     assert planned_jobs(workdir, "--configfile", str(with_vllm)) == {}
 
 
 @pytest.mark.slow
 def test_another_workflow_reuses_cached_outputs(finished_run, first_scores, output_cache, tmp_path):
-    """Models, data, responses and scores come from the between-workflow cache, not recomputed."""
+    """Models, data, trained prompters, responses and scores come from the between-workflow cache."""
     _, config = finished_run
     other = copy_workflow(tmp_path / "other")
     result = run_snakemake(other, "--configfile", str(config), cache=output_cache)
@@ -190,10 +212,13 @@ def test_another_workflow_reuses_cached_outputs(finished_run, first_scores, outp
         "results/scores/bundled/tiny-frozen/base.parquet",
         "results/scores/bundled/tiny-frozen/alignpro/tiny-prompter.parquet",
         "results/models/frozen/tiny-frozen/model.safetensors",
+        "results/train/bundled/tiny-frozen/tiny-prompter/sft_pairs.parquet",
+        "results/train/bundled/tiny-frozen/tiny-prompter/ppo/metrics.parquet",
+        "results/train/bundled/tiny-frozen/rlhf/model/model.safetensors",
     } <= from_cache
     ran = {log.relative_to(other / "logs").parts[0] for log in other.glob("logs/**/*.log") if log.stat().st_size}
     assert ran == {"rewrite", "report"}
-    assert len(first_scores) == 2
+    assert len(first_scores) == len(SYSTEMS)
     for path, content in first_scores.items():
         assert (other / path).read_bytes() == content
     assert planned_jobs(other, "--configfile", str(config)) == {}

@@ -1,7 +1,9 @@
 """Summarize scored responses per method and write the report (Markdown, HTML, two bar plots).
 
 The numbers mirror the Align-Pro paper's Figures 2 and 3: the mean reward of each method, with a
-confidence interval, and the variance of the reward over all sampled responses.
+confidence interval, and the variance of the reward over all sampled responses. With PPO training
+runs (the Align-Pro prompters, the RLHF oracle) the report adds their training curves and a small
+table per run.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import io
 import math
 import os
 import tempfile
+import textwrap
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,7 +25,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from alignpro.tables import SCORES, SUMMARY, conform  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from alignpro.tables import PPO_METRICS, SCORES, SUMMARY, conform  # noqa: E402
 
 METHOD_ORDER = ("base", "sft", "alignpro", "rlhf")
 METHOD_COLOURS = {"base": "#7f7f7f", "sft": "#1f77b4", "alignpro": "#ff7f0e", "rlhf": "#2ca02c"}
@@ -315,8 +320,10 @@ def _markdown_cell(text: str) -> str:
     return html.escape(text, quote=False).replace("|", "\\|")
 
 
-def _markdown(summary: pl.DataFrame, title: str, note: str, mean_plot: str, variance_plot: str) -> str:
-    """The report as Markdown: a table per dataset, then the plots linked by relative path."""
+def _markdown(
+    summary: pl.DataFrame, title: str, note: str, mean_plot: str, variance_plot: str, training: list[str] = ()
+) -> str:
+    """The report as Markdown: a table per dataset, then the plots linked by relative path, then `training`."""
     lines = [f"# {_markdown_cell(title)}", "", note, ""]
     for dataset in sorted(summary["dataset"].unique().to_list()):
         lines += [f"## {_markdown_cell(dataset)}", "", "| " + " | ".join(TABLE_HEADER) + " |"]
@@ -324,7 +331,7 @@ def _markdown(summary: pl.DataFrame, title: str, note: str, mean_plot: str, vari
         lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in _table_rows(summary, dataset)]
         lines.append("")
     lines += ["## Plots", "", f"![Mean reward]({mean_plot})", "", f"![Reward variance]({variance_plot})", ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, *training])
 
 
 HTML_STYLE = (
@@ -335,8 +342,15 @@ HTML_STYLE = (
 )
 
 
-def _html(summary: pl.DataFrame, title: str, note: str, mean_png: bytes, variance_png: bytes) -> str:
-    """The same report as one self-contained page: inline style, plots as base64 data URIs."""
+def _html_image(alt: str, png: bytes) -> str:
+    """An image paragraph with the PNG inline as a base64 data URI."""
+    return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"></p>'
+
+
+def _html(
+    summary: pl.DataFrame, title: str, note: str, mean_png: bytes, variance_png: bytes, training: list[str] = ()
+) -> str:
+    """The same report as one self-contained page: inline style, plots as base64 data URIs, then `training`."""
     esc = html.escape
     parts = [
         "<!DOCTYPE html>",
@@ -350,10 +364,199 @@ def _html(summary: pl.DataFrame, title: str, note: str, mean_png: bytes, varianc
         rows = ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _table_rows(summary, dataset)]
         parts += [f"<h2>{esc(dataset)}</h2>", "<table>", header, *rows, "</table>"]
     parts.append("<h2>Plots</h2>")
-    for alt, png in (("Mean reward", mean_png), ("Reward variance", variance_png)):
-        parts.append(f'<p><img alt="{alt}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"></p>')
+    parts += [_html_image("Mean reward", mean_png), _html_image("Reward variance", variance_png), *training]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------- training curves
+
+TRAINING_PANELS = (
+    ("score_mean", "score_mean: reward model score"),
+    ("kl", "kl: KL to the reference policy"),
+    ("entropy", "entropy: policy entropy per token"),
+    ("value_loss", "value_loss"),
+)
+# Parts of a PPO step, in bar order: column -> (legend label, colour, hatch).
+STEP_PARTS = {
+    "time_policy_generation": ("policy generation", "#4c72b0", None),
+    "time_frozen_generation": ("frozen generation", "#dd8452", None),
+    "time_scoring": ("scoring", "#c44e52", None),
+    "time_reward": ("reward (frozen generation + scoring)", "#e6a06b", "//"),
+    "time_update": ("update", "#55a868", None),
+    "other": ("other", "#c7c7c7", None),
+}
+RUN_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+MARKER_MAX_STEPS = 30  # draw markers on runs this short, so one- or few-step runs stay visible
+
+
+def _training_frames(training: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+    """Each run's metrics checked against PPO_METRICS and sorted by step; a run without steps is an error."""
+    runs = {}
+    for label, frame in training.items():
+        checked = pl.from_arrow(conform(frame.to_arrow(), PPO_METRICS, f"training metrics of {label!r}"))
+        if checked.is_empty():
+            raise ValueError(f"training metrics of {label!r} have no steps")
+        runs[label] = checked.sort("step")
+    return runs
+
+
+def _has_reward_split(frame: pl.DataFrame) -> bool:
+    """Whether every step reports the frozen-generation / scoring split of the reward time."""
+    return frame["time_frozen_generation"].null_count() == 0 and frame["time_scoring"].null_count() == 0
+
+
+def _step_parts(frame: pl.DataFrame) -> list[str]:
+    """The columns a run's step time is split into: the reward split where known, else time_reward."""
+    reward = ["time_frozen_generation", "time_scoring"] if _has_reward_split(frame) else ["time_reward"]
+    return ["time_policy_generation", *reward, "time_update"]
+
+
+def _mean_step_split(frame: pl.DataFrame) -> dict[str, float]:
+    """Mean seconds per part; `other` is the rest of time_step (never negative), so parts sum to the mean step."""
+    parts = _step_parts(frame)
+    means = {part: float(frame[part].mean()) for part in parts}
+    rest = (pl.col("time_step") - pl.sum_horizontal(parts)).clip(lower_bound=0.0)
+    means["other"] = float(frame.select(rest.mean()).item())
+    return means
+
+
+def _plot_label(label: str, width: int | None = None) -> str:
+    """A run label for matplotlib: `$` escaped (no mathtext), optionally wrapped."""
+    text = label.replace("$", r"\$")
+    return "\n".join(textwrap.wrap(text, width)) if width else text
+
+
+def _training_plot(runs: dict[str, pl.DataFrame]) -> bytes:
+    """PNG bytes: one panel per metric with one line per run (x = step), and the mean step-time split below.
+
+    The split panel is a subfigure of its own, so its long run labels do not widen the metric panels.
+    """
+    colours = dict(zip(runs, RUN_COLOURS * (1 + len(runs) // len(RUN_COLOURS))))
+    markers = {label: "o" if frame.height <= MARKER_MAX_STEPS else None for label, frame in runs.items()}
+    split_height = 1.2 + 0.55 * len(runs)
+    legend_height = 0.5 + 0.25 * math.ceil(len(runs) / 2)
+    fig = plt.figure(figsize=(16, 4.2 + split_height + legend_height), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[4.2, split_height + legend_height])
+    first = min(frame["step"].min() for frame in runs.values())
+    last = max(frame["step"].max() for frame in runs.values())
+    for ax, (column, title) in zip(top.subplots(1, len(TRAINING_PANELS)), TRAINING_PANELS):
+        for label, frame in runs.items():
+            single = frame.height == 1
+            ax.plot(
+                frame["step"],
+                frame[column],
+                color=colours[label],
+                marker=markers[label],
+                markersize=7 if single else 3.5,
+                linewidth=1.6,
+                zorder=3 if single else 2,
+            )
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel("PPO step")
+        if last - first < 2:  # pad very short runs, or the integer tick locator falls back to fractions
+            ax.set_xlim(first - 1, last + 1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    top.suptitle("PPO training curves", fontsize=13)
+    _draw_step_split(bottom.subplots(), runs, colours)
+    handles = [plt.Line2D([], [], color=colours[label], marker=markers[label], linewidth=1.6) for label in runs]
+    bottom.legend(
+        handles,
+        [_plot_label(label) for label in runs],
+        loc="outside lower center",
+        ncol=min(2, len(runs)),
+        frameon=False,
+        title="run",
+    )
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _draw_step_split(ax, runs: dict[str, pl.DataFrame], colours: dict[str, str]) -> None:
+    """A stacked horizontal bar per run of its mean step time by part, the total at the bar's end."""
+    used = []
+    labels = list(runs)
+    for row, label in enumerate(labels):
+        left = 0.0
+        for part, seconds in _mean_step_split(runs[label]).items():
+            if part == "other" and seconds <= 0.0:
+                continue
+            name, colour, hatch = STEP_PARTS[part]
+            ax.barh(row, seconds, left=left, height=0.6, color=colour, hatch=hatch, edgecolor="white", linewidth=0.8)
+            left += seconds
+            used.append(part)
+        ax.annotate(f"{left:.2f} s", (left, row), xytext=(4, 0), textcoords="offset points", va="center", fontsize=9)
+    ax.set_yticks(range(len(labels)), [_plot_label(label, 48) for label in labels], fontsize=9)
+    for tick, label in zip(ax.get_yticklabels(), labels):
+        tick.set_color(colours[label])
+    ax.set_ylim(len(labels) - 0.5, -0.5)  # first run on top
+    ax.set_xlabel("seconds")
+    ax.set_title("step time split (mean seconds per step)", fontsize=11)
+    ax.margins(x=0.12)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+    parts = [part for part in STEP_PARTS if part in used]
+    handles = [
+        plt.Rectangle((0, 0), 1, 1, facecolor=STEP_PARTS[p][1], hatch=STEP_PARTS[p][2], edgecolor="white") for p in parts
+    ]
+    ax.legend(handles, [STEP_PARTS[p][0] for p in parts], loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8,
+              frameon=False)
+
+
+def _no_training_plot() -> bytes:
+    """A small PNG that says there were no training runs, so a declared plot output still exists."""
+    fig = plt.figure(figsize=(4, 1.5))
+    fig.text(0.5, 0.5, "no training runs", ha="center", va="center", fontsize=14, color="#555555")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+TRAINING_NOTE = (
+    "score_mean is the reward model's raw score of the sampled responses (before the KL penalty); kl is the "
+    "mean per-sequence KL of the policy to its reference. Step times are medians over steps in seconds, each "
+    "part's median on its own, so the parts need not add up to the total; the plot shows means, where they do "
+    "(other: time in a step outside the listed parts)."
+)
+
+
+def _training_rows(frame: pl.DataFrame) -> list[tuple[str, str]]:
+    """(statistic, value) display cells of one run's table: plain text, escaped by the caller."""
+    first, last = frame.row(0, named=True), frame.row(-1, named=True)
+    rows = [
+        ("steps", str(frame.height)),
+        ("score_mean, first step", _format(first["score_mean"])),
+        ("score_mean, last step", _format(last["score_mean"])),
+        ("kl, last step", _format(last["kl"])),
+        ("median step time (s)", _format(frame["time_step"].median())),
+    ]
+    for part in _step_parts(frame):
+        rows.append((f"… {STEP_PARTS[part][0]} (s)", _format(frame[part].median())))
+    return rows
+
+
+def _training_markdown(runs: dict[str, pl.DataFrame], plot_link: str) -> list[str]:
+    """The Markdown training section: the plot link, then a small table per run."""
+    lines = ["## Training", "", TRAINING_NOTE, "", f"![PPO training curves]({plot_link})", ""]
+    for label, frame in runs.items():
+        lines += [f"### {_markdown_cell(label)}", "", "| statistic | value |", "|---|---|"]
+        lines += [f"| {_markdown_cell(name)} | {_markdown_cell(value)} |" for name, value in _training_rows(frame)]
+        lines.append("")
+    return lines
+
+
+def _training_html(runs: dict[str, pl.DataFrame], png: bytes) -> list[str]:
+    """The HTML training section: the plot embedded, then a small table per run."""
+    esc = html.escape
+    parts = ["<h2>Training</h2>", f"<p>{esc(TRAINING_NOTE)}</p>", _html_image("PPO training curves", png)]
+    for label, frame in runs.items():
+        rows = [f"<tr><td>{esc(name)}</td><td>{esc(value)}</td></tr>" for name, value in _training_rows(frame)]
+        parts += [f"<h3>{esc(label)}</h3>", "<table>", "<tr><th>statistic</th><th>value</th></tr>", *rows, "</table>"]
+    return parts
 
 
 def _relative_link(target: str | os.PathLike, start: Path) -> str:
@@ -370,17 +573,36 @@ def write_report(
     variance_plot: str | os.PathLike,
     title: str = "Align-Pro evaluation",
     confidence: float = 0.95,
+    training: dict[str, pl.DataFrame] | None = None,
+    training_plot: str | os.PathLike | None = None,
 ) -> None:
-    """Write the Markdown and self-contained HTML reports and the mean / variance bar plots."""
+    """Write the Markdown and self-contained HTML reports, the mean / variance bar plots and training curves.
+
+    `training` maps a run label (e.g. "rlhf tiny-frozen (bundled)") to its PPO_METRICS frame. With runs,
+    `training_plot` is required: it gets the curves (score_mean, kl, entropy, value_loss per step, and the
+    mean step-time split), and both reports get a "Training" section with the plot and a table per run.
+    With no runs (None or {}) neither report mentions training; a given `training_plot` then gets a small
+    "no training runs" placeholder PNG, so a workflow's declared output always exists. Everything is
+    checked and rendered before the first file is written, and every file is written atomically.
+    """
     if summary.is_empty():
         raise ValueError("empty summary: nothing to report")
+    runs = _training_frames(training or {})
+    if runs and training_plot is None:
+        raise ValueError("training runs given without a training_plot path to draw them to")
     mean_png = _bar_plot(summary, "mean_reward", "mean reward", "Mean reward (error bars: CI over prompts)", True)
     variance_png = _bar_plot(summary, "reward_variance", "reward variance", "Reward variance", False)
+    training_png = _training_plot(runs) if runs else _no_training_plot()
     note = _ci_note(confidence)
     markdown_dir = Path(markdown).parent
     links = _relative_link(mean_plot, markdown_dir), _relative_link(variance_plot, markdown_dir)
-    markdown_text = _markdown(summary, title, note, *links)
+    training_markdown = _training_markdown(runs, _relative_link(training_plot, markdown_dir)) if runs else []
+    training_html = _training_html(runs, training_png) if runs else []
+    markdown_text = _markdown(summary, title, note, *links, training_markdown)
+    html_text = _html(summary, title, note, mean_png, variance_png, training_html)
     _write_atomic(mean_plot, mean_png)
     _write_atomic(variance_plot, variance_png)
+    if training_plot is not None:
+        _write_atomic(training_plot, training_png)
     _write_atomic(markdown, markdown_text.encode("utf-8"))
-    _write_atomic(html, _html(summary, title, note, mean_png, variance_png).encode("utf-8"))
+    _write_atomic(html, html_text.encode("utf-8"))

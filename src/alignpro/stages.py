@@ -144,11 +144,10 @@ def generate(
     tables.write_table(responses, out_path, tables.RESPONSES)
 
 
-def score(*, responses_path: str, out_path: str, reward_model: str, model: dict, params: dict) -> None:
-    """The reward stage: r(x, y) for every sampled response, x the original prompt."""
-    from alignpro.reward import RewardScorer, score_responses
+def _scorer(model: dict, params: dict):
+    from alignpro.reward import RewardScorer
 
-    scorer = RewardScorer(
+    return RewardScorer(
         model["path"],
         revision=model["revision"],
         dtype=model["dtype"],
@@ -156,13 +155,140 @@ def score(*, responses_path: str, out_path: str, reward_model: str, model: dict,
         batch_size=params["batch_size"],
         max_length=params["max_length"],
     )
+
+
+def score(*, responses_path: str, out_path: str, reward_model: str, model: dict, params: dict) -> None:
+    """The reward stage: r(x, y) for every sampled response, x the original prompt."""
+    from alignpro.reward import score_responses
+
     responses = tables.read_table(responses_path, tables.RESPONSES)
-    tables.write_table(score_responses(scorer, responses, reward_model=reward_model), out_path, tables.SCORES)
+    scored = score_responses(_scorer(model, params), responses, reward_model=reward_model)
+    tables.write_table(scored, out_path, tables.SCORES)
+
+
+def _training_prompts(train_path: str, max_prompts: int):
+    """The first `max_prompts` training prompts (the split is already shuffled with the seed)."""
+    return tables.read_table(train_path, tables.PROMPTS).slice(0, max_prompts)
+
+
+def sft_pairs(
+    *,
+    train_path: str,
+    out_path: str,
+    pairs: dict,
+    prompter: dict,
+    frozen: dict,
+    reward: dict,
+    rewrite: dict,
+    generation: dict,
+    scoring: dict,
+    seed: int,
+) -> None:
+    """(x, x') pairs for rho_sft: best-of-K self-distillation, or pairs from a file or hub dataset."""
+    from alignpro.sft import best_of_k_pairs, read_pairs
+
+    if pairs["source"] == "best_of_k":
+        table = best_of_k_pairs(
+            _generator(prompter, rewrite, seed=seed),
+            _generator(frozen, generation, seed=seed),
+            _scorer(reward, scoring),
+            _training_prompts(train_path, pairs["max_prompts"]),
+            k=pairs["k"],
+            prompter_sampling=_sampling(rewrite, seed=seed),
+            frozen_sampling=_sampling(generation, seed=seed, n=pairs["answers_per_rewrite"]),
+            fallback_on_truncation=rewrite["fallback_on_truncation"],
+            max_length_ratio=rewrite["max_length_ratio"],
+        )
+    else:
+        table = read_pairs(pairs)
+    tables.write_table(table, out_path, tables.SFT_PAIRS)
+    log.info("%d SFT pairs written to %s", table.num_rows, out_path)
+
+
+def sft(*, pairs_path: str, out_dir: str, model: dict, settings: dict, seed: int) -> None:
+    """rho_sft: the prompter fine-tuned on the pairs, saved as a full model."""
+    from alignpro.sft import SFTSettings, train_sft
+
+    train_sft(
+        model["path"],
+        tables.read_table(pairs_path, tables.SFT_PAIRS),
+        out_dir,
+        SFTSettings.from_config({**settings, "seed": seed}),
+        revision=model["revision"],
+        dtype=model["dtype"],
+        trust_remote_code=model["trust_remote_code"],
+    )
+
+
+def _train_ppo(*, train_path: str, workdir: str, model: dict, ppo: dict, seed: int, query_fn, reward_fn) -> None:
+    from alignpro.ppo import PPOConfig, PPOTrainer
+
+    settings = {key: value for key, value in ppo.items() if key != "max_prompts"}
+    trainer = PPOTrainer(
+        PPOConfig.from_config({**settings, "seed": seed}),
+        model=model["path"],
+        query_fn=query_fn,
+        reward_fn=reward_fn,
+        output_dir=workdir,
+        revision=model["revision"],
+        dtype=model["dtype"],
+        trust_remote_code=model["trust_remote_code"],
+    )
+    trainer.train(_training_prompts(train_path, ppo["max_prompts"]).column("prompt").to_pylist())
+
+
+def ppo(
+    *,
+    train_path: str,
+    workdir: str,
+    model: dict,
+    frozen: dict,
+    reward: dict,
+    ppo: dict,
+    rewrite: dict,
+    generation: dict,
+    scoring: dict,
+    seed: int,
+) -> None:
+    """The Align-Pro prompter: PPO from rho_sft; each rewrite's reward is r(x, frozen(x')).
+
+    Writes `workdir/model` and `workdir/metrics.parquet`; checkpoints in `workdir/checkpoints`
+    survive a killed job, and the rerun resumes from the last one.
+    """
+    from alignpro.rewrite import prompter_conversation
+    from alignpro.training import RewriteReward
+
+    reward_fn = RewriteReward(
+        _generator(frozen, generation, seed=seed),
+        _scorer(reward, scoring),
+        _sampling(generation, seed=seed),
+        fallback_on_truncation=rewrite["fallback_on_truncation"],
+        max_length_ratio=rewrite["max_length_ratio"],
+    )
+    _train_ppo(
+        train_path=train_path, workdir=workdir, model=model, ppo=ppo, seed=seed, query_fn=prompter_conversation, reward_fn=reward_fn
+    )
+
+
+def rlhf(*, train_path: str, workdir: str, model: dict, reward: dict, ppo: dict, scoring: dict, seed: int) -> None:
+    """The RLHF oracle: the same PPO on the frozen model, rewarded with r(x, y) of its own answers."""
+    from alignpro.training import ResponseReward
+
+    _train_ppo(
+        train_path=train_path,
+        workdir=workdir,
+        model=model,
+        ppo=ppo,
+        seed=seed,
+        query_fn=lambda prompt: [{"role": "user", "content": prompt}],
+        reward_fn=ResponseReward(_scorer(reward, scoring)),
+    )
 
 
 def report(
     *,
     scores_paths: list[str],
+    metrics: dict[str, str],
     prompters: list[str],
     confidence: float,
     summary_path: str,
@@ -170,14 +296,26 @@ def report(
     html: str,
     mean_plot: str,
     variance_plot: str,
+    training_plot: str,
 ) -> None:
-    """The report stage: per (dataset, prompter, frozen, method) reward statistics, tables and plots."""
+    """The report stage: per (dataset, prompter, frozen, method) reward statistics, tables and plots,
+    and the PPO training curves (`metrics`: run label -> its metrics table)."""
+    import polars as pl
+
     from alignpro.report import summarize, write_report
 
     scores = [tables.read_table(path, tables.SCORES) for path in scores_paths]
     summary = summarize(scores, prompters=prompters, confidence=confidence)
     tables.write_table(summary.to_arrow(), summary_path, tables.SUMMARY)
+    training = {label: pl.from_arrow(tables.read_table(path, tables.PPO_METRICS)) for label, path in metrics.items()}
     write_report(
-        summary, markdown=markdown, html=html, mean_plot=mean_plot, variance_plot=variance_plot, confidence=confidence
+        summary,
+        markdown=markdown,
+        html=html,
+        mean_plot=mean_plot,
+        variance_plot=variance_plot,
+        confidence=confidence,
+        training=training,
+        training_plot=training_plot,
     )
     log.info("report of %d rows from %d score tables written to %s", summary.height, len(scores), markdown)

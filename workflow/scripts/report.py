@@ -4,7 +4,8 @@ from alignpro import stages
 if __name__ == "__main__":
     with stages.logging_to(snakemake.log[0]):
         stages.report(
-            scores_paths=list(snakemake.input),
+            scores_paths=list(snakemake.input.scores),
+            metrics={label: path for label, path in zip(snakemake.params.metric_labels, snakemake.input.metrics)},
             prompters=list(snakemake.params.prompters),
             confidence=snakemake.params.confidence,
             summary_path=snakemake.output.summary,
@@ -12,4 +13,5 @@ if __name__ == "__main__":
             html=snakemake.output.html,
             mean_plot=snakemake.output.mean_plot,
             variance_plot=snakemake.output.variance_plot,
+            training_plot=snakemake.output.training_plot,
         )

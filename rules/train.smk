@@ -1,0 +1,108 @@
+rule sft_pairs:
+    """(x, x') pairs for rho_sft: best-of-K self-distillation of the base prompter, or read from a file/hub."""
+    input:
+        train="results/data/{dataset}/train.parquet",
+        prompter=lambda wildcards: model_input("prompters", wildcards.prompter),
+        frozen=lambda wildcards: model_input("frozen", wildcards.frozen),
+        reward=model_input("reward", REWARD_MODEL),
+    output:
+        "results/train/{dataset}/{frozen}/{prompter}/sft_pairs.parquet",
+    params:
+        pairs=config["sft"]["pairs"],
+        prompter=lambda wildcards: model_spec("prompters", wildcards.prompter),
+        frozen=lambda wildcards: model_spec("frozen", wildcards.frozen),
+        reward=model_spec("reward", REWARD_MODEL),
+        rewrite=config["rewrite"],
+        generation=TRAINING_GENERATION,
+        scoring=config["reward"],
+        seed=config["seed"],
+    resources:
+        gpu=1,
+    log:
+        "logs/sft_pairs/{dataset}/{frozen}/{prompter}.log",
+    conda:
+        "../envs/train.yaml"
+    cache: "omit-software"
+    script:
+        "../workflow/scripts/sft_pairs.py"
+
+
+rule sft:
+    """rho_sft: TRL's SFTTrainer on the pairs, loss on the rewrite only (LoRA optional, merged)."""
+    input:
+        pairs="results/train/{dataset}/{frozen}/{prompter}/sft_pairs.parquet",
+        prompter=lambda wildcards: model_input("prompters", wildcards.prompter),
+    output:
+        directory("results/train/{dataset}/{frozen}/{prompter}/sft"),
+    params:
+        model=lambda wildcards: model_spec("prompters", wildcards.prompter),
+        settings={key: value for key, value in config["sft"].items() if key != "pairs"},
+        seed=config["seed"],
+    resources:
+        gpu=1,
+    log:
+        "logs/sft/{dataset}/{frozen}/{prompter}.log",
+    conda:
+        "../envs/train.yaml"
+    cache: "omit-software"
+    script:
+        "../workflow/scripts/sft.py"
+
+
+rule ppo:
+    """The Align-Pro prompter: PPO from rho_sft, the frozen model answering and the reward model
+    scoring inside each step; resumes from its last checkpoint when rerun."""
+    input:
+        train="results/data/{dataset}/train.parquet",
+        sft="results/train/{dataset}/{frozen}/{prompter}/sft",
+        frozen=lambda wildcards: model_input("frozen", wildcards.frozen),
+        reward=model_input("reward", REWARD_MODEL),
+    output:
+        model=directory("results/train/{dataset}/{frozen}/{prompter}/ppo/model"),
+        metrics="results/train/{dataset}/{frozen}/{prompter}/ppo/metrics.parquet",
+    params:
+        workdir=lambda wildcards: f"{train_dir(wildcards)}/ppo",
+        model=lambda wildcards: trained_spec("prompters", wildcards.prompter, f"{train_dir(wildcards)}/sft"),
+        frozen=lambda wildcards: model_spec("frozen", wildcards.frozen),
+        reward=model_spec("reward", REWARD_MODEL),
+        ppo=config["ppo"],
+        rewrite=config["rewrite"],
+        generation=TRAINING_GENERATION,
+        scoring=config["reward"],
+        seed=config["seed"],
+    resources:
+        gpu=1,
+    log:
+        "logs/ppo/{dataset}/{frozen}/{prompter}.log",
+    conda:
+        "../envs/train.yaml"
+    cache: "omit-software"
+    script:
+        "../workflow/scripts/ppo.py"
+
+
+rule rlhf:
+    """The RLHF oracle: the same PPO on the frozen model itself (LoRA), scored on its own answers."""
+    input:
+        train="results/data/{dataset}/train.parquet",
+        frozen=lambda wildcards: model_input("frozen", wildcards.frozen),
+        reward=model_input("reward", REWARD_MODEL),
+    output:
+        model=directory("results/train/{dataset}/{frozen}/rlhf/model"),
+        metrics="results/train/{dataset}/{frozen}/rlhf/metrics.parquet",
+    params:
+        workdir="results/train/{dataset}/{frozen}/rlhf",
+        model=lambda wildcards: model_spec("frozen", wildcards.frozen),
+        reward=model_spec("reward", REWARD_MODEL),
+        ppo=config["rlhf"],
+        scoring=config["reward"],
+        seed=config["seed"],
+    resources:
+        gpu=1,
+    log:
+        "logs/rlhf/{dataset}/{frozen}.log",
+    conda:
+        "../envs/train.yaml"
+    cache: "omit-software"
+    script:
+        "../workflow/scripts/rlhf.py"

@@ -1,0 +1,17 @@
+"""Snakemake adapter: rule ppo -> alignpro.stages.ppo (vLLM needs the __main__ guard)."""
+from alignpro import stages
+
+if __name__ == "__main__":
+    with stages.logging_to(snakemake.log[0]):
+        stages.ppo(
+            train_path=snakemake.input.train,
+            workdir=snakemake.params.workdir,
+            model=dict(snakemake.params.model),
+            frozen=dict(snakemake.params.frozen),
+            reward=dict(snakemake.params.reward),
+            ppo=dict(snakemake.params.ppo),
+            rewrite=dict(snakemake.params.rewrite),
+            generation=dict(snakemake.params.generation),
+            scoring=dict(snakemake.params.scoring),
+            seed=snakemake.params.seed,
+        )
