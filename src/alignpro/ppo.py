@@ -255,7 +255,9 @@ def ppo_loss(
     ratio_mean = masked_mean(ratio, mask).item()
     skipped = ratio_mean > ratio_threshold
     if skipped:
-        log.warning("mean ratio of the minibatch (%.2f) exceeds ratio_threshold %.2f: skipping it", ratio_mean, ratio_threshold)
+        log.warning(
+            "mean ratio of the minibatch (%.2f) exceeds ratio_threshold %.2f: skipping it", ratio_mean, ratio_threshold
+        )
         policy_loss = policy_loss * 0.0
         value_loss = value_loss * 0.0
     loss = policy_loss + vf_coef * value_loss
@@ -477,6 +479,9 @@ class PPOConfig:
     controller's), not its early-stopping `target_kl`. `steps` counts PPO steps (batches of
     `batch_size` rollouts). Each optimizer step takes mini_batch_size * gradient_accumulation_steps
     rollouts (the old `backward_batch_size`); minibatches are also the forward-pass chunks.
+    Beyond the old trainer's settings: missing_eos_penalty (PPOv2's), the policy's sampling
+    (max_new_tokens, temperature, top_p, top_k; the example sampled with top_k 0, top_p 1),
+    generation_batch_size (rollouts per `generate` call; None = the whole batch), save_every and lora.
     """
 
     steps: int = 100
@@ -513,9 +518,11 @@ class PPOConfig:
         backward = self.mini_batch_size * self.gradient_accumulation_steps
         if self.batch_size % backward:
             raise ValueError(
-                f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size * gradient_accumulation_steps ({backward})"
+                f"batch_size ({self.batch_size}) must be a multiple of "
+                f"mini_batch_size * gradient_accumulation_steps ({backward})"
             )
-        for name in ("steps", "batch_size", "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs", "save_every", "max_new_tokens"):
+        positive = ("steps", "batch_size", "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs")
+        for name in positive + ("save_every", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
@@ -604,7 +611,8 @@ class PPOTrainer:
         self.tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        checkpoint_dtype = _config_dtype(AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code))
+        model_config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
+        checkpoint_dtype = _config_dtype(model_config)
         load_dtype = torch.float32 if dtype == "auto" else getattr(torch, dtype)
         self.save_dtype = checkpoint_dtype if dtype == "auto" else load_dtype
         self.autocast = self.device.type == "cuda" and load_dtype == torch.float32
@@ -685,6 +693,7 @@ class PPOTrainer:
         completions = [self._completion(response, end) for response, end in zip(responses, ended)]
         reward_started = time.perf_counter()
         raw_scores, info = self.reward_fn(prompts, completions)
+        info = info or {}
         time_reward = time.perf_counter() - reward_started
         if len(raw_scores) != len(prompts):
             raise ValueError(f"reward_fn returned {len(raw_scores)} scores for {len(prompts)} rollouts")
@@ -807,7 +816,8 @@ class PPOTrainer:
                     ref_logits, _ = response_logits(
                         reference, chunk, want_hidden=False, logits_to_keep=self.policy.logits_to_keep
                     )
-                ref_logprobs.append(logprobs_from_logits(_tempered(ref_logits, self.config.temperature), chunk.response_ids))
+                ref_logits = _tempered(ref_logits, self.config.temperature)
+                ref_logprobs.append(logprobs_from_logits(ref_logits, chunk.response_ids))
                 del ref_logits
         return torch.cat(logprobs), torch.cat(values), torch.cat(ref_logprobs), torch.cat(entropy)
 
@@ -875,7 +885,12 @@ class PPOTrainer:
         torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(rng_states(), tmp / "rng.pt")
         write_table(self.metrics_table(), tmp / METRICS, PPO_METRICS)
-        state = {"step": step, "kl_coef": self.kl_controller.value, "sampler": sampler.state(), "fingerprint": fingerprint}
+        state = {
+            "step": step,
+            "kl_coef": self.kl_controller.value,
+            "sampler": sampler.state(),
+            "fingerprint": fingerprint,
+        }
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
         if final.exists():
             shutil.rmtree(final)
@@ -900,9 +915,11 @@ class PPOTrainer:
                 "checkpoint %s was written by a different config, model or prompt set: starting from step 0", checkpoint
             )
             return 0
-        self._load_trainable_weights(torch.load(checkpoint / "policy.pt", map_location=self.device))
-        self.policy.value_head.load_state_dict(torch.load(checkpoint / "value_head.pt", map_location=self.device))
-        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=self.device))
+        # Loaded on the CPU: load_state_dict copies weights to their parameters' device, and moves the
+        # optimizer's moments there while keeping Adam's step counts on the CPU, where torch wants them.
+        self._load_trainable_weights(torch.load(checkpoint / "policy.pt", map_location="cpu"))
+        self.policy.value_head.load_state_dict(torch.load(checkpoint / "value_head.pt", map_location="cpu"))
+        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu"))
         restore_rng_states(torch.load(checkpoint / "rng.pt", weights_only=False))
         self.kl_controller.value = float(state["kl_coef"])
         sampler.epoch, sampler.position = state["sampler"]["epoch"], state["sampler"]["position"]

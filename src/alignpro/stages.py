@@ -123,13 +123,15 @@ def generate(
     params: dict,
     seed: int,
 ) -> None:
-    """The generation stage: the frozen model answers x (base) or x' (alignpro), n samples each.
+    """The generation stage: the frozen model (for rlhf its PPO-tuned self) answers x, or a trained
+    prompter's x' (sft, alignpro), n samples each.
 
-    `inputs_path` is the test split for base and the prompter's rewrites otherwise.
+    `inputs_path` is the test split for base and rlhf, and the prompter's rewrites otherwise.
     """
     from alignpro.generation import generate_responses
 
-    input_column, schema = ("prompt", tables.PROMPTS) if method == "base" else ("rewrite", tables.REWRITES)
+    answers_original = method in ("base", "rlhf")
+    input_column, schema = ("prompt", tables.PROMPTS) if answers_original else ("rewrite", tables.REWRITES)
     inputs = tables.read_table(inputs_path, schema)
     responses = generate_responses(
         _generator(model, params, seed=seed),
