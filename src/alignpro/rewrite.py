@@ -17,10 +17,11 @@ import dataclasses
 import logging
 import re
 from collections import Counter
+from dataclasses import dataclass
 
 import pyarrow as pa
 
-from alignpro.generation import Sampling
+from alignpro.generation import Completion, Sampling
 from alignpro.tables import REWRITES
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,39 @@ def _normalized(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+@dataclass(frozen=True)
+class Rewrite:
+    """One prompter sample: its completion, the x' taken from it (x on fallback) and why it fell back."""
+
+    completion: Completion
+    text: str
+    fallback_reason: str | None
+
+
+def sample_rewrites(
+    prompter, prompts: list[str], sampling: Sampling, *, fallback_on_truncation: bool, max_length_ratio: float
+) -> list[list[Rewrite]]:
+    """`sampling.n` rewrites per prompt from one batched call to the prompter, extracted with
+    `extract_rewrite`, so training (best-of-K) and evaluation read rewrites the same way."""
+    outputs = prompter.chat([prompter_conversation(prompt) for prompt in prompts], sampling)
+    return [
+        [
+            Rewrite(
+                completion,
+                *extract_rewrite(
+                    completion.text,
+                    prompt,
+                    completion.finish_reason,
+                    fallback_on_truncation=fallback_on_truncation,
+                    max_length_ratio=max_length_ratio,
+                ),
+            )
+            for completion in completions
+        ]
+        for prompt, completions in zip(prompts, outputs)
+    ]
+
+
 def rewrite_prompts(
     generator,
     prompts: pa.Table,
@@ -146,30 +180,25 @@ def rewrite_prompts(
 ) -> pa.Table:
     """One rewrite per prompt (a REWRITES table), falling back to x where the prompter failed."""
     originals = prompts.column("prompt").to_pylist()
-    outputs = generator.chat(
-        [prompter_conversation(prompt) for prompt in originals], dataclasses.replace(sampling, n=1)
+    samples = sample_rewrites(
+        generator,
+        originals,
+        dataclasses.replace(sampling, n=1),
+        fallback_on_truncation=fallback_on_truncation,
+        max_length_ratio=max_length_ratio,
     )
-    rows = []
-    for prompt_id, prompt, completions in zip(prompts.column("prompt_id").to_pylist(), originals, outputs):
-        completion = completions[0]
-        rewrite, reason = extract_rewrite(
-            completion.text,
-            prompt,
-            completion.finish_reason,
-            fallback_on_truncation=fallback_on_truncation,
-            max_length_ratio=max_length_ratio,
-        )
-        rows.append(
-            {
-                "prompt_id": prompt_id,
-                "prompt": prompt,
-                "rewrite": rewrite,
-                "raw_output": completion.text,
-                "fallback": reason is not None,
-                "fallback_reason": reason,
-                "prompter": prompter,
-            }
-        )
+    rows = [
+        {
+            "prompt_id": prompt_id,
+            "prompt": prompt,
+            "rewrite": sample.text,
+            "raw_output": sample.completion.text,
+            "fallback": sample.fallback_reason is not None,
+            "fallback_reason": sample.fallback_reason,
+            "prompter": prompter,
+        }
+        for prompt_id, prompt, (sample,) in zip(prompts.column("prompt_id").to_pylist(), originals, samples)
+    ]
     _log_fallbacks(prompter, [row["fallback_reason"] for row in rows])
     return pa.Table.from_pylist(rows, schema=REWRITES)
 

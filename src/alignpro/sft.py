@@ -26,7 +26,7 @@ from transformers import TrainerCallback
 from alignpro.datasets import file_suffix, header_columns, normalise_whitespace, read_records
 from alignpro.generation import Sampling
 from alignpro.lora import LoraSettings
-from alignpro.rewrite import extract_rewrite, prompter_conversation
+from alignpro.rewrite import Rewrite, prompter_conversation, sample_rewrites
 from alignpro.tables import SFT_PAIRS, prompt_id_of
 from alignpro.training import rewrite_rewards
 
@@ -57,14 +57,14 @@ def best_of_k_pairs(
     originals = prompts.column("prompt").to_pylist()
     if not originals:
         raise ValueError("best-of-K needs at least one training prompt")
-    candidates = sample_candidates(
+    candidates = sample_rewrites(
         prompter,
         originals,
         dataclasses.replace(prompter_sampling, n=k),
         fallback_on_truncation=fallback_on_truncation,
         max_length_ratio=max_length_ratio,
     )
-    texts = [[text for text, _ in row] for row in candidates]
+    texts = [[candidate.text for candidate in row] for row in candidates]
     rewards, _ = rewrite_rewards(frozen, scorer, originals, texts, frozen_sampling)
     best = [max(range(len(row)), key=row.__getitem__) for row in rewards]  # max keeps the first of ties
     _log_best_of_k(k, candidates, rewards, best)
@@ -72,7 +72,7 @@ def best_of_k_pairs(
         {
             "prompt_id": prompt_id,
             "prompt": prompt,
-            "rewrite": row[choice][0],
+            "rewrite": row[choice].text,
             "reward": row_rewards[choice],
             "source": f"best-of-{k}",
         }
@@ -83,33 +83,12 @@ def best_of_k_pairs(
     return pa.Table.from_pylist(rows, schema=SFT_PAIRS)
 
 
-def sample_candidates(
-    prompter, prompts: list[str], sampling: Sampling, *, fallback_on_truncation: bool, max_length_ratio: float
-) -> list[list[tuple[str, bool]]]:
-    """`sampling.n` (rewrite, fell back) candidates per prompt, extracted as at rewrite time."""
-    outputs = prompter.chat([prompter_conversation(prompt) for prompt in prompts], sampling)
-    candidates = []
-    for prompt, completions in zip(prompts, outputs):
-        row = []
-        for completion in completions:
-            rewrite, reason = extract_rewrite(
-                completion.text,
-                prompt,
-                completion.finish_reason,
-                fallback_on_truncation=fallback_on_truncation,
-                max_length_ratio=max_length_ratio,
-            )
-            row.append((rewrite, reason is not None))
-        candidates.append(row)
-    return candidates
-
-
 def _log_best_of_k(
-    k: int, candidates: list[list[tuple[str, bool]]], rewards: list[list[float]], best: list[int]
+    k: int, candidates: list[list[Rewrite]], rewards: list[list[float]], best: list[int]
 ) -> None:
     """The gain of best-of-K (kept vs all candidates) and how often the kept rewrite is x itself."""
-    kept_fallbacks = sum(row[choice][1] for row, choice in zip(candidates, best))
-    all_fallbacks = sum(fallback for row in candidates for _, fallback in row)
+    kept_fallbacks = sum(row[choice].fallback_reason is not None for row, choice in zip(candidates, best))
+    all_fallbacks = sum(candidate.fallback_reason is not None for row in candidates for candidate in row)
     mean_best = fmean(row[choice] for row, choice in zip(rewards, best))
     mean_all = fmean(reward for row in rewards for reward in row)
     log.info(
