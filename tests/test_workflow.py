@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -167,6 +168,16 @@ def test_report_has_numbers_for_each_method(finished_run):
         assert f"{row['mean_reward']:.3f}" in markdown
     for plot in ["mean_reward.png", "reward_variance.png", "training_curves.png"]:
         assert (workdir / "results/report" / plot).read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+def test_snakemake_report_holds_the_plots(finished_run):
+    workdir, config = finished_run
+    run_snakemake(workdir, "--configfile", str(config), "--report", "snakemake_report.zip")
+    with zipfile.ZipFile(workdir / "snakemake_report.zip") as report:
+        names = "\n".join(report.namelist())
+    for plot in ["mean_reward.png", "reward_variance.png", "training_curves.png", "report.html"]:
+        assert plot in names
 
 
 @pytest.mark.slow
