@@ -273,3 +273,21 @@ def test_dataset_file_without_prompt_column_is_named(tmp_path):
     config["datasets"] = {"mine": {"source": "local", "path": str(data), "prompt_column": "prompt"}}
     message = dry_run_error(tmp_path, config)
     assert "my_prompts.csv" in message and "'prompt'" in message and "datasets.mine" in message
+
+
+def test_paper_config_plans_the_whole_grid(tmp_path):
+    """3 datasets x 2 prompters x 1 frozen model: 6 answering systems per dataset."""
+    workdir = copy_workflow(tmp_path / "workflow")
+    planned = planned_jobs(workdir, "--configfile", "config/paper.yaml", "--replace-workflow-config")
+    assert planned == {
+        "dataset": 3,
+        "sft_pairs": 6,
+        "sft": 6,
+        "ppo": 6,
+        "rlhf": 3,
+        "rewrite": 12,
+        "generate": 18,
+        "score": 18,
+        "report": 1,
+        "all": 1,
+    }
