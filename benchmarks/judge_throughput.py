@@ -5,7 +5,8 @@ finish concurrency / latency calls a second; the figure is how close the judge's
 retry loop, SQLite cache commits, verdict parsing, the openai SDK) gets to that bound. Each pair is
 two calls. The stub runs in its own process, as a remote API would. The same pairs are judged twice
 into fresh caches: the cold run pays the SDK's one-time lazy imports and model builds, the warm run
-(the headline figure, as the PPO benchmark reports steps after the first) does not.
+(the headline figure, as the PPO benchmark reports steps after the first) does not. Each run also
+reports its steady rate at the server, without the first connections and the last wave.
 
     python benchmarks/judge_throughput.py --pairs 200 --concurrency 16 --latency 0.2 \
         --out benchmarks/results/judge_throughput.json
@@ -50,25 +51,36 @@ def serve_stub(latency: float, connection) -> None:
     with JudgeStub(latency_s=latency) as stub:
         connection.send(stub.base_url)
         while connection.recv() != "stop":
-            connection.send({"calls": stub.total_requests, "max_in_flight": stub.max_in_flight})
+            arrivals = sorted(t for times in stub.request_times.values() for t in times)
+            connection.send({"arrivals": arrivals, "max_in_flight": stub.max_in_flight})
+
+
+def steady_rate(arrivals: list[float]) -> float:
+    """Requests a second at the server between the 10th and 90th percentile arrivals: the rate once
+    connections are open and before the last wave drains."""
+    first, last = len(arrivals) // 10, len(arrivals) - 1 - len(arrivals) // 10
+    return (last - first) / (arrivals[last] - arrivals[first])
 
 
 def timed_run(pairs: pa.Table, settings: JudgeSettings, ideal: float, stub, cache: Path) -> dict:
-    """Judge `pairs` into a fresh cache; calls and rate as counted at the server."""
+    """Judge `pairs` into a fresh cache; calls and rates as counted at the server."""
     stub.send("count")
-    calls_before = stub.recv()["calls"]
+    before = len(stub.recv()["arrivals"])
     started = time.perf_counter()
     verdicts = judge_pairs(pairs, settings, cache)
     seconds = time.perf_counter() - started
     stub.send("count")
     counts = stub.recv()
-    calls = counts["calls"] - calls_before
+    arrivals = counts["arrivals"][before:]
+    steady = steady_rate(arrivals)
     return {
         "seconds": round(seconds, 3),
-        "calls": calls,
+        "calls": len(arrivals),
         "judged_pairs": sum(v in ("win", "tie", "loss") for v in verdicts.column("verdict").to_pylist()),
-        "calls_per_s": round(calls / seconds, 2),
-        "fraction_of_ideal": round(calls / seconds / ideal, 4),
+        "calls_per_s": round(len(arrivals) / seconds, 2),
+        "fraction_of_ideal": round(len(arrivals) / seconds / ideal, 4),
+        "steady_calls_per_s": round(steady, 2),
+        "steady_fraction_of_ideal": round(steady / ideal, 4),
         "max_in_flight_at_server": counts["max_in_flight"],
     }
 

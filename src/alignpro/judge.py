@@ -337,6 +337,7 @@ class JudgeClient:
         return random.uniform(0.0, min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2**retry))
 
     async def complete(self, messages: list[dict]) -> Attempted:
+        """One logical call, retried on 429/5xx/timeouts/connection errors; none starts once the budget is spent."""
         estimate = self.budget.estimate(messages)
         for retry in range(self.settings.max_retries + 1):
             async with self.semaphore:
