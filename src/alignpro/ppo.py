@@ -55,6 +55,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from alignpro.atomic import atomic_directory
 from alignpro.generation import Completion
 from alignpro.lora import LoraSettings
 from alignpro.tables import PPO_METRICS, read_table, write_table
@@ -875,26 +876,20 @@ class PPOTrainer:
         delete the older ones. Holds the trainable weights (the adapters only with LoRA), the value
         head, the optimizer, the RNG states, beta, the sampler position and the metrics so far."""
         root = self.output_dir / CHECKPOINTS
-        root.mkdir(parents=True, exist_ok=True)
         final = root / f"step-{step:06d}"
-        tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        torch.save(self._trainable_weights(), tmp / "policy.pt")
-        torch.save(self.policy.value_head.state_dict(), tmp / "value_head.pt")
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(rng_states(), tmp / "rng.pt")
-        write_table(self.metrics_table(), tmp / METRICS, PPO_METRICS)
-        state = {
-            "step": step,
-            "kl_coef": self.kl_controller.value,
-            "sampler": sampler.state(),
-            "fingerprint": fingerprint,
-        }
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        with atomic_directory(final) as tmp:
+            torch.save(self._trainable_weights(), tmp / "policy.pt")
+            torch.save(self.policy.value_head.state_dict(), tmp / "value_head.pt")
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(rng_states(), tmp / "rng.pt")
+            write_table(self.metrics_table(), tmp / METRICS, PPO_METRICS)
+            state = {
+                "step": step,
+                "kl_coef": self.kl_controller.value,
+                "sampler": sampler.state(),
+                "fingerprint": fingerprint,
+            }
+            (tmp / "state.json").write_text(json.dumps(state, indent=1))
         for old in root.iterdir():
             if old == final:
                 continue
@@ -950,8 +945,6 @@ class PPOTrainer:
         """The trained policy without its value head as a plain transformers model (adapters merged),
         with tokenizer and generation config, written atomically to output_dir/model."""
         target = self.output_dir / MODEL
-        tmp = self.output_dir / f".{MODEL}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         lm = self.policy.lm
         if self.uses_lora:
             model = copy.deepcopy(lm).merge_and_unload()
@@ -963,9 +956,9 @@ class PPOTrainer:
         if getattr(model, "is_gradient_checkpointing", False):
             model.gradient_checkpointing_disable()
         model.config.use_cache = True
-        model.save_pretrained(tmp, safe_serialization=True)
-        self.tokenizer.save_pretrained(tmp)
-        _replace_directory(tmp, target)
+        with atomic_directory(target) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
         return target
 
     def metrics_table(self) -> pa.Table:
@@ -1015,18 +1008,6 @@ def _model_fingerprint(model: str, revision: str) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def _replace_directory(tmp: Path, target: Path) -> None:
-    """Move `tmp` to `target`, replacing an existing `target` (rename aside, rename in, delete)."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(target, old)
-    os.rename(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _config_dtype(config) -> torch.dtype:

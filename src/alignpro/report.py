@@ -13,7 +13,6 @@ import html
 import io
 import math
 import os
-import tempfile
 import textwrap
 from pathlib import Path
 from urllib.parse import quote
@@ -27,6 +26,7 @@ import pyarrow as pa  # noqa: E402
 
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from alignpro.atomic import write_bytes  # noqa: E402
 from alignpro.tables import PPO_METRICS, SCORES, SUMMARY, conform  # noqa: E402
 
 METHOD_ORDER = ("base", "sft", "alignpro", "rlhf")
@@ -176,20 +176,6 @@ def summarize(scores: list[pa.Table] | pl.DataFrame, *, prompters: list[str], co
 
 
 # ---------------------------------------------------------------------------- report files
-
-
-def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temporary file in the same directory, so a killed job leaves no partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _ordered_methods(summary: pl.DataFrame) -> list[str]:
@@ -600,9 +586,9 @@ def write_report(
     training_html = _training_html(runs, training_png) if runs else []
     markdown_text = _markdown(summary, title, note, *links, training_markdown)
     html_text = _html(summary, title, note, mean_png, variance_png, training_html)
-    _write_atomic(mean_plot, mean_png)
-    _write_atomic(variance_plot, variance_png)
+    write_bytes(mean_plot, mean_png)
+    write_bytes(variance_plot, variance_png)
     if training_plot is not None:
-        _write_atomic(training_plot, training_png)
-    _write_atomic(markdown, markdown_text.encode("utf-8"))
-    _write_atomic(html, html_text.encode("utf-8"))
+        write_bytes(training_plot, training_png)
+    write_bytes(markdown, markdown_text.encode("utf-8"))
+    write_bytes(html, html_text.encode("utf-8"))

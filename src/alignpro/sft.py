@@ -9,12 +9,9 @@ completion, and saves a plain model that the rewrite stage and PPO load like any
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
@@ -23,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from transformers import TrainerCallback
 
+from alignpro.atomic import atomic_directory
 from alignpro.datasets import file_suffix, header_columns, normalise_whitespace, read_records
 from alignpro.generation import Sampling
 from alignpro.lora import LoraSettings
@@ -267,7 +265,7 @@ def train_sft(
     out_dir = Path(out_dir)
     saved_dtype = _saved_dtype(model, dtype, revision=revision, trust_remote_code=trust_remote_code)
     log.info("SFT of %s on %d pairs: %s", model, pairs.num_rows, settings)
-    with _atomic_directory(out_dir) as work_dir:
+    with atomic_directory(out_dir) as work_dir:
         trainer = build_sft_trainer(
             model, pairs, work_dir, settings, revision=revision, trust_remote_code=trust_remote_code
         )
@@ -300,18 +298,3 @@ def save_model(trainer, out_dir: Path, dtype) -> None:
     model.config.use_cache = True
     model.to(dtype).save_pretrained(out_dir)
     trainer.processing_class.save_pretrained(out_dir)
-
-
-@contextlib.contextmanager
-def _atomic_directory(out_dir: Path):
-    """A temporary directory beside `out_dir` that replaces it only if the block succeeds, so a
-    failed or killed run never leaves a half-written model that a rerun would take as finished."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        yield work_dir
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.rename(work_dir, out_dir)
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from alignpro.atomic import atomic_file
 
 PROMPTS = pa.schema(
     [
@@ -164,17 +164,9 @@ def conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
 
 def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema) -> None:
     """Write `table` as Parquet with `schema`, atomically (temporary file, then rename)."""
-    path = Path(path)
     table = conform(table, schema, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        pq.write_table(table, str(tmp))
 
 
 def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
