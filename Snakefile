@@ -1,5 +1,5 @@
 # Align-Pro: a prompter rewrites each prompt for a frozen model; a reward model scores the answers.
-# Stages: models -> datasets -> sft_pairs -> sft -> ppo / rlhf -> rewrite -> generate -> score -> report.
+# Stages: models -> datasets -> sft_pairs -> sft -> ppo / rlhf -> rewrite -> generate -> score -> judge -> report.
 # See README.md.
 import re
 
@@ -21,6 +21,7 @@ include: "rules/train.smk"
 include: "rules/rewrite.smk"
 include: "rules/generate.smk"
 include: "rules/score.smk"
+include: "rules/judge.smk"
 include: "rules/report.smk"
 
 

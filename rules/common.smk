@@ -1,5 +1,8 @@
 # Config validation and the path/grid helpers every rule file uses.
+import os
+
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from alignpro.datasets import check_prompt_column
@@ -128,6 +131,41 @@ def training_metrics():
             if "rlhf" in METHODS:
                 runs.append((f"results/train/{dataset}/{frozen}/rlhf/metrics.parquet", f"rlhf {frozen} ({dataset})"))
     return runs
+
+
+def judge_settings():
+    """The judge section as the judge job uses it: only the chosen backend's settings, so changing a
+    setting of the other backend reruns nothing."""
+    judge = config["judge"]
+    if judge["backend"] == "offline":
+        return {key: judge[key] for key in ("backend", "margin", "samples_per_prompt")}
+    return {key: judge[key] for key in ("backend", "samples_per_prompt", "api")}
+
+
+def warn_missing_api_key():
+    """The API judge reads its key from the environment at run time: say so now, not hours later."""
+    api = config["judge"]["api"]
+    if config["judge"]["backend"] == "api" and not os.environ.get(api["api_key_env"]):
+        logger.warning(
+            f"config judge.backend is 'api' but ${api['api_key_env']} is not set: the judge jobs will fail "
+            f"until it holds the key for {api['base_url']}"
+        )
+
+
+warn_missing_api_key()
+
+
+def verdict_files():
+    """One verdict table per judged system: every method but base, compared with base."""
+    if "base" not in METHODS:
+        return []
+    return [
+        f"results/judgments/{dataset}/{frozen}/{system}.parquet"
+        for dataset in DATASETS
+        for frozen in FROZEN
+        for system in systems()
+        if system != "base"
+    ]
 
 
 def score_files():

@@ -1,7 +1,9 @@
 rule report:
-    """Reward mean, variance and CI per (dataset, prompter, frozen, method), as tables and plots."""
+    """Reward mean, variance and CI, and win rates against base, per (dataset, prompter, frozen,
+    method), as tables and plots, with judged examples and the training curves."""
     input:
         scores=score_files(),
+        verdicts=verdict_files(),
         metrics=[path for path, _ in training_metrics()],
     output:
         summary="results/report/summary.parquet",
@@ -27,10 +29,17 @@ rule report:
             caption="../workflow/report/training_curves.rst",
             labels={"figure": "PPO training curves"},
         ),
+        win_plot=report(
+            "results/report/win_rates.png",
+            category="Win rate",
+            caption="../workflow/report/win_rates.rst",
+            labels={"figure": "win rate against base"},
+        ),
     params:
         metric_labels=[label for _, label in training_metrics()],
         prompters=PROMPTERS,
-        confidence=config["report"]["confidence"],
+        settings=config["report"],
+        seed=config["seed"],
     log:
         "logs/report/report.log",
     benchmark:

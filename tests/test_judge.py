@@ -7,6 +7,7 @@ server, not only what the client reports.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,10 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from alignpro import stages
 from alignpro.judge import (
     JUDGMENT_COLUMNS,
     PAIRS,
-    VERDICTS,
     JudgeSettings,
     bradley_terry_pairs,
     judge_messages,
@@ -33,7 +34,7 @@ from alignpro.judge import (
     parse_verdict,
     win_rates,
 )
-from alignpro.tables import SCORES
+from alignpro.tables import SCORES, VERDICTS, SchemaError, read_table, write_table
 from openai_stub import MARKER, JudgeStub
 
 KEY_ENV = "ALIGNPRO_TEST_JUDGE_KEY"
@@ -283,24 +284,59 @@ def test_bradley_terry_judge_uses_the_margin():
     assert sum(column(verdicts, "calls")) == 0
 
 
-def test_pairs_from_scores_match_base_by_prompt_and_sample():
-    def scores(method: str, prompter: str | None, answers: list[tuple[str, int, str, float]]) -> pa.Table:
-        return pa.Table.from_pylist(
-            [
-                dict(dataset="toy", prompt_id=pid, prompt=f"Q {pid}", model_input=f"Q {pid}", sample_index=index, response=text,
-                     finish_reason="stop", num_tokens=3, method=method, prompter=prompter, frozen="llama",
-                     fallback=None if prompter is None else False, reward=reward, reward_model="rm")
-                for pid, index, text, reward in answers
-            ],
-            schema=SCORES,
-        )
+def scores(method: str, prompter: str | None, answers: list[tuple[str, int, str, float]]) -> pa.Table:
+    """A SCORES table of (prompt id, sample index, answer, reward) rows."""
+    return pa.Table.from_pylist(
+        [
+            dict(dataset="toy", prompt_id=pid, prompt=f"Q {pid}", model_input=f"Q {pid}", sample_index=index, response=text,
+                 finish_reason="stop", num_tokens=3, method=method, prompter=prompter, frozen="llama",
+                 fallback=None if prompter is None else False, reward=reward, reward_model="rm")
+            for pid, index, text, reward in answers
+        ],
+        schema=SCORES,
+    )
 
+
+def test_pairs_from_scores_match_base_by_prompt_and_sample():
     base = scores("base", None, [("p1", 0, "b10", 0.1), ("p1", 1, "b11", 0.2), ("p2", 0, "b20", 0.3)])
     method = scores("alignpro", "qwen", [("p1", 1, "m11", 0.5), ("p2", 0, "m20", 0.6)])
     pairs = pairs_from_scores(method, base).sort_by("prompt_id").to_pylist()
     assert [(p["prompt_id"], p["answer"], p["base_answer"], p["base_reward"]) for p in pairs] == [
         ("p1", "m11", "b11", 0.2), ("p2", "m20", "b20", 0.3)
     ]
+    assert [p["answer"] for p in pairs_from_scores(method, base, samples_per_prompt=1).to_pylist()] == ["m20"]
+
+
+def test_an_answer_without_a_base_answer_is_named():
+    base = scores("base", None, [("p1", 0, "b10", 0.1)])
+    method = scores("alignpro", "qwen", [("p1", 0, "m10", 0.5), ("p9", 0, "m90", 0.6)])
+    with pytest.raises(SchemaError, match=r"1 alignpro answer\(s\) have no base answer.*prompt_id='p9'.*sample_index=0"):
+        pairs_from_scores(method, base)
+
+
+def test_judge_stage_offline_then_through_the_api(stub, tmp_path):
+    rewards = [1.0, 1.5, 2.0, 3.0]
+    answers = [(f"p{i}", 0, GOOD if i % 2 else PLAIN, reward) for i, reward in enumerate(rewards)]
+    write_table(scores("alignpro", "qwen", answers), tmp_path / "method.parquet", SCORES)
+    write_table(scores("base", None, [(f"p{i}", 0, f"{PLAIN} ({i})", 1.5) for i in range(4)]), tmp_path / "base.parquet", SCORES)
+    paths = dict(scores_path=str(tmp_path / "method.parquet"), base_scores_path=str(tmp_path / "base.parquet"))
+
+    stages.judge(**paths, out_path=str(tmp_path / "offline.parquet"),
+                 settings={"backend": "offline", "margin": 0.05, "samples_per_prompt": None})
+    offline = read_table(tmp_path / "offline.parquet", VERDICTS)
+    assert column(offline, "verdict") == ["loss", "tie", "win", "win"]  # against base's 1.5
+    assert stub.total_requests == 0
+
+    api = dataclasses.asdict(settings_for(stub)) | {"cache": str(tmp_path / "cache.sqlite")}
+    settings = {"backend": "api", "samples_per_prompt": None, "api": api}
+    stages.judge(**paths, out_path=str(tmp_path / "api.parquet"), settings=settings)
+    verdicts = read_table(tmp_path / "api.parquet", VERDICTS)
+    assert column(verdicts, "verdict") == ["tie", "win", "tie", "win"]  # the stub: the MARKER answer wins
+    assert set(column(verdicts, "judge")) == {"gpt-4 pairwise-v1"}
+    assert stub.total_requests == 8  # four pairs, both orders
+    stages.judge(**paths, out_path=str(tmp_path / "again.parquet"), settings=settings)
+    assert stub.total_requests == 8
+    assert judgment(read_table(tmp_path / "again.parquet", VERDICTS)) == judgment(verdicts)
 
 
 def test_win_rates_per_method_with_seeded_bootstrap():

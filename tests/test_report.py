@@ -10,8 +10,8 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from alignpro.report import summarize, t_quantile, write_report
-from alignpro.tables import PPO_METRICS, SCORES, SUMMARY, SchemaError, conform
+from alignpro.report import pick_examples, summarize, t_quantile, write_report
+from alignpro.tables import PPO_METRICS, SCORES, SUMMARY, VERDICTS, SchemaError, conform
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -379,3 +379,139 @@ def test_bad_training_input_is_rejected_before_writing(tmp_path):
     with pytest.raises(ValueError, match="no steps"):
         write_report(_small_summary(), **paths, training={"run": runs[ALIGNPRO_RUN].clear()})
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- win rates against base
+
+# The judge's verdict per prompt for alignpro (sample 0 and 1 alike) and for rlhf.
+ALIGNPRO_VERDICTS = {"p1": "win", "p2": "loss", "p3": "win", "p4": "tie"}
+RLHF_VERDICTS = {"p1": "win", "p2": "win", "p3": "invalid", "p4": "tie"}
+LLM_JUDGE = "gpt-4 pairwise-v1"
+
+
+def _verdicts(verdict_of: dict, *, method: str, prompter, judge: str = LLM_JUDGE) -> pa.Table:
+    rows = [
+        dict(
+            dataset="hh", prompt_id=prompt_id, method=method, prompter=prompter, frozen="org/frozen-7b", sample_index=index,
+            judge=judge, verdict=verdict, verdict_method_first={"win": "A", "loss": "B"}.get(verdict, "TIE"),
+            verdict_base_first={"win": "B", "loss": "A"}.get(verdict, "TIE"), inconsistent=prompt_id == "p4",
+            reason_method_first=f"reason {prompt_id}/{index} <b>bold</b>", reason_base_first="second look",
+            not_judged_reason=None, p_method_wins=None, prompt_tokens=100, completion_tokens=20, cost_usd=0.0042,
+            calls=2, retries=index, cached_calls=0,
+        )
+        for prompt_id, verdict in verdict_of.items()
+        for index in range(2)
+    ]
+    return pa.Table.from_pylist(rows, schema=VERDICTS)
+
+
+@pytest.fixture
+def judged(tables):
+    rlhf = _scores(_rows(BASE_REWARDS, method="rlhf", prompter=None, fallback=None))
+    verdicts = [
+        _verdicts(ALIGNPRO_VERDICTS, method="alignpro", prompter="org/prompter-a"),
+        _verdicts(RLHF_VERDICTS, method="rlhf", prompter=None),
+    ]
+    scores = [*tables, rlhf]
+    summary = summarize(scores, prompters=["org/prompter-a", "org/prompter-b"], verdicts=verdicts, bootstrap_samples=500)
+    return scores, verdicts, summary
+
+
+def test_summary_carries_win_rates_against_base(judged):
+    _, _, summary = judged
+    conform(summary.to_arrow(), SUMMARY, "summary")
+    alignpro = summary.filter(pl.col("method") == "alignpro").row(0, named=True)
+    assert (alignpro["win_pct"], alignpro["tie_pct"], alignpro["loss_pct"]) == (50.0, 25.0, 25.0)
+    assert alignpro["win_ci_low"] <= 50.0 <= alignpro["win_ci_high"]
+    assert (alignpro["judged_pairs"], alignpro["judge"], alignpro["inconsistent_pct"]) == (8, LLM_JUDGE, 25.0)
+    assert (alignpro["judge_requests"], alignpro["judge_retries"], alignpro["judge_prompt_tokens"]) == (16, 4, 800)
+    assert alignpro["judge_cost_usd"] == pytest.approx(8 * 0.0042)
+    rlhf = summary.filter(pl.col("method") == "rlhf")
+    assert rlhf.height == 2 and rlhf["win_pct"].to_list() == [pytest.approx(200 / 3)] * 2  # under both prompters
+    assert rlhf["invalid_pct"].to_list() == [25.0, 25.0]
+    base = summary.filter(pl.col("method") == "base")
+    assert base["judge"].null_count() == base.height and base["win_pct"].null_count() == base.height
+
+
+def test_summary_without_verdicts_has_empty_judge_columns(tables):
+    summary = summarize(tables, prompters=["org/prompter-a"])
+    assert summary["judge"].null_count() == summary.height
+    assert summary.columns == SUMMARY.names
+
+
+def test_two_judges_for_one_method_are_refused(tables):
+    verdicts = [
+        _verdicts(ALIGNPRO_VERDICTS, method="alignpro", prompter="org/prompter-a"),
+        _verdicts(ALIGNPRO_VERDICTS, method="alignpro", prompter="org/prompter-a", judge="offline Bradley-Terry (margin 0.05)"),
+    ]
+    with pytest.raises(ValueError, match="more than one judge"):
+        summarize(tables, prompters=["org/prompter-a"], verdicts=verdicts)
+
+
+def test_examples_are_one_per_verdict_kind_in_a_fixed_order(judged):
+    scores, verdicts, _ = judged
+    frame = pl.concat([pl.from_arrow(table) for table in verdicts])
+    examples = pick_examples(frame, scores, 3)
+    assert [(e["method"], e["verdict"], e["prompt_id"], e["sample_index"]) for e in examples] == [
+        ("alignpro", "win", "p1", 0), ("alignpro", "loss", "p2", 0), ("alignpro", "tie", "p4", 0),
+        ("rlhf", "win", "p1", 0), ("rlhf", "tie", "p4", 0), ("rlhf", "invalid", "p3", 0),
+    ]
+    first = examples[0]
+    assert (first["prompt"], first["model_input"], first["answer"], first["base_answer"]) == (
+        "prompt p1", "input p1", "response 0", "response 0"
+    )
+    assert len(pick_examples(frame, scores, 1)) == 2 and pick_examples(frame, scores, 0) == []
+
+
+@pytest.fixture
+def judged_report(judged, tmp_path):
+    scores, verdicts, summary = judged
+    paths = {**_paths(tmp_path), "win_plot": tmp_path / "plots" / "win.png"}
+    frame = pl.concat([pl.from_arrow(table) for table in verdicts])
+    write_report(summary, **paths, examples=pick_examples(frame, scores, 2))
+    return summary, paths
+
+
+def test_markdown_has_the_win_rate_table_usage_and_examples(judged_report):
+    summary, paths = judged_report
+    text = paths["markdown"].read_text(encoding="utf-8")
+    section = text.split("## Win rate against base", 1)[1]
+    alignpro = summary.filter(pl.col("method") == "alignpro").row(0, named=True)
+    assert f"| org/prompter-a | org/frozen-7b | alignpro | 8 | 50.0 [{alignpro['win_ci_low']:.1f}, {alignpro['win_ci_high']:.1f}] |" in section
+    assert section.count("| rlhf |") == 2  # the win-rate table, once per prompter
+    assert "| – | org/frozen-7b | rlhf (hh) | 16 | 4 | 0 | 800 / 160 | 0.0336 |" in section  # usage: rlhf once
+    assert "| all |  |  | 32 | 8 | 0 | 1600 / 320 | 0.0672 |" in section
+    assert "both orders" in section and "NOT an LLM judge" not in section
+    assert "](plots/win.png)" in section
+    assert "#### hh · org/prompter-a → org/frozen-7b · alignpro: win" in section
+    assert "#### hh · org/frozen-7b · rlhf: tie, inconsistent" in section
+    assert "> input p1" in section  # the rewrite, shown because it differs from the prompt
+    assert "A: reason p1/0 &lt;b&gt;bold&lt;/b&gt;" in section and "<b>" not in section
+
+
+def test_html_embeds_the_win_plot_and_escapes_examples(judged_report):
+    _, paths = judged_report
+    page = paths["html"].read_text(encoding="utf-8")
+    assert "<h2>Win rate against base</h2>" in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 3  # mean, variance, win rate
+    assert "reason p1/0 &lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold" not in page
+    image = _image(paths["win_plot"].read_bytes())
+    assert image[..., :3].std() > 0.05
+
+
+def test_offline_judge_is_labelled_as_such(tables, tmp_path):
+    offline = "offline Bradley-Terry (margin 0.05)"
+    verdicts = [_verdicts(ALIGNPRO_VERDICTS, method="alignpro", prompter="org/prompter-a", judge=offline)]
+    summary = summarize(tables, prompters=["org/prompter-a"], verdicts=verdicts, bootstrap_samples=200)
+    paths = {**_paths(tmp_path), "win_plot": tmp_path / "win.png"}
+    write_report(summary, **paths)
+    text = paths["markdown"].read_text(encoding="utf-8")
+    assert f"Judge: {offline}. This is NOT an LLM judge" in text
+    assert "### Examples" not in text and "### Judge usage" not in text
+
+
+def test_judged_summary_needs_a_win_plot_path(judged, tmp_path):
+    _, _, summary = judged
+    with pytest.raises(ValueError, match="win_plot"):
+        write_report(summary, **_paths(tmp_path))
+    assert not any(tmp_path.rglob("*.md"))

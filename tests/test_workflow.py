@@ -18,11 +18,13 @@ import pytest
 import yaml
 
 from alignpro import tables
+from openai_stub import JudgeStub
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 WORKFLOW_FILES = ["Snakefile", "rules", "workflow", "config", "profiles", "envs"]
 SYSTEMS = ["base", "rlhf", "sft/tiny-prompter", "alignpro/tiny-prompter"]
+JUDGED = SYSTEMS[1:]  # every system is judged against base
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -137,6 +139,12 @@ def test_every_stage_table_is_complete(finished_run, first_scores):
         assert all(isinstance(reward, float) for reward in scores.column("reward").to_pylist())
     assert {str(path) for path in first_scores} == {f"results/scores/bundled/tiny-frozen/{system}.parquet" for system in SYSTEMS}
 
+    for system in JUDGED:
+        verdicts = tables.read_table(workdir / f"results/judgments/bundled/tiny-frozen/{system}.parquet", tables.VERDICTS)
+        assert verdicts.num_rows == len(prompt_ids) * n_samples
+        assert set(verdicts.column("verdict").to_pylist()) <= {"win", "tie", "loss"}
+        assert set(verdicts.column("judge").to_pylist()) == {"offline Bradley-Terry (margin 0.05)"}
+
 
 @pytest.mark.slow
 def test_training_stages_write_models_and_metrics(finished_run):
@@ -166,7 +174,14 @@ def test_report_has_numbers_for_each_method(finished_run):
     markdown = (workdir / "results/report/report.md").read_text()
     for row in summary:
         assert f"{row['mean_reward']:.3f}" in markdown
-    for plot in ["mean_reward.png", "reward_variance.png", "training_curves.png"]:
+        if row["method"] == "base":
+            assert row["judge"] is None
+        else:
+            assert row["judged_pairs"] == 24 and row["win_pct"] + row["tie_pct"] + row["loss_pct"] == pytest.approx(100.0)
+            assert f"| {row['method']} | 24 | {row['win_pct']:.1f} [" in markdown
+    assert "## Win rate against base" in markdown and "NOT an LLM judge" in markdown
+    assert markdown.count("\n#### bundled · ") >= 3  # judged examples, at least one per method
+    for plot in ["mean_reward.png", "reward_variance.png", "training_curves.png", "win_rates.png"]:
         assert (workdir / "results/report" / plot).read_bytes().startswith(b"\x89PNG")
 
 
@@ -176,7 +191,7 @@ def test_snakemake_report_holds_the_plots(finished_run):
     run_snakemake(workdir, "--configfile", str(config), "--report", "snakemake_report.zip")
     with zipfile.ZipFile(workdir / "snakemake_report.zip") as report:
         names = "\n".join(report.namelist())
-    for plot in ["mean_reward.png", "reward_variance.png", "training_curves.png", "report.html"]:
+    for plot in ["mean_reward.png", "reward_variance.png", "training_curves.png", "win_rates.png", "report.html"]:
         assert plot in names
 
 
@@ -186,7 +201,34 @@ def test_rerun_plans_nothing_and_generation_change_reruns_downstream_only(finish
     assert planned_jobs(workdir, "--configfile", str(config)) == {}
 
     more_samples = derive_config(config, "more_samples.yaml", generation={"n_samples": 3})
-    assert planned_jobs(workdir, "--configfile", str(more_samples)) == {"all": 1, "generate": 4, "score": 4, "report": 1}
+    assert planned_jobs(workdir, "--configfile", str(more_samples)) == {"all": 1, "generate": 4, "score": 4, "judge": 3, "report": 1}
+
+
+@pytest.mark.slow
+def test_api_judge_runs_through_an_openai_compatible_server(finished_run, monkeypatch):
+    """Switching to the API judge reruns only judge and report; every pair is asked in both orders at a
+    real HTTP server; forcing the judge again pays for nothing (its SQLite cache answers)."""
+    workdir, config = finished_run
+    monkeypatch.setenv("ALIGNPRO_TEST_JUDGE_KEY", "test-key")
+    with JudgeStub() as stub:
+        api = {"base_url": stub.base_url, "api_key_env": "ALIGNPRO_TEST_JUDGE_KEY", "concurrency": 4}
+        with_api = derive_config(config, "api_judge.yaml", judge={"backend": "api", "samples_per_prompt": 1, "api": api})
+        assert planned_jobs(workdir, "--configfile", str(with_api)) == {"all": 1, "judge": 3, "report": 1}
+        run_snakemake(workdir, "--configfile", str(with_api))
+        pairs = 0
+        for system in JUDGED:
+            verdicts = tables.read_table(workdir / f"results/judgments/bundled/tiny-frozen/{system}.parquet", tables.VERDICTS)
+            assert verdicts.num_rows == 12 and set(verdicts.column("sample_index").to_pylist()) == {0}
+            assert set(verdicts.column("judge").to_pylist()) == {"gpt-4 pairwise-v1"}
+            paid = [calls for calls in verdicts.column("calls").to_pylist() if calls]
+            assert all(calls == 2 for calls in paid)  # both orders, no faults injected
+            pairs += len(paid)
+        assert pairs > 0 and stub.total_requests == 2 * pairs
+        markdown = (workdir / "results/report/report.md").read_text()
+        assert "Judge: gpt-4 pairwise-v1, an LLM" in markdown and "**judge, base's answer shown as A**" in markdown
+        assert planned_jobs(workdir, "--configfile", str(with_api)) == {}
+        run_snakemake(workdir, "--configfile", str(with_api), "--forcerun", "judge")
+        assert stub.total_requests == 2 * pairs
 
 
 @pytest.mark.slow
@@ -199,7 +241,8 @@ def test_vllm_backend_runs_generation_end_to_end(finished_run):
         config, "vllm.yaml", generation={"backend": "vllm", "vllm": {"gpu_memory_utilization": 0.2, "max_model_len": 512}}
     )
     retrained = {"sft_pairs": 1, "sft": 1, "ppo": 1, "rewrite": 2}
-    assert planned_jobs(workdir, "--configfile", str(with_vllm)) == {"all": 1, "generate": 4, "score": 4, "report": 1, **retrained}
+    evaluated = {"generate": 4, "score": 4, "judge": 3, "report": 1}
+    assert planned_jobs(workdir, "--configfile", str(with_vllm)) == {"all": 1, **evaluated, **retrained}
     run_snakemake(workdir, "--configfile", str(with_vllm))
     log = (workdir / "logs/generate/bundled/tiny-frozen/base.log").read_text()
     assert "vllm" in log.lower()
@@ -228,7 +271,7 @@ def test_another_workflow_reuses_cached_outputs(finished_run, first_scores, outp
         "results/train/bundled/tiny-frozen/rlhf/model/model.safetensors",
     } <= from_cache
     ran = {log.relative_to(other / "logs").parts[0] for log in other.glob("logs/**/*.log") if log.stat().st_size}
-    assert ran == {"rewrite", "report"}
+    assert ran == {"rewrite", "judge", "report"}
     assert len(first_scores) == len(SYSTEMS)
     for path, content in first_scores.items():
         assert (other / path).read_bytes() == content
@@ -276,7 +319,7 @@ def test_dataset_file_without_prompt_column_is_named(tmp_path):
 
 
 def test_paper_config_plans_the_whole_grid(tmp_path):
-    """3 datasets x 2 prompters x 1 frozen model: 6 answering systems per dataset."""
+    """3 datasets x 2 prompters x 1 frozen model: 6 answering systems per dataset, 5 judged against base."""
     workdir = copy_workflow(tmp_path / "workflow")
     planned = planned_jobs(workdir, "--configfile", "config/paper.yaml", "--replace-workflow-config")
     assert planned == {
@@ -288,6 +331,7 @@ def test_paper_config_plans_the_whole_grid(tmp_path):
         "rewrite": 12,
         "generate": 18,
         "score": 18,
+        "judge": 15,
         "report": 1,
         "all": 1,
     }

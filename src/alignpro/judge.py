@@ -27,8 +27,9 @@ import numpy as np
 import openai
 import polars as pl
 import pyarrow as pa
+from tqdm.auto import tqdm
 
-from alignpro.tables import SCORES, conform
+from alignpro.tables import SCORES, VERDICTS, SchemaError, conform
 
 PAIRS = pa.schema(
     [
@@ -48,41 +49,6 @@ PAIRS = pa.schema(
 SCORED_PAIRS = pa.schema(
     list(PAIRS) + [pa.field("reward", pa.float64(), nullable=False), pa.field("base_reward", pa.float64(), nullable=False)],
     metadata={"doc": "PAIRS with r(x, answer) and r(x, base_answer), for the offline Bradley-Terry judge"},
-)
-
-VERDICTS = pa.schema(
-    [
-        pa.field("dataset", pa.string(), nullable=False),
-        pa.field("prompt_id", pa.string(), nullable=False),
-        pa.field("method", pa.string(), nullable=False),
-        pa.field("prompter", pa.string(), nullable=True),
-        pa.field("frozen", pa.string(), nullable=False),
-        pa.field("sample_index", pa.int32(), nullable=False),
-        pa.field("judge", pa.string(), nullable=False),
-        pa.field("verdict", pa.string(), nullable=False),
-        pa.field("verdict_method_first", pa.string(), nullable=True),
-        pa.field("verdict_base_first", pa.string(), nullable=True),
-        pa.field("inconsistent", pa.bool_(), nullable=False),
-        pa.field("reason_method_first", pa.string(), nullable=True),
-        pa.field("reason_base_first", pa.string(), nullable=True),
-        pa.field("not_judged_reason", pa.string(), nullable=True),
-        pa.field("p_method_wins", pa.float64(), nullable=True),
-        pa.field("prompt_tokens", pa.int64(), nullable=False),
-        pa.field("completion_tokens", pa.int64(), nullable=False),
-        pa.field("cost_usd", pa.float64(), nullable=False),
-        pa.field("calls", pa.int64(), nullable=False),
-        pa.field("retries", pa.int64(), nullable=False),
-        pa.field("cached_calls", pa.int64(), nullable=False),
-    ],
-    metadata={
-        "doc": "one row per pair, from the method's side: verdict is win/tie/loss/invalid/not_judged; "
-        "verdict_<order> is the judge's raw A/B/TIE/invalid in that order (null: not judged; A is the "
-        "answer shown first); inconsistent: both orders valid but disagreeing (counted a tie); "
-        "not_judged_reason is 'budget' or 'error: ...'; p_method_wins only from the offline judge; "
-        "tokens and cost are those of the calls behind the verdict (cached ones included); calls, "
-        "retries and cached_calls describe this run: HTTP requests sent, of which retries after "
-        "429/5xx/timeout/connection errors, and calls answered from the cache"
-    },
 )
 
 JUDGMENT_COLUMNS = [name for name in VERDICTS.names if name not in ("calls", "retries", "cached_calls")]
@@ -154,6 +120,11 @@ class JudgeSettings:
     max_cost_usd: float | None = None
     price_input_per_1k: float = 0.03
     price_output_per_1k: float = 0.06
+
+    @classmethod
+    def from_config(cls, api: dict) -> "JudgeSettings":
+        """From the config's `judge.api` section (its `cache` path is not a setting of the calls)."""
+        return cls(**{key: value for key, value in api.items() if key != "cache"})
 
     @property
     def judge_name(self) -> str:
@@ -489,10 +460,18 @@ def identical_answers_row(pair: dict, judge: str) -> dict:
 async def _judge_all(pairs: list[dict], settings: JudgeSettings, cache_path) -> list[dict]:
     cache = CallCache(cache_path)
     client = JudgeClient(settings, Budget(settings))
+    progress = tqdm(total=len(pairs), desc=f"judging with {settings.model}", unit="pair", mininterval=5.0)
+
+    async def judged(pair: dict) -> dict:
+        row = await run.judge_pair(pair)
+        progress.update()
+        return row
+
     try:
         run = JudgingRun(settings, cache, client)
-        return await asyncio.gather(*(run.judge_pair(pair) for pair in pairs))
+        return await asyncio.gather(*(judged(pair) for pair in pairs))
     finally:
+        progress.close()
         await client.close()
         cache.close()
 
@@ -526,13 +505,26 @@ def bradley_terry_pairs(pairs: pa.Table, margin: float = 0.05) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=VERDICTS)
 
 
-def pairs_from_scores(method_scores: pa.Table, base_scores: pa.Table) -> pa.Table:
-    """SCORED_PAIRS: each method answer beside base's answer to the same prompt, frozen model and sample."""
+def pairs_from_scores(method_scores: pa.Table, base_scores: pa.Table, samples_per_prompt: int | None = None) -> pa.Table:
+    """SCORED_PAIRS: each method answer beside base's answer to the same prompt, frozen model and sample.
+
+    With `samples_per_prompt`, only samples 0..k-1 of each prompt are paired (to bound a paid judge's
+    cost). A method answer without a base answer to pair it with is an error naming the row.
+    """
     keys = ["dataset", "prompt_id", "frozen", "sample_index"]
     methods = pl.from_arrow(conform(method_scores, SCORES, "method scores"))
+    if samples_per_prompt is not None:
+        methods = methods.filter(pl.col("sample_index") < samples_per_prompt)
     base = pl.from_arrow(conform(base_scores, SCORES, "base scores")).select(
         *keys, base_answer=pl.col("response"), base_reward=pl.col("reward")
     )
+    unpaired = methods.join(base, on=keys, how="anti")
+    if unpaired.height:
+        row = unpaired.row(0, named=True)
+        raise SchemaError(
+            f"{unpaired.height} {row['method']} answer(s) have no base answer to be judged against, e.g. "
+            + ", ".join(f"{key}={row[key]!r}" for key in keys)
+        )
     joined = methods.join(base, on=keys, how="inner").rename({"response": "answer"})
     return conform(joined.to_arrow(), SCORED_PAIRS, "pairs from scores")
 

@@ -1,9 +1,10 @@
-"""Summarize scored responses per method and write the report (Markdown, HTML, two bar plots).
+"""Summarize scored responses per method and write the report (Markdown, HTML, plots).
 
 The numbers mirror the Align-Pro paper's Figures 2 and 3: the mean reward of each method, with a
-confidence interval, and the variance of the reward over all sampled responses. With PPO training
-runs (the Align-Pro prompters, the RLHF oracle) the report adds their training curves and a small
-table per run.
+confidence interval, and the variance of the reward over all sampled responses; with judge verdicts,
+its Table 1: each method's win/tie/loss rate against base, with judged examples to read. With PPO
+training runs (the Align-Pro prompters, the RLHF oracle) the report adds their training curves and a
+small table per run.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import pyarrow as pa  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from alignpro.atomic import write_bytes  # noqa: E402
-from alignpro.tables import PPO_METRICS, SCORES, SUMMARY, conform  # noqa: E402
+from alignpro.judge import win_rates  # noqa: E402
+from alignpro.tables import PPO_METRICS, SCORES, SUMMARY, VERDICTS, conform  # noqa: E402
 
 METHOD_ORDER = ("base", "sft", "alignpro", "rlhf")
 METHOD_COLOURS = {"base": "#7f7f7f", "sft": "#1f77b4", "alignpro": "#ff7f0e", "rlhf": "#2ca02c"}
@@ -146,12 +148,54 @@ def _method_rank() -> pl.Expr:
     )
 
 
-def summarize(scores: list[pa.Table] | pl.DataFrame, *, prompters: list[str], confidence: float = 0.95) -> pl.DataFrame:
+JUDGE_COLUMNS = {  # SUMMARY's judge columns, from win_rates' names
+    "judge": "judge",
+    "n_pairs": "judged_pairs",
+    **{f"{o}_{s}": f"{o}_{s}" for o in ("win", "tie", "loss") for s in ("pct", "ci_low", "ci_high")},
+    "inconsistent_pct": "inconsistent_pct",
+    "invalid_pct": "invalid_pct",
+    "not_judged_pct": "not_judged_pct",
+    "calls": "judge_requests",
+    "retries": "judge_retries",
+    "cached_calls": "judge_cached_calls",
+    "prompt_tokens": "judge_prompt_tokens",
+    "completion_tokens": "judge_completion_tokens",
+    "cost_usd": "judge_cost_usd",
+}
+
+
+def verdicts_frame(verdicts: list[pa.Table]) -> pl.DataFrame:
+    """All verdict rows, each table checked against the VERDICTS schema."""
+    frames = [pl.from_arrow(conform(table, VERDICTS, "verdicts")) for table in verdicts]
+    return pl.concat(frames) if frames else pl.from_arrow(VERDICTS.empty_table())
+
+
+def _judge_stats(verdicts: pl.DataFrame, prompters: list[str], confidence: float, bootstrap_samples: int, seed: int) -> pl.DataFrame:
+    """Win rates against base per (dataset, prompter, frozen, method), rlhf's repeated under every prompter."""
+    rates = win_rates(verdicts, n_bootstrap=bootstrap_samples, seed=seed, confidence=confidence)
+    judges = rates.group_by(GROUP_KEYS).agg(pl.col("judge").n_unique().alias("judges")).filter(pl.col("judges") > 1)
+    if judges.height:
+        raise ValueError(f"more than one judge for {judges.row(0, named=True)}: report one judge at a time")
+    stats = rates.select(*GROUP_KEYS, *(pl.col(old).alias(new) for old, new in JUDGE_COLUMNS.items()))
+    return _repeat_base_rows(stats, prompters) if stats.height else stats
+
+
+def summarize(
+    scores: list[pa.Table] | pl.DataFrame,
+    *,
+    prompters: list[str],
+    confidence: float = 0.95,
+    verdicts: list[pa.Table] | pl.DataFrame = (),
+    bootstrap_samples: int = 2000,
+    seed: int = 0,
+) -> pl.DataFrame:
     """One SUMMARY row per (dataset, prompter, frozen, method).
 
     mean_reward and reward_variance (ddof=1) are over all samples; the CI is over per-prompt mean
     rewards because samples of one prompt are correlated; fallback_rate is the share of prompts
-    whose rewrite fell back to the original prompt (null for methods without a prompter).
+    whose rewrite fell back to the original prompt (null for methods without a prompter). With
+    `verdicts` the judge columns hold each method's win/tie/loss rates against base, with seeded
+    bootstrap CIs over prompts (null for base and for methods nobody judged).
     """
     frame = _scores_frame(scores).select(
         pl.col([*GROUP_KEYS, "prompt_id"]).cast(pl.String),
@@ -171,8 +215,16 @@ def summarize(scores: list[pa.Table] | pl.DataFrame, *, prompters: list[str], co
     )
     stats = _confidence_interval(sample_stats.join(prompt_stats, on=GROUP_KEYS, nulls_equal=True), confidence)
     stats = _repeat_base_rows(stats, prompters)
+    judged = verdicts if isinstance(verdicts, pl.DataFrame) else verdicts_frame(list(verdicts))
+    if judged.height:
+        stats = stats.join(
+            _judge_stats(judged, prompters, confidence, bootstrap_samples, seed), on=GROUP_KEYS, how="left", nulls_equal=True
+        )
     stats = stats.sort(["dataset", "prompter", "frozen", _method_rank(), "method"])
-    return stats.select(pl.col(f.name).cast(SUMMARY_TYPES[str(f.type)]) for f in SUMMARY)
+    return stats.select(
+        (pl.col(f.name) if f.name in stats.columns else pl.lit(None)).cast(SUMMARY_TYPES[str(f.type)]).alias(f.name)
+        for f in SUMMARY
+    )
 
 
 # ---------------------------------------------------------------------------- report files
@@ -307,9 +359,9 @@ def _markdown_cell(text: str) -> str:
 
 
 def _markdown(
-    summary: pl.DataFrame, title: str, note: str, mean_plot: str, variance_plot: str, training: list[str] = ()
+    summary: pl.DataFrame, title: str, note: str, mean_plot: str, variance_plot: str, sections: list[str] = ()
 ) -> str:
-    """The report as Markdown: a table per dataset, then the plots linked by relative path, then `training`."""
+    """The report as Markdown: a table per dataset, then the plots linked by relative path, then `sections`."""
     lines = [f"# {_markdown_cell(title)}", "", note, ""]
     for dataset in sorted(summary["dataset"].unique().to_list()):
         lines += [f"## {_markdown_cell(dataset)}", "", "| " + " | ".join(TABLE_HEADER) + " |"]
@@ -317,7 +369,7 @@ def _markdown(
         lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in _table_rows(summary, dataset)]
         lines.append("")
     lines += ["## Plots", "", f"![Mean reward]({mean_plot})", "", f"![Reward variance]({variance_plot})", ""]
-    return "\n".join([*lines, *training])
+    return "\n".join([*lines, *sections])
 
 
 HTML_STYLE = (
@@ -325,6 +377,7 @@ HTML_STYLE = (
     "table{border-collapse:collapse;margin-bottom:1.5em}"
     "th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
     "th{background:#f0f0f0}img{max-width:100%}"
+    "blockquote.example{white-space:pre-wrap;border-left:3px solid #ccc;margin:.3em 0 .8em;padding-left:.8em}"
 )
 
 
@@ -334,9 +387,9 @@ def _html_image(alt: str, png: bytes) -> str:
 
 
 def _html(
-    summary: pl.DataFrame, title: str, note: str, mean_png: bytes, variance_png: bytes, training: list[str] = ()
+    summary: pl.DataFrame, title: str, note: str, mean_png: bytes, variance_png: bytes, sections: list[str] = ()
 ) -> str:
-    """The same report as one self-contained page: inline style, plots as base64 data URIs, then `training`."""
+    """The same report as one self-contained page: inline style, plots as base64 data URIs, then `sections`."""
     esc = html.escape
     parts = [
         "<!DOCTYPE html>",
@@ -350,9 +403,234 @@ def _html(
         rows = ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _table_rows(summary, dataset)]
         parts += [f"<h2>{esc(dataset)}</h2>", "<table>", header, *rows, "</table>"]
     parts.append("<h2>Plots</h2>")
-    parts += [_html_image("Mean reward", mean_png), _html_image("Reward variance", variance_png), *training]
+    parts += [_html_image("Mean reward", mean_png), _html_image("Reward variance", variance_png), *sections]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------- win rates against base
+
+OUTCOME_COLOURS = {"win": "#2ca02c", "tie": "#c7c7c7", "loss": "#d62728"}
+JUDGE_HEADER = ["prompter", "frozen", "method", "pairs", "win %", "tie %", "loss %", "inconsistent %", "invalid %", "not judged %"]
+USAGE_HEADER = ["prompter", "frozen", "method", "requests", "retries", "cached calls", "tokens in / out", "cost (USD)"]
+EXAMPLE_PRIORITY = ("win", "loss", "tie", "invalid", "not_judged")
+EXAMPLE_CHARACTERS = 1200  # texts longer than this are cut in the report (the tables keep them whole)
+
+
+def _judged(summary: pl.DataFrame) -> pl.DataFrame:
+    return summary.filter(pl.col("judge").is_not_null())
+
+
+def _calls_an_api(summary: pl.DataFrame) -> bool:
+    """Whether an LLM judge made the verdicts: only then are calls, tokens and cost worth a table."""
+    return not _judged(summary).filter(~pl.col("judge").str.starts_with("offline")).is_empty()
+
+
+def _judge_note(summary: pl.DataFrame, confidence: float) -> str:
+    """What judged the pairs, and what the percentages are over."""
+    judges = sorted(_judged(summary)["judge"].unique().to_list())
+    offline = [judge for judge in judges if judge.startswith("offline")]
+    llm = [judge for judge in judges if not judge.startswith("offline")]
+    parts = ["Each method's answer is compared with base's answer to the same original prompt and sample."]
+    if llm:
+        parts.append(
+            f"Judge: {', '.join(llm)}, an LLM asked for a reason and a verdict on helpfulness, harmlessness, "
+            "relevance, accuracy, depth, creativity and detail. Every pair is judged in both orders; a win or loss "
+            "counts only when both orders agree, otherwise it is a tie, flagged inconsistent."
+        )
+    if offline:
+        parts.append(
+            f"Judge: {', '.join(offline)}. This is NOT an LLM judge: P(method beats base) = sigmoid(r_method − "
+            "r_base) from the reward model's scores, a win when it exceeds 0.5 + margin, a loss below 0.5 − margin; "
+            "it shares the reward model's biases."
+        )
+    parts.append(
+        f"Win, tie and loss are percentages of decided pairs with {confidence:.0%} percentile bootstrap intervals "
+        "over prompts; inconsistent % is of decided pairs; invalid (no parsable verdict after one retry) and "
+        "not judged (budget spent or API error) are percentages of all pairs."
+    )
+    return " ".join(parts)
+
+
+def _rate_cell(row: dict, outcome: str) -> str:
+    if row[f"{outcome}_pct"] is None:
+        return "–"
+    return f"{row[f'{outcome}_pct']:.1f} [{row[f'{outcome}_ci_low']:.1f}, {row[f'{outcome}_ci_high']:.1f}]"
+
+
+def _judge_rows(summary: pl.DataFrame, dataset: str) -> list[list[str]]:
+    rows = []
+    for row in _judged(summary).filter(pl.col("dataset") == dataset).iter_rows(named=True):
+        rows.append(
+            [row["prompter"], row["frozen"], row["method"], str(row["judged_pairs"])]
+            + [_rate_cell(row, outcome) for outcome in ("win", "tie", "loss")]
+            + [_format(row[name], "{:.1f}") for name in ("inconsistent_pct", "invalid_pct", "not_judged_pct")]
+        )
+    return rows
+
+
+USAGE_COLUMNS = ("judge_requests", "judge_retries", "judge_cached_calls", "judge_prompt_tokens", "judge_completion_tokens", "judge_cost_usd")
+
+
+def _usage_cells(label: list[str], row: dict) -> list[str]:
+    return label + [
+        str(row["judge_requests"]), str(row["judge_retries"]), str(row["judge_cached_calls"]),
+        f"{row['judge_prompt_tokens']} / {row['judge_completion_tokens']}", f"{row['judge_cost_usd']:.4f}",
+    ]
+
+
+def _one_row_per_judge_job(rows: pl.DataFrame) -> pl.DataFrame:
+    """rlhf has no prompter: the summary repeats its row under every prompter; keep one, prompter null."""
+    return rows.with_columns(
+        prompter=pl.when(pl.col("method") == "rlhf").then(None).otherwise(pl.col("prompter"))
+    ).unique(["dataset", "prompter", "frozen", "method"], maintain_order=True)
+
+
+def _usage_rows(summary: pl.DataFrame) -> list[list[str]]:
+    """Judge calls, tokens and cost per judge job, then their total."""
+    jobs = _one_row_per_judge_job(_judged(summary))
+    rows = [
+        _usage_cells([row["prompter"] or "–", row["frozen"], f"{row['method']} ({row['dataset']})"], row)
+        for row in jobs.iter_rows(named=True)
+    ]
+    totals = jobs.select(pl.col(name).sum() for name in USAGE_COLUMNS).row(0, named=True)
+    return rows + [_usage_cells(["all", "", ""], totals)]
+
+
+def _win_plot(summary: pl.DataFrame) -> bytes:
+    """PNG of stacked win/tie/loss bars per judged method, one panel per dataset, win CI as an error bar."""
+    judged = _judged(summary).filter(pl.col("win_pct").is_not_null())
+    datasets = sorted(judged["dataset"].unique().to_list())
+    heights = [judged.filter(pl.col("dataset") == d).height for d in datasets]
+    fig, axes = plt.subplots(
+        len(datasets), 1, figsize=(8.5, sum(0.45 * h + 1.2 for h in heights) + 0.6), squeeze=False,
+        height_ratios=[0.45 * h + 1.2 for h in heights], layout="constrained",
+    )
+    for ax, dataset in zip(axes[:, 0], datasets):
+        rows = _one_row_per_judge_job(judged.filter(pl.col("dataset") == dataset)).sort(
+            "prompter", "frozen", _method_rank(), "method", nulls_last=True
+        )
+        labels = [
+            f"{row['method']}: " + (f"{_short_name(row['prompter'])} → " if row["prompter"] else "") + _short_name(row["frozen"])
+            for row in rows.iter_rows(named=True)
+        ]
+        y = list(range(rows.height))[::-1]
+        left = [0.0] * rows.height
+        for outcome in ("win", "tie", "loss"):
+            widths = rows[f"{outcome}_pct"].to_list()
+            ax.barh(y, widths, left=left, color=OUTCOME_COLOURS[outcome], edgecolor="black", linewidth=0.5, label=outcome)
+            left = [a + b for a, b in zip(left, widths)]
+        for position, row in zip(y, rows.iter_rows(named=True)):
+            ax.errorbar(
+                row["win_pct"], position, xerr=[[row["win_pct"] - row["win_ci_low"]], [row["win_ci_high"] - row["win_pct"]]],
+                color="black", capsize=3, linewidth=1,
+            )
+            ax.annotate(
+                f"{row['win_pct']:.0f}%", (row["win_ci_high"], position), xytext=(4, 0), textcoords="offset points",
+                va="center", fontsize=8, bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8},
+            )
+        ax.axvline(50.0, color="black", linewidth=0.6, linestyle=":")
+        ax.set_yticks(y, labels, fontsize=9)
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("% of decided pairs against base")
+        ax.set_title(dataset, fontweight="bold")
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=OUTCOME_COLOURS[o], edgecolor="black", linewidth=0.5) for o in OUTCOME_COLOURS]
+    fig.legend(handles, list(OUTCOME_COLOURS), loc="outside lower center", ncol=3, frameon=False)
+    fig.suptitle("Win rate against base (error bar: CI of the win rate)", fontsize=12)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def pick_examples(verdicts: pl.DataFrame, scores: list[pa.Table] | pl.DataFrame, per_method: int) -> list[dict]:
+    """Up to `per_method` judged pairs per (dataset, prompter, frozen, method), one per verdict kind in
+    the order win, loss, tie, invalid, not judged (first prompt id within a kind): prompt, rewrite, both
+    answers, the verdict and the judge's reasons."""
+    if per_method == 0 or verdicts.is_empty():
+        return []
+    frame = _scores_frame(scores)
+    keys = ["dataset", "prompt_id", "frozen", "sample_index"]
+    answers = frame.filter(pl.col("method") != "base").select(
+        *keys, "method", "prompter", "prompt", "model_input", answer=pl.col("response")
+    )
+    base = frame.filter(pl.col("method") == "base").select(*keys, base_answer=pl.col("response"))
+    rank = pl.col("verdict").replace_strict(list(EXAMPLE_PRIORITY), list(range(len(EXAMPLE_PRIORITY))), return_dtype=pl.Int64)
+    picked = (
+        verdicts.join(answers, on=[*keys, "method", "prompter"], nulls_equal=True)
+        .join(base, on=keys)
+        .sort("dataset", "prompter", "frozen", _method_rank(), "method", rank, "prompt_id", "sample_index", nulls_last=True)
+        .unique(["dataset", "prompter", "frozen", "method", "verdict"], keep="first", maintain_order=True)
+        .filter(pl.int_range(pl.len()).over("dataset", "prompter", "frozen", "method") < per_method)
+    )
+    return picked.to_dicts()
+
+
+def _shorten(text: str) -> str:
+    cut = len(text) - EXAMPLE_CHARACTERS
+    return text if cut <= 0 else f"{text[:EXAMPLE_CHARACTERS]}… [{cut} more characters]"
+
+
+def _example_parts(example: dict) -> list[tuple[str, str]]:
+    """(label, text) of one example, plain text, in reading order; the rewrite only when there is one."""
+    parts = [("prompt x", example["prompt"])]
+    if example["model_input"] != example["prompt"]:
+        parts.append(("rewrite x'", example["model_input"]))
+    parts += [(f"{example['method']} answer", example["answer"]), ("base answer", example["base_answer"])]
+    if example["judge"].startswith("offline"):  # one decision from the rewards, not two readings
+        return parts + [("judge", f"{example['verdict']}: {example['reason_method_first']}")]
+    for order, shown in (("method_first", "method's answer shown as A"), ("base_first", "base's answer shown as A")):
+        raw = example[f"verdict_{order}"] or "not judged"
+        parts.append((f"judge, {shown}", f"{raw}: {example[f'reason_{order}'] or example['not_judged_reason'] or ''}"))
+    return parts
+
+
+def _example_title(example: dict) -> str:
+    who = f"{example['prompter']} → {example['frozen']}" if example["prompter"] else example["frozen"]
+    flag = ", inconsistent" if example["inconsistent"] else ""
+    return f"{example['dataset']} · {who} · {example['method']}: {example['verdict']}{flag}"
+
+
+def _judge_markdown(summary: pl.DataFrame, note: str, plot_link: str, examples: list[dict]) -> list[str]:
+    lines = ["## Win rate against base", "", note, ""]
+    for dataset in sorted(_judged(summary)["dataset"].unique().to_list()):
+        lines += [f"### {_markdown_cell(dataset)}", "", "| " + " | ".join(JUDGE_HEADER) + " |", "|" + "---|" * len(JUDGE_HEADER)]
+        lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in _judge_rows(summary, dataset)]
+        lines.append("")
+    lines += [f"![Win rate against base]({plot_link})", ""]
+    if _calls_an_api(summary):
+        lines += ["### Judge usage", "", "| " + " | ".join(USAGE_HEADER) + " |", "|" + "---|" * len(USAGE_HEADER)]
+        lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in _usage_rows(summary)]
+        lines.append("")
+    if examples:
+        lines += ["### Examples", ""]
+        for example in examples:
+            lines += [f"#### {_markdown_cell(_example_title(example))}", ""]
+            for label, text in _example_parts(example):
+                quoted = "\n".join(f"> {line}" for line in html.escape(_shorten(text), quote=False).splitlines() or [""])
+                lines += [f"**{label}**", "", quoted, ""]
+    return lines
+
+
+def _judge_html(summary: pl.DataFrame, note: str, png: bytes, examples: list[dict]) -> list[str]:
+    esc = html.escape
+    parts = ["<h2>Win rate against base</h2>", f"<p>{esc(note)}</p>"]
+    for dataset in sorted(_judged(summary)["dataset"].unique().to_list()):
+        header = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in JUDGE_HEADER) + "</tr>"
+        rows = ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _judge_rows(summary, dataset)]
+        parts += [f"<h3>{esc(dataset)}</h3>", "<table>", header, *rows, "</table>"]
+    parts.append(_html_image("Win rate against base", png))
+    if _calls_an_api(summary):
+        parts += ["<h3>Judge usage</h3>", "<table>", "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in USAGE_HEADER) + "</tr>"]
+        parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _usage_rows(summary)]
+        parts.append("</table>")
+    if examples:
+        parts.append("<h3>Examples</h3>")
+        for example in examples:
+            parts.append(f"<h4>{esc(_example_title(example))}</h4>")
+            for label, text in _example_parts(example):
+                parts.append(f'<p><b>{esc(label)}</b></p><blockquote class="example">{esc(_shorten(text))}</blockquote>')
+    return parts
 
 
 # ---------------------------------------------------------------------------- training curves
@@ -492,10 +770,10 @@ def _draw_step_split(ax, runs: dict[str, pl.DataFrame], colours: dict[str, str])
               frameon=False)
 
 
-def _no_training_plot() -> bytes:
-    """A small PNG that says there were no training runs, so a declared plot output still exists."""
+def _placeholder_plot(text: str) -> bytes:
+    """A small PNG that says why there is nothing to plot, so a declared plot output still exists."""
     fig = plt.figure(figsize=(4, 1.5))
-    fig.text(0.5, 0.5, "no training runs", ha="center", va="center", fontsize=14, color="#555555")
+    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=14, color="#555555")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
@@ -561,34 +839,52 @@ def write_report(
     confidence: float = 0.95,
     training: dict[str, pl.DataFrame] | None = None,
     training_plot: str | os.PathLike | None = None,
+    win_plot: str | os.PathLike | None = None,
+    examples: list[dict] = (),
 ) -> None:
-    """Write the Markdown and self-contained HTML reports, the mean / variance bar plots and training curves.
+    """Write the Markdown and self-contained HTML reports, the mean / variance bar plots, training curves
+    and win rates.
 
     `training` maps a run label (e.g. "rlhf tiny-frozen (bundled)") to its PPO_METRICS frame. With runs,
     `training_plot` is required: it gets the curves (score_mean, kl, entropy, value_loss per step, and the
     mean step-time split), and both reports get a "Training" section with the plot and a table per run.
-    With no runs (None or {}) neither report mentions training; a given `training_plot` then gets a small
-    "no training runs" placeholder PNG, so a workflow's declared output always exists. Everything is
-    checked and rendered before the first file is written, and every file is written atomically.
+    When the summary has judge columns filled, `win_plot` is required: both reports get a "Win rate against
+    base" section (a Table-1-style table per dataset, the plot, the judge's usage and cost, and `examples`
+    from `pick_examples`). A given plot path with nothing to draw gets a small placeholder PNG, so a
+    workflow's declared output always exists. Everything is checked and rendered before the first file is
+    written, and every file is written atomically.
     """
     if summary.is_empty():
         raise ValueError("empty summary: nothing to report")
     runs = _training_frames(training or {})
     if runs and training_plot is None:
         raise ValueError("training runs given without a training_plot path to draw them to")
+    judged = not _judged(summary).is_empty()
+    if judged and win_plot is None:
+        raise ValueError("judged methods in the summary without a win_plot path to draw them to")
     mean_png = _bar_plot(summary, "mean_reward", "mean reward", "Mean reward (error bars: CI over prompts)", True)
     variance_png = _bar_plot(summary, "reward_variance", "reward variance", "Reward variance", False)
-    training_png = _training_plot(runs) if runs else _no_training_plot()
+    training_png = _training_plot(runs) if runs else _placeholder_plot("no training runs")
+    decided = judged and _judged(summary)["win_pct"].is_not_null().any()
+    win_png = _win_plot(summary) if decided else _placeholder_plot("no judged pairs")
     note = _ci_note(confidence)
     markdown_dir = Path(markdown).parent
     links = _relative_link(mean_plot, markdown_dir), _relative_link(variance_plot, markdown_dir)
-    training_markdown = _training_markdown(runs, _relative_link(training_plot, markdown_dir)) if runs else []
-    training_html = _training_html(runs, training_png) if runs else []
-    markdown_text = _markdown(summary, title, note, *links, training_markdown)
-    html_text = _html(summary, title, note, mean_png, variance_png, training_html)
+    markdown_sections, html_sections = [], []
+    if judged:
+        judge_note = _judge_note(summary, confidence)
+        markdown_sections += _judge_markdown(summary, judge_note, _relative_link(win_plot, markdown_dir), list(examples))
+        html_sections += _judge_html(summary, judge_note, win_png, list(examples))
+    if runs:
+        markdown_sections += _training_markdown(runs, _relative_link(training_plot, markdown_dir))
+        html_sections += _training_html(runs, training_png)
+    markdown_text = _markdown(summary, title, note, *links, markdown_sections)
+    html_text = _html(summary, title, note, mean_png, variance_png, html_sections)
     write_bytes(mean_plot, mean_png)
     write_bytes(variance_plot, variance_png)
     if training_plot is not None:
         write_bytes(training_plot, training_png)
+    if win_plot is not None:
+        write_bytes(win_plot, win_png)
     write_bytes(markdown, markdown_text.encode("utf-8"))
     write_bytes(html, html_text.encode("utf-8"))

@@ -287,27 +287,69 @@ def rlhf(*, train_path: str, workdir: str, model: dict, reward: dict, ppo: dict,
     )
 
 
+def judge(*, scores_path: str, base_scores_path: str, out_path: str, settings: dict) -> None:
+    """The judge stage: each of a method's answers against base's answer to the same prompt and sample.
+
+    `settings` is the config's `judge` section: the offline Bradley-Terry judge decides from the
+    rewards; the API judge asks an OpenAI-compatible model in both orders, through a SQLite cache
+    (`api.cache`, outside the rule's outputs) so no call is paid for twice.
+    """
+    from alignpro.judge import JudgeSettings, bradley_terry_pairs, judge_pairs, pairs_from_scores
+
+    pairs = pairs_from_scores(
+        tables.read_table(scores_path, tables.SCORES),
+        tables.read_table(base_scores_path, tables.SCORES),
+        samples_per_prompt=settings["samples_per_prompt"],
+    )
+    if settings["backend"] == "offline":
+        verdicts = bradley_terry_pairs(pairs, margin=settings["margin"])
+    else:
+        verdicts = judge_pairs(pairs, JudgeSettings.from_config(settings["api"]), settings["api"]["cache"])
+    tables.write_table(verdicts, out_path, tables.VERDICTS)
+    counts = verdicts.group_by("verdict").aggregate([("verdict", "count")]).to_pylist()
+    log.info(
+        "%d pairs judged by %s: %s; %d requests, %d answered from the cache",
+        verdicts.num_rows,
+        verdicts.column("judge")[0] if verdicts.num_rows else settings["backend"],
+        ", ".join(f"{row['verdict']} {row['verdict_count']}" for row in counts),
+        sum(verdicts.column("calls").to_pylist()),
+        sum(verdicts.column("cached_calls").to_pylist()),
+    )
+
+
 def report(
     *,
     scores_paths: list[str],
+    verdicts_paths: list[str],
     metrics: dict[str, str],
     prompters: list[str],
-    confidence: float,
+    settings: dict,
+    seed: int,
     summary_path: str,
     markdown: str,
     html: str,
     mean_plot: str,
     variance_plot: str,
     training_plot: str,
+    win_plot: str,
 ) -> None:
-    """The report stage: per (dataset, prompter, frozen, method) reward statistics, tables and plots,
-    and the PPO training curves (`metrics`: run label -> its metrics table)."""
+    """The report stage: per (dataset, prompter, frozen, method) reward statistics and win rates against
+    base, tables, plots and judged examples, and the PPO training curves (`metrics`: run label -> its
+    metrics table). `settings` is the config's `report` section."""
     import polars as pl
 
-    from alignpro.report import summarize, write_report
+    from alignpro.report import pick_examples, summarize, verdicts_frame, write_report
 
-    scores = [tables.read_table(path, tables.SCORES) for path in scores_paths]
-    summary = summarize(scores, prompters=prompters, confidence=confidence)
+    scores = pl.concat([pl.from_arrow(tables.read_table(path, tables.SCORES)) for path in scores_paths])
+    verdicts = verdicts_frame([tables.read_table(path, tables.VERDICTS) for path in verdicts_paths])
+    summary = summarize(
+        scores,
+        prompters=prompters,
+        confidence=settings["confidence"],
+        verdicts=verdicts,
+        bootstrap_samples=settings["bootstrap_samples"],
+        seed=seed,
+    )
     tables.write_table(summary.to_arrow(), summary_path, tables.SUMMARY)
     training = {label: pl.from_arrow(tables.read_table(path, tables.PPO_METRICS)) for label, path in metrics.items()}
     write_report(
@@ -316,8 +358,13 @@ def report(
         html=html,
         mean_plot=mean_plot,
         variance_plot=variance_plot,
-        confidence=confidence,
+        confidence=settings["confidence"],
         training=training,
         training_plot=training_plot,
+        win_plot=win_plot,
+        examples=pick_examples(verdicts, scores, settings["examples"]),
     )
-    log.info("report of %d rows from %d score tables written to %s", summary.height, len(scores), markdown)
+    log.info(
+        "report of %d rows from %d score and %d verdict tables written to %s",
+        summary.height, len(scores_paths), len(verdicts_paths), markdown,
+    )

@@ -80,10 +80,66 @@ SUMMARY = pa.schema(
         pa.field("ci_low", pa.float64(), nullable=True),
         pa.field("ci_high", pa.float64(), nullable=True),
         pa.field("fallback_rate", pa.float64(), nullable=True),
+        pa.field("judge", pa.string(), nullable=True),
+        pa.field("judged_pairs", pa.int64(), nullable=True),
+        *(
+            pa.field(f"{outcome}_{statistic}", pa.float64(), nullable=True)
+            for outcome in ("win", "tie", "loss")
+            for statistic in ("pct", "ci_low", "ci_high")
+        ),
+        pa.field("inconsistent_pct", pa.float64(), nullable=True),
+        pa.field("invalid_pct", pa.float64(), nullable=True),
+        pa.field("not_judged_pct", pa.float64(), nullable=True),
+        pa.field("judge_requests", pa.int64(), nullable=True),
+        pa.field("judge_retries", pa.int64(), nullable=True),
+        pa.field("judge_cached_calls", pa.int64(), nullable=True),
+        pa.field("judge_prompt_tokens", pa.int64(), nullable=True),
+        pa.field("judge_completion_tokens", pa.int64(), nullable=True),
+        pa.field("judge_cost_usd", pa.float64(), nullable=True),
     ],
     metadata={
         "doc": "one row per (dataset, prompter, frozen, method); the CI is over per-prompt mean "
-        "rewards; base rows repeat for every prompter; fallback_rate is null for base"
+        "rewards; base rows repeat for every prompter; fallback_rate is null for base. The judge "
+        "columns (null for base and when nothing was judged) are the pairwise comparison with base: "
+        "win/tie/loss percentages of decided pairs with bootstrap CIs over prompts, inconsistent_pct "
+        "of decided pairs, invalid_pct and not_judged_pct of all judged_pairs; judge_requests (HTTP "
+        "requests, retries included), judge_retries and judge_cached_calls describe the judge job "
+        "that wrote the verdicts; tokens and cost are those of every call behind the verdicts"
+    },
+)
+
+VERDICTS = pa.schema(
+    [
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("prompter", pa.string(), nullable=True),
+        pa.field("frozen", pa.string(), nullable=False),
+        pa.field("sample_index", pa.int32(), nullable=False),
+        pa.field("judge", pa.string(), nullable=False),
+        pa.field("verdict", pa.string(), nullable=False),
+        pa.field("verdict_method_first", pa.string(), nullable=True),
+        pa.field("verdict_base_first", pa.string(), nullable=True),
+        pa.field("inconsistent", pa.bool_(), nullable=False),
+        pa.field("reason_method_first", pa.string(), nullable=True),
+        pa.field("reason_base_first", pa.string(), nullable=True),
+        pa.field("not_judged_reason", pa.string(), nullable=True),
+        pa.field("p_method_wins", pa.float64(), nullable=True),
+        pa.field("prompt_tokens", pa.int64(), nullable=False),
+        pa.field("completion_tokens", pa.int64(), nullable=False),
+        pa.field("cost_usd", pa.float64(), nullable=False),
+        pa.field("calls", pa.int64(), nullable=False),
+        pa.field("retries", pa.int64(), nullable=False),
+        pa.field("cached_calls", pa.int64(), nullable=False),
+    ],
+    metadata={
+        "doc": "one row per pair, from the method's side: verdict is win/tie/loss/invalid/not_judged; "
+        "verdict_<order> is the judge's raw A/B/TIE/invalid in that order (null: not judged; A is the "
+        "answer shown first); inconsistent: both orders valid but disagreeing (counted a tie); "
+        "not_judged_reason is 'budget' or 'error: ...'; p_method_wins only from the offline judge; "
+        "tokens and cost are those of the calls behind the verdict (cached ones included); calls, "
+        "retries and cached_calls describe this run: HTTP requests sent, of which retries after "
+        "429/5xx/timeout/connection errors, and calls answered from the cache"
     },
 )
 

@@ -5,13 +5,16 @@ if __name__ == "__main__":
     with stages.logging_to(snakemake.log[0]):
         stages.report(
             scores_paths=list(snakemake.input.scores),
+            verdicts_paths=list(snakemake.input.verdicts),
             metrics={label: path for label, path in zip(snakemake.params.metric_labels, snakemake.input.metrics)},
             prompters=list(snakemake.params.prompters),
-            confidence=snakemake.params.confidence,
+            settings=dict(snakemake.params.settings),
+            seed=snakemake.params.seed,
             summary_path=snakemake.output.summary,
             markdown=snakemake.output.markdown,
             html=snakemake.output.html,
             mean_plot=snakemake.output.mean_plot,
             variance_plot=snakemake.output.variance_plot,
             training_plot=snakemake.output.training_plot,
+            win_plot=snakemake.output.win_plot,
         )
