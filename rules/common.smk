@@ -133,6 +133,15 @@ def training_metrics():
     return runs
 
 
+def gpus(*sampling_sections):
+    """GPUs one job needs: the largest vLLM tensor-parallel size among the sampling sections it
+    generates with (1 when it generates with transformers, or not at all)."""
+    return max(
+        [config[section]["vllm"]["tensor_parallel_size"] for section in sampling_sections if config[section]["backend"] == "vllm"],
+        default=1,
+    )
+
+
 def judge_settings():
     """The judge section as the judge job uses it: only the chosen backend's settings, so changing a
     setting of the other backend reruns nothing."""

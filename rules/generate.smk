@@ -12,7 +12,9 @@ rule generate:
         sampling=config["generation"],
         seed=config["seed"],
     resources:
-        gpu=1,
+        gpu=gpus("generation"),
+        mem_mb=config["resources"]["generate"]["mem_mb"],
+        runtime=config["resources"]["generate"]["runtime"],
     log:
         "logs/generate/{dataset}/{frozen}/{system}.log",
     conda:

@@ -11,7 +11,9 @@ rule rewrite:
         sampling=config["rewrite"],
         seed=config["seed"],
     resources:
-        gpu=1,
+        gpu=gpus("rewrite"),
+        mem_mb=config["resources"]["rewrite"]["mem_mb"],
+        runtime=config["resources"]["rewrite"]["runtime"],
     log:
         "logs/rewrite/{dataset}/{frozen}/{method}/{prompter}.log",
     benchmark:

@@ -11,6 +11,8 @@ rule score:
         options=config["reward"],
     resources:
         gpu=1,
+        mem_mb=config["resources"]["score"]["mem_mb"],
+        runtime=config["resources"]["score"]["runtime"],
     log:
         "logs/score/{dataset}/{frozen}/{system}.log",
     conda:

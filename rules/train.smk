@@ -17,7 +17,9 @@ rule sft_pairs:
         scoring=config["reward"],
         seed=config["seed"],
     resources:
-        gpu=1,
+        gpu=gpus("rewrite", "generation"),
+        mem_mb=config["resources"]["sft_pairs"]["mem_mb"],
+        runtime=config["resources"]["sft_pairs"]["runtime"],
     log:
         "logs/sft_pairs/{dataset}/{frozen}/{prompter}.log",
     conda:
@@ -40,6 +42,8 @@ rule sft:
         seed=config["seed"],
     resources:
         gpu=1,
+        mem_mb=config["resources"]["sft"]["mem_mb"],
+        runtime=config["resources"]["sft"]["runtime"],
     log:
         "logs/sft/{dataset}/{frozen}/{prompter}.log",
     conda:
@@ -71,7 +75,9 @@ rule ppo:
         scoring=config["reward"],
         seed=config["seed"],
     resources:
-        gpu=1,
+        gpu=gpus("generation"),
+        mem_mb=config["resources"]["ppo"]["mem_mb"],
+        runtime=config["resources"]["ppo"]["runtime"],
     log:
         "logs/ppo/{dataset}/{frozen}/{prompter}.log",
     conda:
@@ -99,6 +105,8 @@ rule rlhf:
         seed=config["seed"],
     resources:
         gpu=1,
+        mem_mb=config["resources"]["rlhf"]["mem_mb"],
+        runtime=config["resources"]["rlhf"]["runtime"],
     log:
         "logs/rlhf/{dataset}/{frozen}.log",
     conda:

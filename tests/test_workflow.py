@@ -70,6 +70,15 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
     return {rule: int(count) for rule, count in counts.items()}
 
 
+def planned_resources(workdir: Path, *args: str) -> dict[str, list[set[str]]]:
+    """Rule -> the resource requests (e.g. {"gpu=1", "mem_mb=3000", ...}) of each job a dry run plans."""
+    output = run_snakemake(workdir, "--dry-run", *args).stdout
+    requests: dict[str, list[set[str]]] = {}
+    for rule, request in re.findall(r"^rule (\w+):$.*?^    resources: (.*?)$", output, flags=re.MULTILINE | re.DOTALL):
+        requests.setdefault(rule, []).append(set(request.split(", ")))
+    return requests
+
+
 def derive_config(base: Path, name: str, **sections: dict) -> Path:
     """A copy of the config file `base`, with keys of some top-level sections changed."""
     config = yaml.safe_load(base.read_text())
@@ -319,19 +328,40 @@ def test_dataset_file_without_prompt_column_is_named(tmp_path):
 
 
 def test_paper_config_plans_the_whole_grid(tmp_path):
-    """3 datasets x 2 prompters x 1 frozen model: 6 answering systems per dataset, 5 judged against base."""
+    """3 datasets x 2 prompters x 2 frozen models: 6 answering systems per (dataset, frozen), 5 judged
+    against base; GPU jobs carry the config's memory and wall time."""
     workdir = copy_workflow(tmp_path / "workflow")
-    planned = planned_jobs(workdir, "--configfile", "config/paper.yaml", "--replace-workflow-config")
+    args = ("--configfile", "config/paper.yaml", "--replace-workflow-config")
+    planned = planned_jobs(workdir, *args)
     assert planned == {
         "dataset": 3,
-        "sft_pairs": 6,
-        "sft": 6,
-        "ppo": 6,
-        "rlhf": 3,
-        "rewrite": 12,
-        "generate": 18,
-        "score": 18,
-        "judge": 15,
+        "sft_pairs": 12,
+        "sft": 12,
+        "ppo": 12,
+        "rlhf": 6,
+        "rewrite": 24,
+        "generate": 36,
+        "score": 36,
+        "judge": 30,
         "report": 1,
         "all": 1,
     }
+    paper = yaml.safe_load((workdir / "config/paper.yaml").read_text())
+    requests = planned_resources(workdir, *args)
+    for rule, resources in paper["resources"].items():
+        assert len(requests[rule]) == planned[rule], rule
+        expected = {"gpu=1", f"mem_mb={resources['mem_mb']}", f"runtime={resources['runtime']}"}
+        assert all(expected <= request for request in requests[rule]), (rule, requests[rule][0])
+
+
+def test_gpu_requests_follow_vllm_tensor_parallel_size(tmp_path):
+    workdir = copy_workflow(tmp_path / "workflow")
+    config = derive_config(
+        workdir / "config/config.yaml", "tp2.yaml", generation={"backend": "vllm", "vllm": {"tensor_parallel_size": 2}}
+    )
+    # a global --resources gpu=1 would scale the requests down to it, as on a one-GPU machine
+    requests = planned_resources(workdir, "--configfile", str(config), "--resources", "gpu=8")
+    gpus = {rule: {item for request in jobs for item in request if item.startswith("gpu=")} for rule, jobs in requests.items()}
+    assert gpus["generate"] == gpus["ppo"] == gpus["sft_pairs"] == {"gpu=2"}  # the frozen model answers through vLLM
+    assert gpus["rewrite"] == gpus["sft"] == gpus["rlhf"] == gpus["score"] == {"gpu=1"}
+    assert not gpus["dataset"] and not gpus["judge"] and not gpus["report"]
