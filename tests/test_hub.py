@@ -189,6 +189,7 @@ def test_fetch_downloads_what_loaders_read_once(stub, tmp_path):
 
     if hasattr(huggingface_hub, "get_cached_repo_tree"):  # the listing is cached too: no hub access at all
         assert stub.requests == []
+        assert record_of(fetch(stub, tmp_path, repo, commit, cache, HF_HUB_OFFLINE="1")) == record
 
 
 def test_unknown_architecture_needs_trust_remote_code(stub, tmp_path):
@@ -211,6 +212,8 @@ def test_branch_is_resolved_through_the_revision_endpoint_into_the_default_cache
     assert record["snapshot"] == hub.snapshot_dir(default_cache, "acme/tiny-chat", record["commit"])
     assert [r.path for r in stub.requests if "/revision/" in r.path] == ["/api/models/acme/tiny-chat/revision/main"]
     assert set(record["files"]) == WANTED
+    failed = fetch(stub, tmp_path, "acme/tiny-chat", "no-such-branch", tmp_path / "cache", check=False)
+    assert failed.returncode != 0 and "models.frozen.test: acme/tiny-chat has no revision 'no-such-branch'" in failed.stderr
 
 
 def test_gated_model_needs_hf_token_which_never_leaves_the_hub(stub, tmp_path):

@@ -141,11 +141,12 @@ def fetch_model(
 
     A revision that is not a commit is resolved to one first (through the hub's revision endpoint).
     Files already in the cache are not downloaded again: fetching a cached commit again needs no hub
-    access (huggingface_hub >= 1.26 caches the file listing; older ones list the files again). Returns, and writes atomically to `marker_path`, a record of the fetch:
-    repo, revision, commit, snapshot directory, file names and total bytes. `label` names the model
-    in errors (e.g. its config key); it defaults to `repo_id`."""
+    access (huggingface_hub >= 1.26 caches the file listing; older ones list the files again).
+    Returns, and writes atomically to `marker_path`, a record of the fetch: repo, revision, commit,
+    snapshot directory, file names and total bytes. `label` names the model in errors (e.g. its
+    config key); it defaults to `repo_id`."""
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.utils import OfflineModeIsEnabled, filter_repo_objects
 
@@ -175,9 +176,11 @@ def fetch_model(
         raise RuntimeError(
             f"{label}: {repo_id} was not found on the hub, or is private and HF_TOKEN does not grant access ({error})"
         ) from error
+    except RevisionNotFoundError as error:
+        raise RuntimeError(f"{label}: {repo_id} has no revision {revision!r} on the hub ({error})") from error
     except OfflineModeIsEnabled as error:
         raise RuntimeError(
-            f"{label}: {repo_id}@{revision} is not in the cache {cache} and HF_HUB_OFFLINE is set: "
+            f"{label}: HF_HUB_OFFLINE is set and the cache {cache} does not hold {repo_id}@{revision} completely: "
             "fetch it where the hub can be reached"
         ) from error
     expected = snapshot_dir(cache, repo_id, commit)
