@@ -121,6 +121,12 @@ def test_ignored_files_depend_on_the_repo():
 
     kept = set(filter_repo_objects(llama, ignore_patterns=hub.ignore_patterns(llama)))
     assert kept == {"config.json", "model-00001-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json"}
+    mistral = ["config.json", "consolidated.safetensors", "model-00001-of-00003.safetensors", "model.safetensors.index.json",
+               "params.json", "tokenizer.model.v3", "tokenizer.json"]
+    kept = set(filter_repo_objects(mistral, ignore_patterns=hub.ignore_patterns(mistral)))
+    assert kept == set(mistral) - {"consolidated.safetensors"}
+    only_consolidated = ["params.json", "consolidated.safetensors"]
+    assert set(filter_repo_objects(only_consolidated, ignore_patterns=hub.ignore_patterns(only_consolidated))) == set(only_consolidated)
     bin_only = ["config.json", "pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json", "original/weights.safetensors"]
     assert set(filter_repo_objects(bin_only, ignore_patterns=hub.ignore_patterns(bin_only))) == set(bin_only[:3])
 

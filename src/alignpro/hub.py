@@ -4,8 +4,8 @@ A model given as a hub id at a pinned commit is downloaded by `fetch_model` (the
 `fetch_model` rule, on the submit host) into huggingface_hub's cache layout,
 `<cache>/models--org--name/snapshots/<commit>/`; every job then loads that directory
 (`snapshot_dir`) and never needs the hub. Files that no loader here reads (the original
-checkpoints of Llama repos, GGUF/ONNX/Flax/TF exports, and PyTorch `.bin` weights beside
-safetensors ones) are not downloaded. The token comes from the environment (`HF_TOKEN`) or the
+checkpoints of Llama repos, GGUF/ONNX/Flax/TF exports, PyTorch `.bin` weights beside
+safetensors ones, Mistral's consolidated checkpoint beside the transformers one) are not downloaded. The token comes from the environment (`HF_TOKEN`) or the
 saved login, as huggingface_hub does by itself; `HF_ENDPOINT` selects another hub.
 """
 
@@ -41,6 +41,9 @@ NEVER_READ = [
 ]
 # PyTorch pickles, read only when a repo has no safetensors weights.
 PYTORCH_BIN = ["*.bin", "*.bin.index.json"]
+# Mistral's own checkpoint format, beside the transformers one (model-*.safetensors with its index)
+# in Mistral repos: the loaders here read the latter.
+CONSOLIDATED = ["consolidated*.safetensors"]
 
 
 def is_commit(revision: str | None) -> bool:
@@ -81,14 +84,18 @@ def snapshot_identity(path: str | os.PathLike) -> str | None:
 
 
 def ignore_patterns(files: Iterable[str]) -> list[str]:
-    """The patterns of files not to download from a repo holding `files`: those no loader reads, and
-    the PyTorch `.bin` weights when safetensors weights are there too."""
+    """The patterns of files not to download from a repo holding `files`: those no loader reads, the
+    PyTorch `.bin` weights when safetensors weights are there too, and Mistral's consolidated
+    checkpoint when the transformers-format one is there too."""
     from huggingface_hub.utils import filter_repo_objects
 
     kept = list(filter_repo_objects(list(files), ignore_patterns=NEVER_READ))
+    patterns = list(NEVER_READ)
     if any(name.endswith(".safetensors") and "/" not in name for name in kept):
-        return NEVER_READ + PYTORCH_BIN
-    return list(NEVER_READ)
+        patterns += PYTORCH_BIN
+    if any(name in ("model.safetensors", "model.safetensors.index.json") for name in kept):
+        patterns += CONSOLIDATED
+    return patterns
 
 
 def _cached_listing(repo_id: str, commit: str, cache: str) -> list[str] | None:
