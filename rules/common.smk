@@ -5,6 +5,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
+from alignpro import hub
 from alignpro.datasets import check_prompt_column
 
 
@@ -61,12 +62,43 @@ def model_dir(kind, name):
     return f"results/models/{kind}/{name}"
 
 
-def model_spec(kind, name):
-    """The model as the stage scripts load it: path, revision, dtype, trust_remote_code."""
+# The cache hub models are fetched into (models.cache_dir, else huggingface_hub's default), absolute.
+HUB_CACHE = hub.cache_root(config["models"]["cache_dir"])
+
+
+def model_source(kind, name):
+    """`tiny` (built here), `local` (an existing directory), `pinned` (a hub id at a commit: fetched
+    once into HUB_CACHE by the fetch_model job) or `hub` (a hub id at a branch or tag: each job resolves
+    and loads it itself)."""
     spec = config["models"][kind][name]
     if spec.get("tiny"):
+        return "tiny"
+    if os.path.isdir(spec["path"]):
+        return "local"
+    return "pinned" if hub.is_commit(spec["revision"]) else "hub"
+
+
+def hub_entry(wildcards):
+    """The config entry of the model that a fetch_model job fetches."""
+    return config["models"][wildcards.kind][wildcards.name]
+
+
+def fetch_marker(kind, name):
+    """What the fetch_model job writes for a pinned hub model (the snapshot itself is in HUB_CACHE)."""
+    return f"results/hub/{kind}/{name}.json"
+
+
+def model_spec(kind, name):
+    """The model as the stage scripts load it: path, revision, dtype, trust_remote_code. A pinned hub
+    model is loaded from its snapshot directory in the cache, so jobs need no hub access."""
+    spec = config["models"][kind][name]
+    source = model_source(kind, name)
+    if source == "tiny":
         return {"path": model_dir(kind, name), "revision": "main", "dtype": "float32", "trust_remote_code": False}
-    return {key: spec[key] for key in ("path", "revision", "dtype", "trust_remote_code")}
+    model = {key: spec[key] for key in ("path", "revision", "dtype", "trust_remote_code")}
+    if source == "pinned":
+        model["path"] = hub.snapshot_dir(HUB_CACHE, spec["path"], spec["revision"])
+    return model
 
 
 def trained_spec(kind, name, path):
@@ -75,8 +107,41 @@ def trained_spec(kind, name, path):
 
 
 def model_input(kind, name):
-    """The built model directory as a job input for tiny models; hub/local models load at run time."""
-    return [model_dir(kind, name)] if config["models"][kind][name].get("tiny") else []
+    """What a job that loads the model waits for: the built directory of a tiny model, the fetch record
+    of a pinned hub model; nothing for local directories and unpinned hub models."""
+    source = model_source(kind, name)
+    if source == "tiny":
+        return [model_dir(kind, name)]
+    if source == "pinned":
+        return [fetch_marker(kind, name)]
+    return []
+
+
+def check_hub_models():
+    """Say at start which hub models are not fetched ahead, and which fetched ones left the cache."""
+    for kind in TINY_ROLES:
+        for name, spec in config["models"][kind].items():
+            source = model_source(kind, name)
+            if source == "hub":
+                logger.warning(
+                    f"config models.{kind}.{name}: revision {spec['revision']!r} of {spec['path']} is not a commit, so it "
+                    "is not fetched ahead: every job that loads it resolves it on the hub (compute nodes need the "
+                    "internet, and a moved branch changes the results). Pin revision to a 40-character commit sha to "
+                    f"fetch it once into {HUB_CACHE}."
+                )
+            elif source == "pinned" and os.path.isfile(fetch_marker(kind, name)):
+                snapshot = model_spec(kind, name)["path"]
+                if not os.path.isfile(os.path.join(snapshot, "config.json")):
+                    logger.warning(
+                        f"config models.{kind}.{name}: {spec['path']}@{spec['revision']} was fetched "
+                        f"({fetch_marker(kind, name)}) but is no longer in {snapshot}: jobs loading it will fail. "
+                        f"Restore it with `hf download {spec['path']} --revision {spec['revision']} --cache-dir "
+                        f"{HUB_CACHE}`, or delete {fetch_marker(kind, name)} to fetch it again (this reruns the jobs "
+                        "that use it)."
+                    )
+
+
+check_hub_models()
 
 
 def train_dir(wildcards):

@@ -12,3 +12,22 @@ rule tiny_model:
     cache: "omit-software"
     script:
         "../workflow/scripts/tiny_model.py"
+
+
+rule fetch_model:
+    """Download a hub model pinned to a commit into the model cache, once; jobs then load it from there.
+    Local: cluster nodes may lack the internet, the submit host has it."""
+    output:
+        "results/hub/{kind}/{name}.json",
+    params:
+        repo=lambda wildcards: hub_entry(wildcards)["path"],
+        revision=lambda wildcards: hub_entry(wildcards)["revision"],
+        cache_dir=HUB_CACHE,
+        trust_remote_code=lambda wildcards: hub_entry(wildcards)["trust_remote_code"],
+    log:
+        "logs/fetch_model/{kind}/{name}.log",
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow/scripts/fetch_model.py"

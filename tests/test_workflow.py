@@ -334,6 +334,7 @@ def test_paper_config_plans_the_whole_grid(tmp_path):
     args = ("--configfile", "config/paper.yaml", "--replace-workflow-config")
     planned = planned_jobs(workdir, *args)
     assert planned == {
+        "fetch_model": 5,
         "dataset": 3,
         "sft_pairs": 12,
         "sft": 12,

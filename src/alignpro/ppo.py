@@ -998,9 +998,14 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def _model_fingerprint(model: str, revision: str) -> str:
+    from alignpro.hub import snapshot_identity
+
     path = Path(model)
     if not path.is_dir():
         return f"{model}@{revision}"
+    snapshot = snapshot_identity(path)
+    if snapshot is not None:  # a fetched hub model: the commit names its files, no need to read gigabytes
+        return snapshot
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
         digest.update(str(file.relative_to(path)).encode() + b"\0")

@@ -59,6 +59,16 @@ def build_tiny_model(*, role: str, out_dir: str, seed: int) -> None:
     log.info("built tiny %s model in %s", role, path)
 
 
+def fetch_model(
+    *, repo: str, revision: str, cache_dir: str | None, trust_remote_code: bool, marker_path: str, label: str
+) -> None:
+    """The model stage: a hub model at a pinned commit downloaded once into the cache (None: the
+    default cache), checked against `trust_remote_code`; `marker_path` records what was fetched."""
+    from alignpro.hub import fetch_model as fetch
+
+    fetch(repo, revision, cache_dir, trust_remote_code, marker_path, label=label)
+
+
 def prepare_dataset(*, name: str, spec: dict, seed: int, train_path: str, test_path: str) -> None:
     from alignpro.datasets import prepare_dataset as prepare
 
@@ -83,6 +93,7 @@ def _sampling(params: dict, *, seed: int, n: int = 1):
 def _generator(model: dict, params: dict, *, seed: int):
     from alignpro.generation import load_generator
 
+    log.info("loading %s at revision %s for %s generation", model["path"], model["revision"], params["backend"])
     return load_generator(
         params["backend"],
         model["path"],
@@ -149,6 +160,7 @@ def generate(
 def _scorer(model: dict, params: dict):
     from alignpro.reward import RewardScorer
 
+    log.info("loading reward model %s at revision %s", model["path"], model["revision"])
     return RewardScorer(
         model["path"],
         revision=model["revision"],
