@@ -11,6 +11,12 @@ The GPU shapes use the tiny tokenizer with its vocabulary padded to the model's 
 entries that encoding never produces but decoding knows), so the embedding and LM head are
 full-size.
 
+Prompts: the 128 bundled prompts (cpu-40m: as they are, 12-41 tokens chat-formatted, the embedded
+default's kind), or lengthened with corpus text to `--prompt-tokens` (GPU shapes: 128). Each run
+(warm-up, every repeat) gets its own prompt set, tagged from the first token on, the same set for
+both backends: vLLM's prefix cache, on by default as in the workflow, would otherwise skip the
+prefill of every prompt it saw in an earlier run.
+
 Every answer is exactly `--new-tokens` long on both backends (vLLM: ignore_eos; transformers:
 min_new_tokens = max_new_tokens, which masks EOS), so both do the same work and tokens/s compare.
 The backends' repeats are interleaved (vllm, transformers, vllm, transformers, ...) after one short
@@ -48,6 +54,7 @@ from transformers import GenerationConfig, LlamaConfig, Qwen2Config, Qwen2ForCau
 from transformers import LlamaForCausalLM  # noqa: E402
 
 from alignpro.generation import Sampling, generate_responses, load_generator  # noqa: E402
+from cpu_contention import add_arguments, runner_from  # noqa: E402  (benchmarks/cpu_contention.py)
 from alignpro.tinymodels import IM_END, PAD_TOKEN, build_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +106,7 @@ CPU_40M = dict(
 # Sampling as the config that uses each device: config/config.yaml (CPU) and config/paper.yaml (GPU).
 SHAPES = {
     "cpu-40m": dict(arch=(Qwen2Config, Qwen2ForCausalLM, CPU_40M), device="cpu", dtype="float32",
-                    batch=128, prompt_tokens=128, new_tokens=64, temperature=1.0, top_p=0.9,
+                    batch=128, prompt_tokens=0, new_tokens=64, temperature=1.0, top_p=0.9,
                     gpu_memory_utilization=0.2),
     "qwen-1.5b": dict(arch=(Qwen2Config, Qwen2ForCausalLM, QWEN2_5_1_5B), device="cuda", dtype="bfloat16",
                       batch=256, prompt_tokens=128, new_tokens=256, temperature=1.5, top_p=0.6,
@@ -151,37 +158,43 @@ def save_random_model(out: Path, shape: dict, seed: int = 0) -> tuple[str, int]:
     return str(out), parameters
 
 
-def benchmark_prompts(model_dir: str, batch: int, prompt_tokens: int) -> tuple[pa.Table, list[int]]:
-    """`batch` distinct prompts: the bundled prompts, each lengthened with corpus text until its
-    chat-formatted input is `prompt_tokens` tokens. Returns the PROMPTS-shaped table and the lengths."""
+def benchmark_prompts(model_dir: str, batch: int, prompt_tokens: int, sets: int) -> list[tuple[pa.Table, list[int]]]:
+    """`sets` sets of `batch` prompts: the bundled prompts, each with the set and its index in front,
+    and, when `prompt_tokens` > 0, lengthened with corpus text until the chat-formatted input is
+    `prompt_tokens` tokens. Returns per set the PROMPTS-shaped table and the formatted lengths.
+
+    No prompt repeats across sets and they differ from their first tokens on, so vLLM's prefix
+    cache (on by default, as in the workflow) cannot skip a run's prefill with what an earlier run
+    computed: each timed run gets a fresh set, the same set for both backends."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     data = ROOT / "src/alignpro/data"
     questions = [json.loads(line)["prompt"] for line in (data / "prompts.jsonl").read_text().splitlines() if line.strip()]
     words = data.joinpath("corpus.txt").read_text().split()
+    words = words * (1 + 4 * max(prompt_tokens, 1) // len(words))
 
     def length(text: str) -> int:
         conversation = [{"role": "user", "content": text}]
         formatted = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         return len(tokenizer(formatted, add_special_tokens=False)["input_ids"])
 
-    prompts, lengths = [], []
-    for i in range(batch):
-        text = f"{questions[i % len(questions)]} (#{i})"
-        start = (i * 37) % len(words)
-        extra = 0
-        while length(text) < prompt_tokens:
-            extra += 1
-            text = f"{questions[i % len(questions)]} (#{i}) " + " ".join(words[start : start + extra])
-            if start + extra > len(words):
-                words = words + words
-        while length(text) > prompt_tokens and " " in text:
-            text = text.rsplit(" ", 1)[0]
-        prompts.append(text)
-        lengths.append(length(text))
-    table = pa.table({"prompt_id": [f"bench{i:04d}" for i in range(batch)], "prompt": prompts})
-    return table, lengths
+    result = []
+    for run in range(sets):
+        prompts, lengths = [], []
+        for i in range(batch):
+            head = f"[{run}.{i}] {questions[i % len(questions)]}"
+            text, start, extra = head, (i * 37 + run * 11) % (len(words) // 2), 0
+            while prompt_tokens and length(text) < prompt_tokens:
+                extra += 1
+                text = f"{head} " + " ".join(words[start : start + extra])
+            while prompt_tokens and length(text) > prompt_tokens and " " in text:
+                text = text.rsplit(" ", 1)[0]
+            prompts.append(text)
+            lengths.append(length(text))
+        table = pa.table({"prompt_id": [f"set{run}-{i:04d}" for i in range(batch)], "prompt": prompts})
+        result.append((table, lengths))
+    return result
 
 
 def force_exact_length_in_vllm() -> None:
@@ -247,7 +260,8 @@ def main() -> None:
     parser.add_argument("--shape", choices=list(SHAPES), default="cpu-40m")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per backend, interleaved")
     parser.add_argument("--batch", type=int, help="prompts per run (default: the shape's)")
-    parser.add_argument("--prompt-tokens", type=int, help="chat-formatted prompt length (default: the shape's)")
+    parser.add_argument("--prompt-tokens", type=int,
+                        help="chat-formatted prompt length; 0: the bundled prompts as they are (default: the shape's)")
     parser.add_argument("--new-tokens", type=int, help="tokens generated per prompt (default: the shape's)")
     parser.add_argument("--warmup-tokens", type=int, default=8, help="new tokens of each backend's warm-up run")
     parser.add_argument("--gpu-memory-utilization", type=float,
@@ -255,6 +269,7 @@ def main() -> None:
     parser.add_argument("--bandwidth", type=float, default=3.35e12,
                         help="memory bandwidth in bytes/s for the floor (default: H100 SXM, 3.35e12)")
     parser.add_argument("--backends", default="vllm,transformers", help="comma-separated, in interleaving order")
+    add_arguments(parser, max_wait=60.0, budget_s=480.0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -262,7 +277,7 @@ def main() -> None:
     if shape["device"] == "cuda" and not torch.cuda.is_available():
         parser.error(f"--shape {args.shape} needs a CUDA GPU; use --shape cpu-40m here")
     batch = args.batch or shape["batch"]
-    prompt_tokens = args.prompt_tokens or shape["prompt_tokens"]
+    prompt_tokens = shape["prompt_tokens"] if args.prompt_tokens is None else args.prompt_tokens
     new_tokens = args.new_tokens or shape["new_tokens"]
     backends = args.backends.split(",")
     memory = args.gpu_memory_utilization or shape["gpu_memory_utilization"]
@@ -273,8 +288,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, parameters = save_random_model(Path(tmp) / "model", shape)
         vocab_size = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
-        prompts, prompt_lengths = benchmark_prompts(model_dir, batch, prompt_tokens)
-        print(f"model: {args.shape}, {parameters / 1e6:.1f}M parameters; {batch} prompts of "
+        prompt_sets = benchmark_prompts(model_dir, batch, prompt_tokens, sets=1 + args.repeats)
+        prompt_lengths = [n for _, lengths in prompt_sets for n in lengths]
+        max_model_len = max(prompt_lengths) + new_tokens + 16
+        print(f"model: {args.shape}, {parameters / 1e6:.1f}M parameters; {1 + args.repeats} sets of {batch} prompts of "
               f"{min(prompt_lengths)}-{max(prompt_lengths)} tokens; {new_tokens} new tokens each", flush=True)
 
         generators, load_seconds, threads = {}, {}, {}
@@ -283,7 +300,7 @@ def main() -> None:
             if backend == "vllm":
                 generators[backend] = load_generator(
                     "vllm", model_dir, dtype=shape["dtype"], batch_size=batch, seed=0,
-                    vllm_options={"gpu_memory_utilization": memory, "max_model_len": prompt_tokens + new_tokens + 16},
+                    vllm_options={"gpu_memory_utilization": memory, "max_model_len": max_model_len},
                 )
                 force_exact_length_in_vllm()  # after vLLM's own modules have imported the real class
             else:
@@ -294,7 +311,7 @@ def main() -> None:
             load_seconds[backend] = round(time.perf_counter() - started, 2)
             threads[backend] = torch.get_num_threads()
 
-        def run(backend: str, how: Sampling) -> tuple[float, int]:
+        def run(backend: str, how: Sampling, prompts: pa.Table) -> tuple[float, int]:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             started = time.perf_counter()
@@ -311,20 +328,23 @@ def main() -> None:
             return seconds, sum(counts)
 
         for backend in backends:
-            run(backend, warmup)
+            run(backend, warmup, prompt_sets[0][0])
         times = {backend: [] for backend in backends}
-        loads = []
+        runner = runner_from(args)
         for repeat in range(args.repeats):
             for backend in backends:
-                seconds, tokens = run(backend, sampling)
-                times[backend].append(round(seconds, 3))
-                loads.append(round(os.getloadavg()[0], 2))
-                print(f"repeat {repeat + 1}/{args.repeats} {backend}: {seconds:.2f} s, {tokens / seconds:.1f} tokens/s", flush=True)
+                def call(backend=backend, prompts=prompt_sets[1 + repeat][0]):
+                    seconds, tokens = run(backend, sampling, prompts)
+                    return {"seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1)}
+
+                kept = runner.run(call, repeat=repeat + 1, backend=backend)
+                times[backend].append(kept["seconds"])
 
     tokens = batch * new_tokens
     medians = {
         backend: {"seconds": round(statistics.median(times[backend]), 3),
-                  "tokens_per_s": round(tokens / statistics.median(times[backend]), 1)}
+                  "tokens_per_s": round(tokens / statistics.median(times[backend]), 1),
+                  "best_run_tokens_per_s": round(tokens / min(times[backend]), 1)}
         for backend in backends
     }
     result = {
@@ -335,15 +355,16 @@ def main() -> None:
         "architecture": {"class": shape["arch"][1].__name__, **shape["arch"][2], "vocab_size": vocab_size},
         "dtype": shape["dtype"],
         "batch": batch,
-        "prompt_tokens": {"target": prompt_tokens, "min": min(prompt_lengths), "max": max(prompt_lengths),
-                          "mean": round(statistics.mean(prompt_lengths), 1)},
+        "prompt_tokens": {"target": prompt_tokens or "the bundled prompts as they are", "min": min(prompt_lengths),
+                          "max": max(prompt_lengths), "mean": round(statistics.mean(prompt_lengths), 1),
+                          "note": "chat-formatted; a fresh prompt set per run, the same for both backends"},
         "new_tokens": new_tokens,
         "generated_tokens_per_run": tokens,
         "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p},
         "exact_length": "vLLM: SamplingParams(ignore_eos=True); transformers: min_new_tokens = max_new_tokens",
-        "vllm_options": {"gpu_memory_utilization": memory, "max_model_len": prompt_tokens + new_tokens + 16,
+        "vllm_options": {"gpu_memory_utilization": memory, "max_model_len": max_model_len,
                          "VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")},
-        "order": "after one warm-up run each, repeats interleaved: " + ", ".join(backends * 2) + ", ...",
+        "order": "after one warm-up run each (prompt set 0), repeats interleaved: " + ", ".join(backends * 2) + ", ...",
         "repeats": args.repeats,
         "seconds_per_repeat": times,
         "median": medians,
@@ -351,9 +372,14 @@ def main() -> None:
             round(medians["vllm"]["tokens_per_s"] / medians["transformers"]["tokens_per_s"], 3)
             if {"vllm", "transformers"} <= set(backends) else None
         ),
+        "ratio_vllm_over_transformers_best_runs": (
+            round(medians["vllm"]["best_run_tokens_per_s"] / medians["transformers"]["best_run_tokens_per_s"], 3)
+            if {"vllm", "transformers"} <= set(backends) else None
+        ),
         "load_seconds": load_seconds,
         "torch_threads_after_load": threads,
-        "load_average_1min_after_each_run": loads,
+        "shared_machine": runner.settings(),
+        "attempts": runner.attempts,
         "machine": facts,
     }
     if shape["device"] == "cuda":

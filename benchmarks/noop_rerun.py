@@ -37,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from cpu_contention import add_arguments, runner_from  # noqa: E402  (benchmarks/cpu_contention.py)
 from test_workflow import copy_workflow  # noqa: E402  (the copy the workflow tests run in)
 
 # Run in the workflow copy: the jobs of the DAG as JSON. Uses Snakemake's Python API to build the
@@ -120,6 +121,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cores", default="8")
     parser.add_argument("--workdir", type=Path, help="where to copy the workflow (default: a temporary directory)")
+    add_arguments(parser, max_wait=20.0, budget_s=240.0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     load_at_start = [round(x, 2) for x in os.getloadavg()]
@@ -151,21 +153,17 @@ def main() -> None:
             "noop_rerun": [*snakemake, *common],
         }
         times = {name: [] for name in commands}
-        warmup = {}
-        loads = []
-        for repeat in range(args.repeats + 1):  # the first round is the warm-up (file system caches)
+        def call(command: list[str]) -> dict:
+            seconds, output, code = run(workdir, command)
+            if code != 0 or (command != commands["version"] and NOTHING not in output):
+                raise SystemExit(f"{shlex.join(command)} did not find everything up to date:\n{output[-4000:]}")
+            return {"seconds": round(seconds, 3)}
+
+        warmup = {name: call(command)["seconds"] for name, command in commands.items()}  # file system caches
+        runner = runner_from(args)
+        for repeat in range(args.repeats):
             for name, command in commands.items():
-                seconds, output, code = run(workdir, command)
-                if code != 0 or (name != "version" and NOTHING not in output):
-                    raise SystemExit(f"{shlex.join(command)} did not find everything up to date:\n{output[-4000:]}")
-                if repeat:
-                    times[name].append(round(seconds, 3))
-                    loads.append(round(os.getloadavg()[0], 2))
-                else:
-                    warmup[name] = round(seconds, 3)
-            shown = times if repeat else {name: [value] for name, value in warmup.items()}
-            print(f"round {repeat} ({'timed' if repeat else 'warm-up'}): "
-                  + ", ".join(f"{name} {shown[name][-1]:.2f} s" for name in commands), flush=True)
+                times[name].append(runner.run(lambda: call(command), repeat=repeat + 1, command=name)["seconds"])
 
     import snakemake as snakemake_package
 
@@ -184,7 +182,9 @@ def main() -> None:
         "warmup_seconds": warmup,
         "seconds_per_repeat": times,
         "median_seconds": {name: round(statistics.median(values), 3) for name, values in times.items()},
-        "load_average_1min_after_each_run": loads,
+        "best_run_seconds": {name: min(values) for name, values in times.items()},
+        "shared_machine": runner.settings(),
+        "attempts": runner.attempts,
         "machine": {
             "cpu_count": os.cpu_count(),
             "load_average_at_start": load_at_start,

@@ -14,7 +14,7 @@ Each way runs once to warm up, then `--repeats` times, the ways interleaved; the
 medians. Token counts are those the reward model sees (chat template included); "padded tokens" is
 what the batches feed the model, padding included.
 
-    python benchmarks/reward_throughput.py --pairs 1024 --repeats 5 \\
+    python benchmarks/reward_throughput.py --pairs 256 --repeats 5 \\
         --out benchmarks/results/reward_throughput_cpu.json
 """
 
@@ -41,6 +41,7 @@ import transformers  # noqa: E402
 
 from alignpro.reward import RewardScorer  # noqa: E402
 from alignpro.tinymodels import build_tiny_model  # noqa: E402
+from cpu_contention import add_arguments, runner_from  # noqa: E402  (benchmarks/cpu_contention.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 MIN_TOKENS, MAX_TOKENS = 20, 1500
@@ -89,13 +90,14 @@ def padded_tokens(lengths: list[int], batch_size: int, sort: bool) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=1024)
+    parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--median-tokens", type=float, default=250.0, help="median answer length in tokens")
     parser.add_argument("--sigma", type=float, default=0.9, help="log-normal shape: larger, longer tail")
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per forward pass (both configs use 32)")
     parser.add_argument("--max-length", type=int, default=2048, help="truncation length (config/paper.yaml: 2048)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    add_arguments(parser, max_wait=30.0, budget_s=360.0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     load_at_start = [round(x, 2) for x in os.getloadavg()]
@@ -124,13 +126,15 @@ def main() -> None:
         ways["equal_sorted"][0]()  # warm-up of the third way
         encode_seconds = []
         times = {name: [] for name in ways}
-        loads = []
-        for _ in range(args.repeats):
+        runner = runner_from(args)
+        for repeat in range(args.repeats):
             for name, (run, _, _) in ways.items():
-                started = time.perf_counter()
-                run()
-                times[name].append(round(time.perf_counter() - started, 3))
-                loads.append(round(os.getloadavg()[0], 2))
+                def call(run=run):
+                    started = time.perf_counter()
+                    run()
+                    return {"seconds": round(time.perf_counter() - started, 3)}
+
+                times[name].append(runner.run(call, repeat=repeat + 1, way=name)["seconds"])
             started = time.perf_counter()
             for x, y in zip(prompts, varied):
                 scorer.encode(x, y)
@@ -150,7 +154,8 @@ def main() -> None:
         "repeats": args.repeats,
         "seconds_per_repeat": times,
         "ways": {},
-        "load_average_1min_after_each_run": loads,
+        "shared_machine": runner.settings(),
+        "attempts": runner.attempts,
         "machine": {
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})",
             "cpu_count": os.cpu_count(),
@@ -172,6 +177,7 @@ def main() -> None:
             "median_seconds": round(seconds, 3),
             "pairs_per_s": round(args.pairs / seconds, 1),
             "tokens_per_s": round(sum(lengths) / seconds, 1),
+            "best_run_pairs_per_s": round(args.pairs / min(times[name]), 1),
         }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
