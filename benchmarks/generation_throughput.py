@@ -11,11 +11,11 @@ The GPU shapes use the tiny tokenizer with its vocabulary padded to the model's 
 entries that encoding never produces but decoding knows), so the embedding and LM head are
 full-size.
 
-Prompts: the 128 bundled prompts (cpu-40m: as they are, 12-41 tokens chat-formatted, the embedded
-default's kind), or lengthened with corpus text to `--prompt-tokens` (GPU shapes: 128). Each run
-(warm-up, every repeat) gets its own prompt set, tagged from the first token on, the same set for
-both backends: vLLM's prefix cache, on by default as in the workflow, would otherwise skip the
-prefill of every prompt it saw in an earlier run.
+Prompts: the 128 bundled prompts (cpu-40m: as they are, 22-61 tokens chat-formatted with their
+tag, the embedded default's kind), or lengthened with corpus text to `--prompt-tokens` (GPU shapes:
+128). Each repeat gets its own prompt set, tagged from the first token on, the same set for both
+backends, and vLLM's prefix cache (on by default, as in the workflow) is emptied before each of its
+runs: it would otherwise skip the prefill of every prompt it saw in an earlier run.
 
 Every answer is exactly `--new-tokens` long on both backends (vLLM: ignore_eos; transformers:
 min_new_tokens = max_new_tokens, which masks EOS), so both do the same work and tokens/s compare.
@@ -312,6 +312,8 @@ def main() -> None:
             threads[backend] = torch.get_num_threads()
 
         def run(backend: str, how: Sampling, prompts: pa.Table) -> tuple[float, int]:
+            if backend == "vllm":  # a rerun of a disturbed run must not find its prompts' prefill cached
+                generators[backend].llm.reset_prefix_cache()
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             started = time.perf_counter()
