@@ -2,7 +2,7 @@
 
 `wait_for_quiet` holds a benchmark back until the other processes leave the CPUs mostly idle (or a
 time limit passes); `Contention` measures, over one timed run, the CPU time the rest of the machine
-used beside the benchmark's own process (and its children). From /proc/stat, so Linux only; both
+used beside the benchmark's own process and its descendants. From /proc/stat, so Linux only; both
 degrade to None elsewhere.
 """
 
@@ -26,8 +26,21 @@ def _busy_seconds() -> float | None:
 
 
 def _own_seconds() -> float:
+    """CPU seconds of this process, its finished children and its live descendants (such as vLLM's
+    engine core process when VLLM_ENABLE_V1_MULTIPROCESSING=1)."""
     times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
+    seconds = times.user + times.system + times.children_user + times.children_system
+    try:
+        import psutil
+    except ImportError:
+        return seconds
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child_times = child.cpu_times()
+        except psutil.Error:  # exited meanwhile: counted in children_* once reaped
+            continue
+        seconds += child_times.user + child_times.system
+    return seconds
 
 
 class Contention:
