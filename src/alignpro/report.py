@@ -358,16 +358,22 @@ def _markdown_cell(text: str) -> str:
     return html.escape(text, quote=False).replace("|", "\\|")
 
 
+def _markdown_table(header: list[str], rows: list) -> list[str]:
+    """A Markdown table, every cell escaped, and the blank line that ends it."""
+
+    def line(cells) -> str:
+        return "| " + " | ".join(_markdown_cell(cell) for cell in cells) + " |"
+
+    return [line(header), "|" + "---|" * len(header), *map(line, rows), ""]
+
+
 def _markdown(
     summary: pl.DataFrame, title: str, note: str, mean_plot: str, variance_plot: str, sections: list[str] = ()
 ) -> str:
     """The report as Markdown: a table per dataset, then the plots linked by relative path, then `sections`."""
     lines = [f"# {_markdown_cell(title)}", "", note, ""]
     for dataset in sorted(summary["dataset"].unique().to_list()):
-        lines += [f"## {_markdown_cell(dataset)}", "", "| " + " | ".join(TABLE_HEADER) + " |"]
-        lines.append("|" + "---|" * len(TABLE_HEADER))
-        lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in _table_rows(summary, dataset)]
-        lines.append("")
+        lines += [f"## {_markdown_cell(dataset)}", "", *_markdown_table(TABLE_HEADER, _table_rows(summary, dataset))]
     lines += ["## Plots", "", f"![Mean reward]({mean_plot})", "", f"![Reward variance]({variance_plot})", ""]
     return "\n".join([*lines, *sections])
 
@@ -386,6 +392,13 @@ def _html_image(alt: str, png: bytes) -> str:
     return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"></p>'
 
 
+def _html_table(header: list[str], rows: list) -> list[str]:
+    """An HTML table, every cell escaped."""
+    esc = html.escape
+    cells = ["<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in rows]
+    return ["<table>", "<tr>" + "".join(f"<th>{esc(name)}</th>" for name in header) + "</tr>", *cells, "</table>"]
+
+
 def _html(
     summary: pl.DataFrame, title: str, note: str, mean_png: bytes, variance_png: bytes, sections: list[str] = ()
 ) -> str:
@@ -399,9 +412,7 @@ def _html(
         f"<p>{esc(note)}</p>",
     ]
     for dataset in sorted(summary["dataset"].unique().to_list()):
-        header = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in TABLE_HEADER) + "</tr>"
-        rows = ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _table_rows(summary, dataset)]
-        parts += [f"<h2>{esc(dataset)}</h2>", "<table>", header, *rows, "</table>"]
+        parts += [f"<h2>{esc(dataset)}</h2>", *_html_table(TABLE_HEADER, _table_rows(summary, dataset))]
     parts.append("<h2>Plots</h2>")
     parts += [_html_image("Mean reward", mean_png), _html_image("Reward variance", variance_png), *sections]
     parts.append("</body></html>")
@@ -594,14 +605,10 @@ def _example_title(example: dict) -> str:
 def _judge_markdown(summary: pl.DataFrame, note: str, plot_link: str, examples: list[dict]) -> list[str]:
     lines = ["## Win rate against base", "", note, ""]
     for dataset in sorted(_judged(summary)["dataset"].unique().to_list()):
-        lines += [f"### {_markdown_cell(dataset)}", "", "| " + " | ".join(JUDGE_HEADER) + " |", "|" + "---|" * len(JUDGE_HEADER)]
-        lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in _judge_rows(summary, dataset)]
-        lines.append("")
+        lines += [f"### {_markdown_cell(dataset)}", "", *_markdown_table(JUDGE_HEADER, _judge_rows(summary, dataset))]
     lines += [f"![Win rate against base]({plot_link})", ""]
     if _calls_an_api(summary):
-        lines += ["### Judge usage", "", "| " + " | ".join(USAGE_HEADER) + " |", "|" + "---|" * len(USAGE_HEADER)]
-        lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in _usage_rows(summary)]
-        lines.append("")
+        lines += ["### Judge usage", "", *_markdown_table(USAGE_HEADER, _usage_rows(summary))]
     if examples:
         lines += ["### Examples", ""]
         for example in examples:
@@ -616,14 +623,10 @@ def _judge_html(summary: pl.DataFrame, note: str, png: bytes, examples: list[dic
     esc = html.escape
     parts = ["<h2>Win rate against base</h2>", f"<p>{esc(note)}</p>"]
     for dataset in sorted(_judged(summary)["dataset"].unique().to_list()):
-        header = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in JUDGE_HEADER) + "</tr>"
-        rows = ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _judge_rows(summary, dataset)]
-        parts += [f"<h3>{esc(dataset)}</h3>", "<table>", header, *rows, "</table>"]
+        parts += [f"<h3>{esc(dataset)}</h3>", *_html_table(JUDGE_HEADER, _judge_rows(summary, dataset))]
     parts.append(_html_image("Win rate against base", png))
     if _calls_an_api(summary):
-        parts += ["<h3>Judge usage</h3>", "<table>", "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in USAGE_HEADER) + "</tr>"]
-        parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _usage_rows(summary)]
-        parts.append("</table>")
+        parts += ["<h3>Judge usage</h3>", *_html_table(USAGE_HEADER, _usage_rows(summary))]
     if examples:
         parts.append("<h3>Examples</h3>")
         for example in examples:
@@ -788,6 +791,9 @@ TRAINING_NOTE = (
 )
 
 
+TRAINING_TABLE_HEADER = ["statistic", "value"]
+
+
 def _training_rows(frame: pl.DataFrame) -> list[tuple[str, str]]:
     """(statistic, value) display cells of one run's table: plain text, escaped by the caller."""
     first, last = frame.row(0, named=True), frame.row(-1, named=True)
@@ -807,9 +813,7 @@ def _training_markdown(runs: dict[str, pl.DataFrame], plot_link: str) -> list[st
     """The Markdown training section: the plot link, then a small table per run."""
     lines = ["## Training", "", TRAINING_NOTE, "", f"![PPO training curves]({plot_link})", ""]
     for label, frame in runs.items():
-        lines += [f"### {_markdown_cell(label)}", "", "| statistic | value |", "|---|---|"]
-        lines += [f"| {_markdown_cell(name)} | {_markdown_cell(value)} |" for name, value in _training_rows(frame)]
-        lines.append("")
+        lines += [f"### {_markdown_cell(label)}", "", *_markdown_table(TRAINING_TABLE_HEADER, _training_rows(frame))]
     return lines
 
 
@@ -818,8 +822,7 @@ def _training_html(runs: dict[str, pl.DataFrame], png: bytes) -> list[str]:
     esc = html.escape
     parts = ["<h2>Training</h2>", f"<p>{esc(TRAINING_NOTE)}</p>", _html_image("PPO training curves", png)]
     for label, frame in runs.items():
-        rows = [f"<tr><td>{esc(name)}</td><td>{esc(value)}</td></tr>" for name, value in _training_rows(frame)]
-        parts += [f"<h3>{esc(label)}</h3>", "<table>", "<tr><th>statistic</th><th>value</th></tr>", *rows, "</table>"]
+        parts += [f"<h3>{esc(label)}</h3>", *_html_table(TRAINING_TABLE_HEADER, _training_rows(frame))]
     return parts
 
 
