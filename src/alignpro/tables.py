@@ -40,6 +40,43 @@ REWRITES = pa.schema(
     },
 )
 
+STAR_CANDIDATES = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("candidate_index", pa.int32(), nullable=False),
+        pa.field("rewrite", pa.string(), nullable=False),
+        pa.field("raw_output", pa.string(), nullable=False),
+        pa.field("fallback", pa.bool_(), nullable=False),
+        pa.field("fallback_reason", pa.string(), nullable=True),
+        pa.field("prompter", pa.string(), nullable=False),
+        pa.field("reward_estimate", pa.float64(), nullable=False),
+        pa.field("answers", pa.int32(), nullable=False),
+    ],
+    metadata={
+        "doc": "K rewrites x' per test prompt drawn from rho_sft (candidate_index 0..K-1, fallback as in "
+        "REWRITES), each with reward_estimate = the mean r(x, y) over `answers` frozen-model answers y "
+        "to x', an estimate of R(x, x')"
+    },
+)
+
+STAR_REWRITES = pa.schema(
+    list(REWRITES)
+    + [
+        pa.field("beta", pa.float64(), nullable=False),
+        pa.field("candidate_index", pa.int32(), nullable=False),
+        pa.field("candidates", pa.int32(), nullable=False),
+        pa.field("reward_estimate", pa.float64(), nullable=False),
+        pa.field("kl_estimate", pa.float64(), nullable=False),
+        pa.field("effective_sample_size", pa.float64(), nullable=False),
+    ],
+    metadata={
+        "doc": "REWRITES of the closed-form prompter rho* at one beta: per test prompt, the candidate "
+        "(candidate_index of `candidates` K) drawn from softmax(reward_estimate / beta), with the "
+        "prompt's estimate of KL(rho* || rho_sft) and the effective sample size 1 / sum w^2 of the weights"
+    },
+)
+
 RESPONSES = pa.schema(
     [
         pa.field("dataset", pa.string(), nullable=False),
@@ -52,13 +89,15 @@ RESPONSES = pa.schema(
         pa.field("num_tokens", pa.int32(), nullable=False),
         pa.field("method", pa.string(), nullable=False),
         pa.field("prompter", pa.string(), nullable=True),
+        pa.field("beta", pa.float64(), nullable=True),
         pa.field("frozen", pa.string(), nullable=False),
         pa.field("fallback", pa.bool_(), nullable=True),
     ],
     metadata={
         "doc": "one row per (prompt, sample); prompt is the original x, model_input what the frozen "
         "model was given (x for base, x' for alignpro); prompter and fallback (the rewrite fell "
-        "back to x) are null for base"
+        "back to x) are null for base; beta is the KL coefficient of a beta-sweep PPO prompter "
+        "(alignpro) or of rho* (alignpro-star), null for every other system"
     },
 )
 
@@ -73,6 +112,7 @@ SUMMARY = pa.schema(
         pa.field("prompter", pa.string(), nullable=False),
         pa.field("frozen", pa.string(), nullable=False),
         pa.field("method", pa.string(), nullable=False),
+        pa.field("beta", pa.float64(), nullable=True),
         pa.field("n_prompts", pa.int64(), nullable=False),
         pa.field("n_samples", pa.int64(), nullable=False),
         pa.field("mean_reward", pa.float64(), nullable=False),
@@ -80,6 +120,10 @@ SUMMARY = pa.schema(
         pa.field("ci_low", pa.float64(), nullable=True),
         pa.field("ci_high", pa.float64(), nullable=True),
         pa.field("fallback_rate", pa.float64(), nullable=True),
+        pa.field("kl", pa.float64(), nullable=True),
+        pa.field("gap", pa.float64(), nullable=True),
+        pa.field("gap_ci_low", pa.float64(), nullable=True),
+        pa.field("gap_ci_high", pa.float64(), nullable=True),
         pa.field("judge", pa.string(), nullable=True),
         pa.field("judged_pairs", pa.int64(), nullable=True),
         *(
@@ -98,8 +142,13 @@ SUMMARY = pa.schema(
         pa.field("judge_cost_usd", pa.float64(), nullable=True),
     ],
     metadata={
-        "doc": "one row per (dataset, prompter, frozen, method); the CI is over per-prompt mean "
-        "rewards; base rows repeat for every prompter; fallback_rate is null for base. The judge "
+        "doc": "one row per (dataset, prompter, frozen, method, beta); the CI is over per-prompt mean "
+        "rewards; base and rlhf rows repeat for every prompter; fallback_rate is null for base; beta "
+        "as in RESPONSES. kl is the measured KL to the method's reference: for alignpro PPO's KL to "
+        "rho_sft (mean over the last 10% of steps), for alignpro-star the mean per-prompt estimate of "
+        "KL(rho* || rho_sft), 0 for sft, for rlhf its PPO KL to the frozen model, null for base. gap is "
+        "J(rlhf) - J(method), the mean over prompts of the per-prompt difference of mean rewards, with "
+        "a paired percentile bootstrap CI over prompts (null without rlhf). The judge "
         "columns (null for base and when nothing was judged) are the pairwise comparison with base: "
         "win/tie/loss percentages of decided pairs with bootstrap CIs over prompts, inconsistent_pct "
         "of decided pairs, invalid_pct and not_judged_pct of all judged_pairs; judge_requests (HTTP "
@@ -114,6 +163,7 @@ VERDICTS = pa.schema(
         pa.field("prompt_id", pa.string(), nullable=False),
         pa.field("method", pa.string(), nullable=False),
         pa.field("prompter", pa.string(), nullable=True),
+        pa.field("beta", pa.float64(), nullable=True),
         pa.field("frozen", pa.string(), nullable=False),
         pa.field("sample_index", pa.int32(), nullable=False),
         pa.field("judge", pa.string(), nullable=False),
@@ -133,8 +183,8 @@ VERDICTS = pa.schema(
         pa.field("cached_calls", pa.int64(), nullable=False),
     ],
     metadata={
-        "doc": "one row per pair, from the method's side: verdict is win/tie/loss/invalid/not_judged; "
-        "verdict_<order> is the judge's raw A/B/TIE/invalid in that order (null: not judged; A is the "
+        "doc": "one row per pair, from the method's side (beta as in RESPONSES): verdict is "
+        "win/tie/loss/invalid/not_judged; verdict_<order> is the judge's raw A/B/TIE/invalid in that order (null: not judged; A is the "
         "answer shown first); inconsistent: both orders valid but disagreeing (counted a tie); "
         "not_judged_reason is 'budget' or 'error: ...'; p_method_wins only from the offline judge; "
         "tokens and cost are those of the calls behind the verdict (cached ones included); calls, "
