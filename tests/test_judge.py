@@ -61,7 +61,7 @@ def settings_for(stub: JudgeStub, **overrides) -> JudgeSettings:
 
 def pair(index: int, answer: str = GOOD, base_answer: str = PLAIN, method: str = "alignpro") -> dict:
     return dict(
-        dataset="toy", prompt_id=f"p{index}", prompt=f"Question {index}?", method=method, prompter="qwen",
+        dataset="toy", prompt_id=f"p{index}", prompt=f"Question {index}?", method=method, prompter="qwen", beta=None,
         frozen="llama", sample_index=0, answer=answer, base_answer=base_answer,
     )
 

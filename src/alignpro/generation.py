@@ -255,6 +255,7 @@ def generate_responses(
     method: str,
     frozen: str,
     prompter: str | None,
+    beta: float | None = None,
 ) -> pa.Table:
     """The frozen model's answers to `inputs[input_column]` as a RESPONSES table, one row per sample.
 
@@ -281,6 +282,7 @@ def generate_responses(
                     "num_tokens": completion.num_tokens,
                     "method": method,
                     "prompter": prompter,
+                    "beta": beta,
                     "frozen": frozen,
                     "fallback": fallback,
                 }

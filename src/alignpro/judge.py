@@ -38,6 +38,7 @@ PAIRS = pa.schema(
         pa.field("prompt", pa.string(), nullable=False),
         pa.field("method", pa.string(), nullable=False),
         pa.field("prompter", pa.string(), nullable=True),
+        pa.field("beta", pa.float64(), nullable=True),
         pa.field("frozen", pa.string(), nullable=False),
         pa.field("sample_index", pa.int32(), nullable=False),
         pa.field("answer", pa.string(), nullable=False),
@@ -98,7 +99,7 @@ OUTCOME_OF = {  # the method's outcome from the judge's raw verdict in each orde
     "base_first": {"A": "loss", "B": "win", "TIE": "tie"},
 }
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)  # timeouts included
-GROUP_KEYS = ["judge", "dataset", "prompter", "frozen", "method"]
+GROUP_KEYS = ["judge", "dataset", "prompter", "frozen", "method", "beta"]
 
 
 @dataclass(frozen=True)
@@ -429,7 +430,7 @@ def combined_verdict(method_first: OrderOutcome, base_first: OrderOutcome) -> tu
 
 
 def _pair_keys(pair: dict) -> dict:
-    return {name: pair[name] for name in ("dataset", "prompt_id", "method", "prompter", "frozen", "sample_index")}
+    return {name: pair[name] for name in ("dataset", "prompt_id", "method", "prompter", "beta", "frozen", "sample_index")}
 
 
 def verdict_row(pair: dict, judge: str, method_first: OrderOutcome, base_first: OrderOutcome) -> dict:
@@ -567,7 +568,7 @@ def _group_row(group: pl.DataFrame, n_bootstrap: int, seed: int, confidence: flo
 
 
 def win_rates(verdicts: pa.Table | pl.DataFrame, *, n_bootstrap: int = 2000, seed: int = 0, confidence: float = 0.95) -> pl.DataFrame:
-    """Win/tie/loss percentages of each method against base per (judge, dataset, prompter, frozen, method).
+    """Win/tie/loss percentages of each method against base per (judge, dataset, prompter, frozen, method, beta).
 
     Percentages are over decided pairs (win, tie or loss); their CIs are percentile bootstraps over
     prompts (all of a prompt's samples move together), seeded so a rerun prints the same numbers.
@@ -578,4 +579,5 @@ def win_rates(verdicts: pa.Table | pl.DataFrame, *, n_bootstrap: int = 2000, see
         dict(zip(GROUP_KEYS, keys)) | _group_row(group, n_bootstrap, seed, confidence)
         for keys, group in frame.group_by(GROUP_KEYS, maintain_order=True)
     ]
-    return pl.DataFrame(rows, infer_schema_length=None).sort(GROUP_KEYS, nulls_last=True)
+    rates = pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.col("beta").cast(pl.Float64))
+    return rates.sort(GROUP_KEYS, nulls_last=True)
