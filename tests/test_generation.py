@@ -11,8 +11,9 @@ import pyarrow as pa
 import pytest
 
 import vllm_run  # tests/vllm_run.py: the vLLM subprocess's prompts and sampling
+from fakes import prompts_table
 from alignpro.generation import Completion, Sampling, generate_responses, load_generator
-from alignpro.tables import RESPONSES, conform, prompt_id_of
+from alignpro.tables import RESPONSES, conform
 
 PROMPTS = [
     "hi",
@@ -102,11 +103,6 @@ def test_end_of_sequence_stops_and_is_counted(early_stop_model):
             assert c.finish_reason in {"stop", "length"}
             limit_reached = c.num_tokens == GREEDY.max_new_tokens
             assert limit_reached if c.finish_reason == "length" else c.num_tokens <= GREEDY.max_new_tokens
-
-
-def prompts_table(prompts):
-    ids = [prompt_id_of(prompt) for prompt in prompts]
-    return pa.table({"prompt_id": ids, "prompt": prompts, "source": ["t"] * len(prompts)})
 
 
 def check_responses(table, inputs, model_inputs, n):

@@ -2,7 +2,6 @@
 
 import logging
 
-import pyarrow as pa
 import pytest
 
 from alignpro.generation import Completion, Sampling
@@ -15,6 +14,7 @@ from alignpro.rewrite import (
     rewrite_prompts,
 )
 from alignpro.tables import REWRITES, conform, prompt_id_of
+from fakes import prompts_table
 
 PROMPT = "how do i make bread"
 REWRITE = "Explain step by step how to bake a simple loaf of bread at home, listing the ingredients first."
@@ -123,12 +123,6 @@ class ScriptedGenerator:
     def chat(self, conversations, sampling):
         self.calls.append((conversations, sampling))
         return [[completion] * sampling.n for completion in self.completions[: len(conversations)]]
-
-
-def prompts_table(prompts):
-    return pa.table(
-        {"prompt_id": [prompt_id_of(p) for p in prompts], "prompt": prompts, "source": ["test"] * len(prompts)}
-    )
 
 
 def test_rewrite_prompts_builds_the_rewrites_table(caplog):

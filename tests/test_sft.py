@@ -11,63 +11,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from alignpro.generation import Completion, Sampling, load_generator
+from alignpro.generation import Sampling, load_generator
 from alignpro.lora import LoraSettings
 from alignpro.reward import RewardScorer
 from alignpro.rewrite import prompter_conversation
 from alignpro.sft import SFTSettings, best_of_k_pairs, build_sft_trainer, read_pairs, sft_dataset, train_sft
-from alignpro.tables import PROMPTS, SFT_PAIRS, conform, prompt_id_of
+from alignpro.tables import SFT_PAIRS, conform, prompt_id_of
 from alignpro.tinymodels import CHAT_TEMPLATE
+from fakes import EchoFrozen, ScriptedPrompter, ScriptedScorer, prompts_table
 
 PROMPTER_SAMPLING = Sampling(temperature=0.7, top_p=0.9, max_new_tokens=12, seed=3)
-
-
-def prompts_table(prompts):
-    return pa.Table.from_pylist(
-        [{"prompt_id": prompt_id_of(p), "prompt": p, "source": "test"} for p in prompts], schema=PROMPTS
-    )
-
-
-class ScriptedPrompter:
-    """Returns scripted raw outputs, one list of (text, finish_reason) per prompt, in prompt order."""
-
-    def __init__(self, outputs):
-        self.outputs = outputs
-        self.calls = []
-
-    def chat(self, conversations, sampling):
-        self.calls.append((conversations, sampling))
-        return [
-            [Completion(text, finish, 5) for text, finish in outputs[: sampling.n]]
-            for outputs, _ in zip(self.outputs, conversations)
-        ]
-
-
-class EchoFrozen:
-    """Answers the single user turn c with "c|0", "c|1", ... (sampling.n answers)."""
-
-    def __init__(self):
-        self.calls = []
-
-    def chat(self, conversations, sampling):
-        self.calls.append((conversations, sampling))
-        return [
-            [Completion(f"{conversation[0]['content']}|{j}", "stop", 3) for j in range(sampling.n)]
-            for conversation in conversations
-        ]
-
-
-class ScriptedScorer:
-    """r(x, "c|j") = rewards[c][j]."""
-
-    def __init__(self, rewards):
-        self.rewards = rewards
-        self.calls = []
-
-    def score(self, prompts, responses):
-        self.calls.append((prompts, responses))
-        candidates = [response.rsplit("|", 1) for response in responses]
-        return [self.rewards[candidate][int(j)] for candidate, j in candidates]
 
 
 # p1: B1 has the best MEAN (2.5), although A1 has the best single answer (3.5); the truncated

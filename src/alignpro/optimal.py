@@ -8,11 +8,28 @@ carry rho_sft, the weights add exp(R / beta)). The same weights estimate
 
     KL(rho* || rho_sft) = E_{rho*}[R / beta] - log E_{rho_sft}[exp(R / beta)]
                         ~ sum_k w_k R_k / beta - log mean_k exp(R_k / beta).
+
+The workflow runs this in two stages: `candidate_rewrites` (GPU: K rewrites per test prompt and their
+R estimates, once per prompter) and `resample_rewrites` (CPU: one table per beta, cheap, so a new beta
+costs no model call).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+from statistics import fmean
+
 import numpy as np
+import pyarrow as pa
+import polars as pl
+
+from alignpro.generation import Sampling
+from alignpro.rewrite import sample_rewrites
+from alignpro.tables import STAR_CANDIDATES, STAR_REWRITES, conform
+from alignpro.training import rewrite_rewards
+
+log = logging.getLogger(__name__)
 
 
 def _scaled(rewards, beta: float) -> np.ndarray:
@@ -68,3 +85,86 @@ def exact_kl(reference, rewards, beta: float) -> float:
     reference = np.asarray(reference, dtype=np.float64)
     support = optimal > 0
     return float(np.sum(optimal[support] * np.log(optimal[support] / reference[support])))
+
+
+def candidate_rewrites(
+    prompter,
+    frozen,
+    scorer,
+    prompts: pa.Table,
+    *,
+    prompter_name: str,
+    k: int,
+    m: int,
+    prompter_sampling: Sampling,
+    frozen_sampling: Sampling,
+    fallback_on_truncation: bool,
+    max_length_ratio: float,
+) -> pa.Table:
+    """STAR_CANDIDATES: K rewrites per prompt drawn from rho_sft and R(x, x') estimated from M answers each.
+
+    The prompter samples at temperature 1 and top_p 1 whatever `prompter_sampling` says: the closed
+    form reweights rho_sft itself, and a truncated distribution would be a different reference. Each
+    model is called once on everything, as in best-of-K, and a botched rewrite falls back to x.
+    """
+    originals = prompts.column("prompt").to_pylist()
+    candidates = sample_rewrites(
+        prompter,
+        originals,
+        dataclasses.replace(prompter_sampling, n=k, temperature=1.0, top_p=1.0),
+        fallback_on_truncation=fallback_on_truncation,
+        max_length_ratio=max_length_ratio,
+    )
+    texts = [[candidate.text for candidate in row] for row in candidates]
+    rewards, _ = rewrite_rewards(frozen, scorer, originals, texts, dataclasses.replace(frozen_sampling, n=m))
+    rows = [
+        {
+            "prompt_id": prompt_id,
+            "prompt": prompt,
+            "candidate_index": index,
+            "rewrite": candidate.text,
+            "raw_output": candidate.completion.text,
+            "fallback": candidate.fallback_reason is not None,
+            "fallback_reason": candidate.fallback_reason,
+            "prompter": prompter_name,
+            "reward_estimate": reward,
+            "answers": m,
+        }
+        for prompt_id, prompt, row, row_rewards in zip(prompts.column("prompt_id").to_pylist(), originals, candidates, rewards)
+        for index, (candidate, reward) in enumerate(zip(row, row_rewards))
+    ]
+    log.info(
+        "%d candidates for %d prompts (%d answers each): mean R %.4f, mean best-of-%d R %.4f",
+        len(rows), len(originals), m, fmean(r for row in rewards for r in row), k, fmean(max(row) for row in rewards),
+    )
+    return pa.Table.from_pylist(rows, schema=STAR_CANDIDATES)
+
+
+def resample_rewrites(candidates: pa.Table, beta: float, seed: int) -> pa.Table:
+    """STAR_REWRITES: per prompt, the candidate rho* picks at `beta`, with its KL and ESS estimates.
+
+    The generator is seeded with `seed` alone, so every beta uses the same uniform draw per prompt:
+    the frontier's points then differ by beta, not by resampling noise (common random numbers).
+    """
+    frame = pl.from_arrow(conform(candidates, STAR_CANDIDATES, "star candidates")).sort("prompt_id", "candidate_index")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for group in frame.partition_by("prompt_id", maintain_order=True):
+        rewards = group["reward_estimate"].to_numpy()
+        chosen = group.row(resample(rewards, beta, rng), named=True)
+        rows.append(
+            {
+                **{name: chosen[name] for name in STAR_CANDIDATES.names if name in STAR_REWRITES.names},
+                "beta": beta,
+                "candidates": group.height,
+                "kl_estimate": kl_estimate(rewards, beta),
+                "effective_sample_size": effective_sample_size(rewards, beta),
+            }
+        )
+    table = pa.Table.from_pylist(rows, schema=STAR_REWRITES)
+    log.info(
+        "rho* at beta %g on %d prompts: mean KL estimate %.4f (at most log K), mean effective sample size %.2f of %d",
+        beta, table.num_rows, fmean(table.column("kl_estimate").to_pylist()),
+        fmean(table.column("effective_sample_size").to_pylist()), frame.group_by("prompt_id").len()["len"].max(),
+    )
+    return table
