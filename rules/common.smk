@@ -41,20 +41,54 @@ check_local_datasets()
 PROMPTER_METHODS = {"sft": "sft", "alignpro": "ppo"}
 
 
+def beta_tags():
+    """beta_sweep's values by the tag that names them in paths (`0.2` in `beta0.2`), each tag unique."""
+    tags = {}
+    for beta in config["beta_sweep"]:
+        tag = f"{beta:g}"
+        if tag in tags:
+            raise WorkflowError(f"config beta_sweep: {tags[tag]} and {beta} both print as {tag}; make them differ in 6 digits")
+        tags[tag] = float(beta)
+    return tags
+
+
+BETAS = beta_tags()
+if "alignpro-star" in METHODS and not BETAS:
+    raise WorkflowError("config methods has alignpro-star, but beta_sweep is empty: give rho* at least one beta")
+
+
 def systems():
-    """What answers a prompt: `base` or `rlhf` (frozen model alone, as is or PPO-tuned), or
-    `<method>/<prompter>` (a trained prompter rewrites, the frozen model answers)."""
+    """What answers a prompt: `base` or `rlhf` (frozen model alone, as is or PPO-tuned),
+    `<method>/<prompter>` (a trained prompter rewrites, the frozen model answers),
+    `alignpro/<prompter>/beta<b>` (the PPO prompter of beta_sweep's b) or
+    `alignpro-star/<prompter>/beta<b>` (rho* at b rewrites)."""
     names = [method for method in ("base", "rlhf") if method in METHODS]
     for method in PROMPTER_METHODS:
         if method in METHODS:
             names += [f"{method}/{prompter}" for prompter in PROMPTERS]
+    for method in ("alignpro", "alignpro-star"):
+        if method in METHODS:
+            names += [f"{method}/{prompter}/beta{tag}" for prompter in PROMPTERS for tag in BETAS]
     return names
 
 
 def parse_system(system):
-    """`alignpro/p` -> ("alignpro", "p"); `base` -> ("base", None)."""
-    method, _, prompter = system.partition("/")
-    return method, prompter or None
+    """`alignpro/p/beta0.2` -> ("alignpro", "p", 0.2); `alignpro/p` -> ("alignpro", "p", None);
+    `base` -> ("base", None, None)."""
+    method, prompter, tag = (system.split("/") + [None, None])[:3]
+    return method, prompter, BETAS[tag.removeprefix("beta")] if tag else None
+
+
+def ppo_run(beta):
+    """The PPO run directory name: `ppo` for the run configured in `ppo`, `ppo-beta<b>` for the sweep's."""
+    return "ppo" if beta is None else f"ppo-beta{beta:g}"
+
+
+def ppo_settings(wildcards):
+    """The ppo section for one run: a sweep run fixes the KL coefficient at its beta."""
+    if wildcards.ppo_run == "ppo":
+        return config["ppo"]
+    return {**config["ppo"], "init_kl_coef": BETAS[wildcards.ppo_run.removeprefix("ppo-beta")], "adaptive_kl": False}
 
 
 def model_dir(kind, name):
@@ -150,9 +184,10 @@ def train_dir(wildcards):
 
 
 def trained_prompter(wildcards):
-    """The prompter model directory a prompter method rewrites with."""
-    stage = PROMPTER_METHODS[wildcards.method]
-    return f"{train_dir(wildcards)}/sft" if stage == "sft" else f"{train_dir(wildcards)}/ppo/model"
+    """The prompter model directory a trained-prompter system (sft, alignpro, alignpro's sweep) rewrites with."""
+    method, prompter, beta = parse_system(wildcards.system)
+    run = f"results/train/{wildcards.dataset}/{wildcards.frozen}/{prompter}"
+    return f"{run}/sft" if method == "sft" else f"{run}/{ppo_run(beta)}/model"
 
 
 def rlhf_model(wildcards):
@@ -165,7 +200,7 @@ def dataset_input(wildcards):
 
 
 def generation_input(wildcards):
-    method, prompter = parse_system(wildcards.system)
+    method = parse_system(wildcards.system)[0]
     test = f"results/data/{wildcards.dataset}/test.parquet"
     if method == "base":
         return {"prompts": test, "model": model_input("frozen", wildcards.frozen)}
@@ -183,19 +218,46 @@ def generation_model(wildcards):
     return model_spec("frozen", wildcards.frozen)
 
 
-def training_metrics():
-    """PPO metric tables the report plots: (path, label) per training run."""
+def training_runs():
+    """Every PPO run the report plots and takes the KL of: its metrics path, a label, and the
+    (dataset, frozen, prompter, method, beta) of the system it trained."""
     runs = []
     for dataset in DATASETS:
         for frozen in FROZEN:
             if "alignpro" in METHODS:
-                runs += [
-                    (f"results/train/{dataset}/{frozen}/{prompter}/ppo/metrics.parquet", f"alignpro {prompter} → {frozen} ({dataset})")
-                    for prompter in PROMPTERS
-                ]
+                for prompter in PROMPTERS:
+                    for beta in [None, *BETAS.values()]:
+                        name = "alignpro" if beta is None else f"alignpro β={beta:g}"
+                        runs.append({
+                            "path": f"results/train/{dataset}/{frozen}/{prompter}/{ppo_run(beta)}/metrics.parquet",
+                            "label": f"{name} {prompter} → {frozen} ({dataset})",
+                            "dataset": dataset, "frozen": frozen, "prompter": prompter, "method": "alignpro", "beta": beta,
+                        })
             if "rlhf" in METHODS:
-                runs.append((f"results/train/{dataset}/{frozen}/rlhf/metrics.parquet", f"rlhf {frozen} ({dataset})"))
+                runs.append({
+                    "path": f"results/train/{dataset}/{frozen}/rlhf/metrics.parquet",
+                    "label": f"rlhf {frozen} ({dataset})",
+                    "dataset": dataset, "frozen": frozen, "prompter": None, "method": "rlhf", "beta": None,
+                })
     return runs
+
+
+def star_runs():
+    """Every rho* rewrite table the report takes the KL estimates of, with its system's keys."""
+    if "alignpro-star" not in METHODS:
+        return []
+    return [
+        {
+            "path": f"results/rewrites/{dataset}/{frozen}/alignpro-star/{prompter}/beta{tag}.parquet",
+            "dataset": dataset, "frozen": frozen, "prompter": prompter, "method": "alignpro-star", "beta": beta,
+        }
+        for dataset in DATASETS for frozen in FROZEN for prompter in PROMPTERS for tag, beta in BETAS.items()
+    ]
+
+
+def without_path(runs):
+    """The keys of runs, for a rule's params (the paths are its inputs)."""
+    return [{key: value for key, value in run.items() if key != "path"} for run in runs]
 
 
 def gpus(*sampling_sections):
@@ -264,5 +326,6 @@ wildcard_constraints:
     prompter="|".join(map(re.escape, PROMPTERS)),
     frozen="|".join(map(re.escape, FROZEN)),
     kind="prompters|frozen|reward",
-    system="base|rlhf|(sft|alignpro)/[^/]+",
-    method="sft|alignpro",
+    system="base|rlhf|(sft|alignpro)/[^/]+|(alignpro|alignpro-star)/[^/]+/beta[^/]+",
+    ppo_run="ppo|ppo-beta[^/]+",
+    beta="[^/]+",

@@ -1,6 +1,7 @@
 rule generate:
     """The frozen model answers x (base), its PPO-tuned self answers x (rlhf), or the frozen model
-    answers a trained prompter's x' (sft/<prompter>, alignpro/<prompter>); n samples each."""
+    answers a prompter's x' (sft/<prompter>, alignpro/<prompter>[/beta<b>], alignpro-star/<prompter>/beta<b>);
+    n samples each."""
     input:
         unpack(generation_input),
     output:
@@ -8,6 +9,7 @@ rule generate:
     params:
         method=lambda wildcards: parse_system(wildcards.system)[0],
         prompter=lambda wildcards: parse_system(wildcards.system)[1],
+        beta=lambda wildcards: parse_system(wildcards.system)[2],
         model=generation_model,
         sampling=config["generation"],
         seed=config["seed"],

@@ -15,7 +15,7 @@ rule judge:
     benchmark:
         "results/benchmarks/judge/{dataset}/{frozen}/{system}.tsv"
     wildcard_constraints:
-        system="rlhf|(sft|alignpro)/[^/]+",
+        system="rlhf|(sft|alignpro)/[^/]+|(alignpro|alignpro-star)/[^/]+/beta[^/]+",
     localrule: True
     conda:
         "../envs/judge.yaml"

@@ -1,10 +1,12 @@
 rule report:
-    """Reward mean, variance and CI, and win rates against base, per (dataset, prompter, frozen,
-    method), as tables and plots, with judged examples and the training curves."""
+    """Reward mean, variance and CI, win rates against base, the suboptimality gap to rlhf and the
+    reward-KL frontier per (dataset, prompter, frozen, method, beta), as tables and plots, with
+    judged examples and the training curves."""
     input:
         scores=score_files(),
         verdicts=verdict_files(),
-        metrics=[path for path, _ in training_metrics()],
+        metrics=[run["path"] for run in training_runs()],
+        star=[run["path"] for run in star_runs()],
     output:
         summary="results/report/summary.parquet",
         markdown=report(
@@ -35,8 +37,15 @@ rule report:
             caption="../workflow/report/win_rates.rst",
             labels={"figure": "win rate against base"},
         ),
+        frontier_plot=report(
+            "results/report/frontier.png",
+            category="Reward-KL frontier",
+            caption="../workflow/report/frontier.rst",
+            labels={"figure": "reward against KL"},
+        ),
     params:
-        metric_labels=[label for _, label in training_metrics()],
+        training_runs=without_path(training_runs()),
+        star_runs=without_path(star_runs()),
         prompters=PROMPTERS,
         settings=config["report"],
         seed=config["seed"],

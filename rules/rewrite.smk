@@ -1,13 +1,13 @@
 rule rewrite:
-    """A trained prompter (sft: rho_sft, alignpro: the PPO prompter) rewrites every test prompt x
+    """A trained prompter (sft: rho_sft, alignpro: a PPO prompter) rewrites every test prompt x
     into x' (falling back to x when it fails)."""
     input:
         prompts="results/data/{dataset}/test.parquet",
         model=trained_prompter,
     output:
-        "results/rewrites/{dataset}/{frozen}/{method}/{prompter}.parquet",
+        "results/rewrites/{dataset}/{frozen}/{system}.parquet",
     params:
-        model=lambda wildcards: trained_spec("prompters", wildcards.prompter, trained_prompter(wildcards)),
+        model=lambda wildcards: trained_spec("prompters", parse_system(wildcards.system)[1], trained_prompter(wildcards)),
         sampling=config["rewrite"],
         seed=config["seed"],
     resources:
@@ -15,9 +15,11 @@ rule rewrite:
         mem_mb=config["resources"]["rewrite"]["mem_mb"],
         runtime=config["resources"]["rewrite"]["runtime"],
     log:
-        "logs/rewrite/{dataset}/{frozen}/{method}/{prompter}.log",
+        "logs/rewrite/{dataset}/{frozen}/{system}.log",
     benchmark:
-        "results/benchmarks/rewrite/{dataset}/{frozen}/{method}/{prompter}.tsv"
+        "results/benchmarks/rewrite/{dataset}/{frozen}/{system}.tsv"
+    wildcard_constraints:
+        system="(sft|alignpro)/[^/]+|alignpro/[^/]+/beta[^/]+",
     conda:
         "../envs/vllm.yaml"
     script:

@@ -55,21 +55,22 @@ rule sft:
 
 rule ppo:
     """The Align-Pro prompter: PPO from rho_sft, the frozen model answering and the reward model
-    scoring inside each step; resumes from its last checkpoint when rerun."""
+    scoring inside each step; `ppo` as configured, `ppo-beta<b>` with the KL coefficient fixed at
+    beta_sweep's b. Resumes from its last checkpoint when rerun."""
     input:
         train="results/data/{dataset}/train.parquet",
         sft="results/train/{dataset}/{frozen}/{prompter}/sft",
         frozen=lambda wildcards: model_input("frozen", wildcards.frozen),
         reward=model_input("reward", REWARD_MODEL),
     output:
-        model=directory("results/train/{dataset}/{frozen}/{prompter}/ppo/model"),
-        metrics="results/train/{dataset}/{frozen}/{prompter}/ppo/metrics.parquet",
+        model=directory("results/train/{dataset}/{frozen}/{prompter}/{ppo_run}/model"),
+        metrics="results/train/{dataset}/{frozen}/{prompter}/{ppo_run}/metrics.parquet",
     params:
-        workdir=lambda wildcards: f"{train_dir(wildcards)}/ppo",
+        workdir=lambda wildcards: f"{train_dir(wildcards)}/{wildcards.ppo_run}",
         model=lambda wildcards: trained_spec("prompters", wildcards.prompter, f"{train_dir(wildcards)}/sft"),
         frozen=lambda wildcards: model_spec("frozen", wildcards.frozen),
         reward=model_spec("reward", REWARD_MODEL),
-        ppo=config["ppo"],
+        ppo=ppo_settings,
         rewrite=config["rewrite"],
         generation=TRAINING_GENERATION,
         scoring=config["reward"],
@@ -79,7 +80,7 @@ rule ppo:
         mem_mb=config["resources"]["ppo"]["mem_mb"],
         runtime=config["resources"]["ppo"]["runtime"],
     log:
-        "logs/ppo/{dataset}/{frozen}/{prompter}.log",
+        "logs/ppo/{dataset}/{frozen}/{prompter}/{ppo_run}.log",
     conda:
         "../envs/train.yaml"
     cache: "omit-software"

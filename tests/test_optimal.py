@@ -13,7 +13,6 @@ import pytest
 
 from alignpro.generation import Sampling
 from alignpro.optimal import (
-    candidate_rewrites,
     closed_form,
     effective_sample_size,
     exact_kl,
@@ -22,6 +21,7 @@ from alignpro.optimal import (
     resample_rewrites,
     resampling_weights,
 )
+from alignpro.star import candidate_rewrites
 from alignpro.tables import STAR_CANDIDATES, STAR_REWRITES, conform
 from fakes import EchoFrozen, ScriptedPrompter, ScriptedScorer, prompts_table
 

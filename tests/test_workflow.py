@@ -5,6 +5,7 @@ Snakemake runs in a subprocess (its Python API does not apply profiles and chang
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -23,7 +24,14 @@ from openai_stub import JudgeStub
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 WORKFLOW_FILES = ["Snakefile", "rules", "workflow", "config", "profiles", "envs"]
-SYSTEMS = ["base", "rlhf", "sft/tiny-prompter", "alignpro/tiny-prompter"]
+BETAS = {"beta0.1": 0.1, "beta1": 1.0}  # config.yaml's beta_sweep, as tagged in paths
+REWRITTEN = [  # systems whose frozen model answers a prompter's rewrite
+    "sft/tiny-prompter",
+    "alignpro/tiny-prompter",
+    *(f"alignpro/tiny-prompter/{tag}" for tag in BETAS),
+    *(f"alignpro-star/tiny-prompter/{tag}" for tag in BETAS),
+]
+SYSTEMS = ["base", "rlhf", *REWRITTEN]
 JUDGED = SYSTEMS[1:]  # every system is judged against base
 
 
@@ -127,16 +135,26 @@ def test_every_stage_table_is_complete(finished_run, first_scores):
     assert len(prompt_ids) == test.num_rows == 12
     assert not prompt_ids & set(train.column("prompt_id").to_pylist())
 
-    for method in ["sft", "alignpro"]:
-        rewrites = tables.read_table(workdir / f"results/rewrites/bundled/tiny-frozen/{method}/tiny-prompter.parquet", tables.REWRITES)
+    for system in REWRITTEN:
+        rewrites = tables.read_table(workdir / f"results/rewrites/bundled/tiny-frozen/{system}.parquet", tables.REWRITES)
         assert set(rewrites.column("prompt_id").to_pylist()) == prompt_ids
         assert rewrites.num_rows == len(prompt_ids)
-        responses = tables.read_table(
-            workdir / f"results/responses/bundled/tiny-frozen/{method}/tiny-prompter.parquet", tables.RESPONSES
-        )
+        responses = tables.read_table(workdir / f"results/responses/bundled/tiny-frozen/{system}.parquet", tables.RESPONSES)
         rewrite_of = dict(zip(rewrites.column("prompt_id").to_pylist(), rewrites.column("rewrite").to_pylist()))
         given = zip(responses.column("prompt_id").to_pylist(), responses.column("model_input").to_pylist())
         assert all(rewrite_of[prompt_id] == model_input for prompt_id, model_input in given)
+        assert set(responses.column("beta").to_pylist()) == {BETAS.get(system.rsplit("/", 1)[-1])}
+
+    k, m = config["alignpro_star"]["k"], config["alignpro_star"]["m"]
+    candidates = tables.read_table(workdir / "results/star/bundled/tiny-frozen/tiny-prompter/candidates.parquet", tables.STAR_CANDIDATES)
+    assert candidates.num_rows == k * len(prompt_ids) and set(candidates.column("answers").to_pylist()) == {m}
+    candidate = {(row["prompt_id"], row["candidate_index"]): row for row in candidates.to_pylist()}
+    for tag, beta in BETAS.items():
+        star = tables.read_table(workdir / f"results/rewrites/bundled/tiny-frozen/alignpro-star/tiny-prompter/{tag}.parquet", tables.STAR_REWRITES)
+        for row in star.to_pylist():
+            picked = candidate[row["prompt_id"], row["candidate_index"]]
+            assert (row["beta"], row["candidates"], row["rewrite"]) == (beta, k, picked["rewrite"])
+            assert 0.0 <= row["kl_estimate"] <= math.log(k) + 1e-9 and 1.0 <= row["effective_sample_size"] <= k + 1e-9
 
     for system in SYSTEMS:
         responses = tables.read_table(workdir / f"results/responses/bundled/tiny-frozen/{system}.parquet", tables.RESPONSES)
@@ -163,10 +181,13 @@ def test_training_stages_write_models_and_metrics(finished_run):
     pairs = tables.read_table(train / "tiny-prompter/sft_pairs.parquet", tables.SFT_PAIRS)
     assert pairs.num_rows == config["sft"]["pairs"]["max_prompts"]
     assert set(pairs.column("source").to_pylist()) == {f"best-of-{config['sft']['pairs']['k']}"}
-    for run, section in [("tiny-prompter/ppo", "ppo"), ("rlhf", "rlhf")]:
+    for run, section in [("tiny-prompter/ppo", "ppo"), *((f"tiny-prompter/ppo-{tag}", "ppo") for tag in BETAS), ("rlhf", "rlhf")]:
         metrics = tables.read_table(train / run / "metrics.parquet", tables.PPO_METRICS)
         assert metrics.column("step").to_pylist() == list(range(1, config[section]["steps"] + 1))
         assert (train / run / "model" / "config.json").exists()
+    for tag, beta in BETAS.items():  # the sweep's KL coefficient stays at its beta
+        metrics = tables.read_table(train / f"tiny-prompter/ppo-{tag}/metrics.parquet", tables.PPO_METRICS)
+        assert set(metrics.column("kl_coef").to_pylist()) == {beta}
     for model in [train / "tiny-prompter/sft", train / "tiny-prompter/ppo/model", train / "rlhf/model"]:
         assert (model / "model.safetensors").exists() and (model / "tokenizer.json").exists()
     assert not list(train.glob("**/adapter_model.safetensors"))
@@ -200,7 +221,7 @@ def test_snakemake_report_holds_the_plots(finished_run):
     run_snakemake(workdir, "--configfile", str(config), "--report", "snakemake_report.zip")
     with zipfile.ZipFile(workdir / "snakemake_report.zip") as report:
         names = "\n".join(report.namelist())
-    for plot in ["mean_reward.png", "reward_variance.png", "training_curves.png", "win_rates.png", "report.html"]:
+    for plot in ["mean_reward.png", "reward_variance.png", "training_curves.png", "win_rates.png", "frontier.png", "report.html"]:
         assert plot in names
 
 
@@ -210,7 +231,7 @@ def test_rerun_plans_nothing_and_generation_change_reruns_downstream_only(finish
     assert planned_jobs(workdir, "--configfile", str(config)) == {}
 
     more_samples = derive_config(config, "more_samples.yaml", generation={"n_samples": 3})
-    assert planned_jobs(workdir, "--configfile", str(more_samples)) == {"all": 1, "generate": 4, "score": 4, "judge": 3, "report": 1}
+    assert planned_jobs(workdir, "--configfile", str(more_samples)) == {"all": 1, "generate": 8, "score": 8, "judge": 7, "report": 1}
 
 
 @pytest.mark.slow
@@ -222,7 +243,7 @@ def test_api_judge_runs_through_an_openai_compatible_server(finished_run, monkey
     with JudgeStub() as stub:
         api = {"base_url": stub.base_url, "api_key_env": "ALIGNPRO_TEST_JUDGE_KEY", "concurrency": 4}
         with_api = derive_config(config, "api_judge.yaml", judge={"backend": "api", "samples_per_prompt": 1, "api": api})
-        assert planned_jobs(workdir, "--configfile", str(with_api)) == {"all": 1, "judge": 3, "report": 1}
+        assert planned_jobs(workdir, "--configfile", str(with_api)) == {"all": 1, "judge": 7, "report": 1}
         run_snakemake(workdir, "--configfile", str(with_api))
         pairs = 0
         for system in JUDGED:
@@ -249,15 +270,15 @@ def test_vllm_backend_runs_generation_end_to_end(finished_run):
     with_vllm = derive_config(
         config, "vllm.yaml", generation={"backend": "vllm", "vllm": {"gpu_memory_utilization": 0.2, "max_model_len": 512}}
     )
-    retrained = {"sft_pairs": 1, "sft": 1, "ppo": 1, "rewrite": 2}
-    evaluated = {"generate": 4, "score": 4, "judge": 3, "report": 1}
+    retrained = {"sft_pairs": 1, "sft": 1, "ppo": 3, "rewrite": 4, "star_candidates": 1, "star_rewrites": 2}
+    evaluated = {"generate": 8, "score": 8, "judge": 7, "report": 1}
     assert planned_jobs(workdir, "--configfile", str(with_vllm)) == {"all": 1, **evaluated, **retrained}
     run_snakemake(workdir, "--configfile", str(with_vllm))
     log = (workdir / "logs/generate/bundled/tiny-frozen/base.log").read_text()
     assert "vllm" in log.lower()
     responses = pq.read_table(workdir / "results/responses/bundled/tiny-frozen/base.parquet")
     assert responses.num_rows == 12 * yaml.safe_load(with_vllm.read_text())["generation"]["n_samples"]
-    assert "vllm" in (workdir / "logs/ppo/bundled/tiny-frozen/tiny-prompter.log").read_text().lower()
+    assert "vllm" in (workdir / "logs/ppo/bundled/tiny-frozen/tiny-prompter/ppo.log").read_text().lower()
     assert planned_jobs(workdir, "--configfile", str(with_vllm)) == {}
 
 
@@ -277,10 +298,12 @@ def test_another_workflow_reuses_cached_outputs(finished_run, first_scores, outp
         "results/models/frozen/tiny-frozen/model.safetensors",
         "results/train/bundled/tiny-frozen/tiny-prompter/sft_pairs.parquet",
         "results/train/bundled/tiny-frozen/tiny-prompter/ppo/metrics.parquet",
+        "results/train/bundled/tiny-frozen/tiny-prompter/ppo-beta0.1/metrics.parquet",
+        "results/star/bundled/tiny-frozen/tiny-prompter/candidates.parquet",
         "results/train/bundled/tiny-frozen/rlhf/model/model.safetensors",
     } <= from_cache
     ran = {log.relative_to(other / "logs").parts[0] for log in other.glob("logs/**/*.log") if log.stat().st_size}
-    assert ran == {"rewrite", "judge", "report"}
+    assert ran == {"rewrite", "star_rewrites", "judge", "report"}
     assert len(first_scores) == len(SYSTEMS)
     for path, content in first_scores.items():
         assert (other / path).read_bytes() == content
@@ -328,7 +351,8 @@ def test_dataset_file_without_prompt_column_is_named(tmp_path):
 
 
 def test_paper_config_plans_the_whole_grid(tmp_path):
-    """3 datasets x 2 prompters x 2 frozen models: 6 answering systems per (dataset, frozen), 5 judged
+    """3 datasets x 2 prompters x 2 frozen models x 3 betas: 18 answering systems per (dataset, frozen)
+    (base, rlhf, and per prompter sft, alignpro, and alignpro and alignpro-star at every beta), 17 judged
     against base; GPU jobs carry the config's memory and wall time."""
     workdir = copy_workflow(tmp_path / "workflow")
     args = ("--configfile", "config/paper.yaml", "--replace-workflow-config")
@@ -338,12 +362,14 @@ def test_paper_config_plans_the_whole_grid(tmp_path):
         "dataset": 3,
         "sft_pairs": 12,
         "sft": 12,
-        "ppo": 12,
+        "ppo": 12 * 4,  # the main run and one per beta
+        "star_candidates": 12,
+        "star_rewrites": 12 * 3,
         "rlhf": 6,
-        "rewrite": 24,
-        "generate": 36,
-        "score": 36,
-        "judge": 30,
+        "rewrite": 12 * 5,  # sft, alignpro and the three sweep prompters
+        "generate": 6 * 18,
+        "score": 6 * 18,
+        "judge": 6 * 17,
         "report": 1,
         "all": 1,
     }
@@ -363,6 +389,6 @@ def test_gpu_requests_follow_vllm_tensor_parallel_size(tmp_path):
     # a global --resources gpu=1 would scale the requests down to it, as on a one-GPU machine
     requests = planned_resources(workdir, "--configfile", str(config), "--resources", "gpu=8")
     gpus = {rule: {item for request in jobs for item in request if item.startswith("gpu=")} for rule, jobs in requests.items()}
-    assert gpus["generate"] == gpus["ppo"] == gpus["sft_pairs"] == {"gpu=2"}  # the frozen model answers through vLLM
+    assert gpus["generate"] == gpus["ppo"] == gpus["sft_pairs"] == gpus["star_candidates"] == {"gpu=2"}  # the frozen model answers through vLLM
     assert gpus["rewrite"] == gpus["sft"] == gpus["rlhf"] == gpus["score"] == {"gpu=1"}
-    assert not gpus["dataset"] and not gpus["judge"] and not gpus["report"]
+    assert not gpus["dataset"] and not gpus["judge"] and not gpus["report"] and not gpus["star_rewrites"]

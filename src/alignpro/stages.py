@@ -130,14 +130,16 @@ def generate(
     method: str,
     frozen: str,
     prompter: str | None,
+    beta: float | None,
     model: dict,
     params: dict,
     seed: int,
 ) -> None:
-    """The generation stage: the frozen model (for rlhf its PPO-tuned self) answers x, or a trained
-    prompter's x' (sft, alignpro), n samples each.
+    """The generation stage: the frozen model (for rlhf its PPO-tuned self) answers x, or a prompter's
+    x' (sft, alignpro, alignpro-star), n samples each.
 
-    `inputs_path` is the test split for base and rlhf, and the prompter's rewrites otherwise.
+    `inputs_path` is the test split for base and rlhf, and the prompter's rewrites otherwise (rho*'s
+    STAR_REWRITES are REWRITES with more columns). `beta` labels beta-sweep and rho* answers.
     """
     from alignpro.generation import generate_responses
 
@@ -153,6 +155,7 @@ def generate(
         method=method,
         frozen=frozen,
         prompter=prompter,
+        beta=beta,
     )
     tables.write_table(responses, out_path, tables.RESPONSES)
 
@@ -299,6 +302,48 @@ def rlhf(*, train_path: str, workdir: str, model: dict, reward: dict, ppo: dict,
     )
 
 
+def star_candidates(
+    *,
+    prompts_path: str,
+    out_path: str,
+    prompter_name: str,
+    prompter: dict,
+    frozen: dict,
+    reward: dict,
+    settings: dict,
+    rewrite: dict,
+    generation: dict,
+    scoring: dict,
+    seed: int,
+) -> None:
+    """The candidates of rho*: K rewrites of every test prompt from rho_sft, each with R(x, x')
+    estimated from M frozen-model answers (`settings` is the config's alignpro_star section)."""
+    from alignpro.star import candidate_rewrites
+
+    table = candidate_rewrites(
+        _generator(prompter, rewrite, seed=seed),
+        _generator(frozen, generation, seed=seed),
+        _scorer(reward, scoring),
+        tables.read_table(prompts_path, tables.PROMPTS),
+        prompter_name=prompter_name,
+        k=settings["k"],
+        m=settings["m"],
+        prompter_sampling=_sampling(rewrite, seed=seed),
+        frozen_sampling=_sampling(generation, seed=seed),
+        fallback_on_truncation=rewrite["fallback_on_truncation"],
+        max_length_ratio=rewrite["max_length_ratio"],
+    )
+    tables.write_table(table, out_path, tables.STAR_CANDIDATES)
+
+
+def star_rewrites(*, candidates_path: str, out_path: str, beta: float, seed: int) -> None:
+    """rho* at one beta: per test prompt, one candidate drawn from softmax(R / beta)."""
+    from alignpro.optimal import resample_rewrites
+
+    table = resample_rewrites(tables.read_table(candidates_path, tables.STAR_CANDIDATES), beta, seed)
+    tables.write_table(table, out_path, tables.STAR_REWRITES)
+
+
 def judge(*, scores_path: str, base_scores_path: str, out_path: str, settings: dict) -> None:
     """The judge stage: each of a method's answers against base's answer to the same prompt and sample.
 
@@ -329,11 +374,28 @@ def judge(*, scores_path: str, base_scores_path: str, out_path: str, settings: d
     )
 
 
+def _kl_frame(training_runs: list[dict], training: dict, star_runs: list[dict]):
+    """Each trained or resampled system's measured KL to its reference, keyed like the summary."""
+    import polars as pl
+
+    from alignpro.report import ppo_kl, star_kl
+
+    keys = ("dataset", "prompter", "frozen", "method", "beta")
+    rows = [{key: run[key] for key in keys} | {"kl": ppo_kl(training[run["label"]])} for run in training_runs]
+    rows += [
+        {key: run[key] for key in keys} | {"kl": star_kl(pl.from_arrow(tables.read_table(run["path"], tables.STAR_REWRITES)))}
+        for run in star_runs
+    ]
+    schema = {"dataset": pl.String, "prompter": pl.String, "frozen": pl.String, "method": pl.String, "beta": pl.Float64, "kl": pl.Float64}
+    return pl.DataFrame(rows, schema=schema)
+
+
 def report(
     *,
     scores_paths: list[str],
     verdicts_paths: list[str],
-    metrics: dict[str, str],
+    training_runs: list[dict],
+    star_runs: list[dict],
     prompters: list[str],
     settings: dict,
     seed: int,
@@ -344,26 +406,29 @@ def report(
     variance_plot: str,
     training_plot: str,
     win_plot: str,
+    frontier_plot: str,
 ) -> None:
-    """The report stage: per (dataset, prompter, frozen, method) reward statistics and win rates against
-    base, tables, plots and judged examples, and the PPO training curves (`metrics`: run label -> its
-    metrics table). `settings` is the config's `report` section."""
+    """The report stage: per (dataset, prompter, frozen, method, beta) reward statistics, win rates
+    against base, the gap to rlhf and the measured KL, as tables and plots with judged examples and
+    the PPO training curves. `training_runs` are PPO runs (metrics path, label and system keys),
+    `star_runs` rho*'s rewrite tables (path and keys); `settings` is the config's `report` section."""
     import polars as pl
 
     from alignpro.report import pick_examples, summarize, verdicts_frame, write_report
 
     scores = pl.concat([pl.from_arrow(tables.read_table(path, tables.SCORES)) for path in scores_paths])
     verdicts = verdicts_frame([tables.read_table(path, tables.VERDICTS) for path in verdicts_paths])
+    training = {run["label"]: pl.from_arrow(tables.read_table(run["path"], tables.PPO_METRICS)) for run in training_runs}
     summary = summarize(
         scores,
         prompters=prompters,
         confidence=settings["confidence"],
         verdicts=verdicts,
+        kl=_kl_frame(training_runs, training, star_runs),
         bootstrap_samples=settings["bootstrap_samples"],
         seed=seed,
     )
     tables.write_table(summary.to_arrow(), summary_path, tables.SUMMARY)
-    training = {label: pl.from_arrow(tables.read_table(path, tables.PPO_METRICS)) for label, path in metrics.items()}
     write_report(
         summary,
         markdown=markdown,
@@ -374,6 +439,7 @@ def report(
         training=training,
         training_plot=training_plot,
         win_plot=win_plot,
+        frontier_plot=frontier_plot,
         examples=pick_examples(verdicts, scores, settings["examples"]),
     )
     log.info(

@@ -10,6 +10,7 @@ if __name__ == "__main__":
             method=snakemake.params.method,
             frozen=snakemake.wildcards.frozen,
             prompter=snakemake.params.prompter,
+            beta=snakemake.params.beta,
             model=dict(snakemake.params.model),
             params=dict(snakemake.params.sampling),
             seed=snakemake.params.seed,

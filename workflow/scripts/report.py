@@ -6,7 +6,8 @@ if __name__ == "__main__":
         stages.report(
             scores_paths=list(snakemake.input.scores),
             verdicts_paths=list(snakemake.input.verdicts),
-            metrics={label: path for label, path in zip(snakemake.params.metric_labels, snakemake.input.metrics)},
+            training_runs=[{**run, "path": path} for run, path in zip(snakemake.params.training_runs, snakemake.input.metrics)],
+            star_runs=[{**run, "path": path} for run, path in zip(snakemake.params.star_runs, snakemake.input.star)],
             prompters=list(snakemake.params.prompters),
             settings=dict(snakemake.params.settings),
             seed=snakemake.params.seed,
@@ -17,4 +18,5 @@ if __name__ == "__main__":
             variance_plot=snakemake.output.variance_plot,
             training_plot=snakemake.output.training_plot,
             win_plot=snakemake.output.win_plot,
+            frontier_plot=snakemake.output.frontier_plot,
         )
