@@ -2,15 +2,28 @@
 
 import base64
 import io
+import random
 import re
 import statistics
 
 import matplotlib.image
+import matplotlib.pyplot as plt
 import polars as pl
 import pyarrow as pa
 import pytest
 
-from alignpro.report import pick_examples, summarize, t_quantile, write_report
+from alignpro.report import (
+    _draw_dataset,
+    _series,
+    _series_styles,
+    _with_labels,
+    pick_examples,
+    ppo_kl,
+    star_kl,
+    summarize,
+    t_quantile,
+    write_report,
+)
 from alignpro.tables import PPO_METRICS, SCORES, SUMMARY, VERDICTS, SchemaError, conform
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -22,7 +35,7 @@ ALIGNPRO_FALLBACK = {"p1": False, "p2": True, "p3": False, "p4": False}
 T_975_DF3 = 3.182  # two-sided 95% t quantile with 3 degrees of freedom, from a printed table
 
 
-def _rows(rewards: dict, *, method: str, prompter, fallback: dict | None, dataset="hh", frozen="org/frozen-7b"):
+def _rows(rewards: dict, *, method: str, prompter, fallback: dict | None, dataset="hh", frozen="org/frozen-7b", beta=None):
     return [
         dict(
             dataset=dataset,
@@ -35,6 +48,7 @@ def _rows(rewards: dict, *, method: str, prompter, fallback: dict | None, datase
             num_tokens=3,
             method=method,
             prompter=prompter,
+            beta=beta,
             frozen=frozen,
             fallback=None if fallback is None else fallback[prompt_id],
             reward=reward,
@@ -389,10 +403,10 @@ RLHF_VERDICTS = {"p1": "win", "p2": "win", "p3": "invalid", "p4": "tie"}
 LLM_JUDGE = "gpt-4 pairwise-v1"
 
 
-def _verdicts(verdict_of: dict, *, method: str, prompter, judge: str = LLM_JUDGE) -> pa.Table:
+def _verdicts(verdict_of: dict, *, method: str, prompter, judge: str = LLM_JUDGE, beta=None) -> pa.Table:
     rows = [
         dict(
-            dataset="hh", prompt_id=prompt_id, method=method, prompter=prompter, frozen="org/frozen-7b", sample_index=index,
+            dataset="hh", prompt_id=prompt_id, method=method, prompter=prompter, beta=beta, frozen="org/frozen-7b", sample_index=index,
             judge=judge, verdict=verdict, verdict_method_first={"win": "A", "loss": "B"}.get(verdict, "TIE"),
             verdict_base_first={"win": "B", "loss": "A"}.get(verdict, "TIE"), inconsistent=prompt_id == "p4",
             reason_method_first=f"reason {prompt_id}/{index} <b>bold</b>", reason_base_first="second look",
@@ -515,3 +529,280 @@ def test_judged_summary_needs_a_win_plot_path(judged, tmp_path):
     with pytest.raises(ValueError, match="win_plot"):
         write_report(summary, **_paths(tmp_path))
     assert not any(tmp_path.rglob("*.md"))
+
+
+# ---------------------------------------------------------------------------- beta, kl, gap and frontier
+
+PROMPTER = "org/prompter-a"
+RLHF_REWARDS = {"p1": [3.0, 2.0], "p2": [1.5, 1.0], "p3": [4.0, 5.0], "p4": [0.5, 0.0]}
+SWEEP_SHIFTS = {0.1: 0.5, 0.5: -0.25}  # beta -> reward shift of the fixed-KL PPO prompters against alignpro
+STAR_SHIFTS = {0.1: 1.0, 1.0: 0.25}  # beta -> reward shift of rho* against alignpro
+KL_SCHEMA = {
+    "dataset": pl.String, "prompter": pl.String, "frozen": pl.String, "method": pl.String, "beta": pl.Float64, "kl": pl.Float64
+}
+MEASURED_KL = [  # (method, prompter, beta, kl)
+    ("alignpro", PROMPTER, None, 3.0),
+    ("alignpro", PROMPTER, 0.1, 2.0),
+    ("alignpro", PROMPTER, 0.5, 0.5),
+    ("alignpro-star", PROMPTER, 0.1, 1.5),
+    ("alignpro-star", PROMPTER, 1.0, 0.25),
+    ("rlhf", None, None, 4.0),
+]
+
+
+def _shifted(rewards: dict, shift: float) -> dict:
+    return {prompt_id: [reward + shift for reward in values] for prompt_id, values in rewards.items()}
+
+
+def _prompter_scores(rewards: dict, method: str, beta=None, **keys) -> pa.Table:
+    return _scores(_rows(rewards, method=method, prompter=PROMPTER, fallback=ALIGNPRO_FALLBACK, beta=beta, **keys))
+
+
+def _frontier_scores() -> list[pa.Table]:
+    """Every system of one (dataset, prompter, frozen): base, sft, the main and two fixed-beta PPO prompters,
+    rho* at two betas, rlhf."""
+    return [
+        _scores(_rows(BASE_REWARDS, method="base", prompter=None, fallback=None)),
+        _prompter_scores(_shifted(BASE_REWARDS, 0.25), "sft"),
+        _prompter_scores(ALIGNPRO_REWARDS, "alignpro"),
+        *(_prompter_scores(_shifted(ALIGNPRO_REWARDS, shift), "alignpro", beta) for beta, shift in SWEEP_SHIFTS.items()),
+        *(_prompter_scores(_shifted(ALIGNPRO_REWARDS, shift), "alignpro-star", beta) for beta, shift in STAR_SHIFTS.items()),
+        _scores(_rows(RLHF_REWARDS, method="rlhf", prompter=None, fallback=None)),
+    ]
+
+
+def _kl_frame(measured=MEASURED_KL, dataset="hh") -> pl.DataFrame:
+    rows = [dict(dataset=dataset, prompter=p, frozen="org/frozen-7b", method=m, beta=b, kl=k) for m, p, b, k in measured]
+    return pl.DataFrame(rows, schema=KL_SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def frontier_summary() -> pl.DataFrame:
+    return summarize(_frontier_scores(), prompters=[PROMPTER], kl=_kl_frame(), bootstrap_samples=500)
+
+
+def _row(summary: pl.DataFrame, method: str, beta=None, **keys) -> dict:
+    beta_is = pl.col("beta").is_null() if beta is None else pl.col("beta") == beta
+    [row] = summary.filter(pl.col("method") == method, beta_is, **keys).to_dicts()
+    return row
+
+
+def _paired_gap(rlhf: dict, method: dict) -> float:
+    return statistics.mean(statistics.mean(rlhf[p]) - statistics.mean(method[p]) for p in rlhf)
+
+
+def test_beta_variants_are_rows_of_their_own_sorted_nulls_first(frontier_summary):
+    conform(frontier_summary.to_arrow(), SUMMARY, "summary")
+    assert frontier_summary.select("method", "beta").rows() == [
+        ("base", None), ("sft", None), ("alignpro", None), ("alignpro", 0.1), ("alignpro", 0.5),
+        ("alignpro-star", 0.1), ("alignpro-star", 1.0), ("rlhf", None),
+    ]
+    expected = statistics.mean(r + SWEEP_SHIFTS[0.5] for values in ALIGNPRO_REWARDS.values() for r in values)
+    assert _row(frontier_summary, "alignpro", 0.5)["mean_reward"] == pytest.approx(expected)
+
+
+def test_kl_is_joined_with_rlhf_under_every_prompter_and_sft_zero():
+    other = _scores(_rows(ALIGNPRO_REWARDS, method="alignpro", prompter="org/prompter-b", fallback=ALIGNPRO_FALLBACK))
+    scores = [*_frontier_scores(), other]
+    summary = summarize(scores, prompters=[PROMPTER, "org/prompter-b"], kl=_kl_frame(), bootstrap_samples=50)
+    for method, prompter, beta, kl in MEASURED_KL:
+        if prompter is not None:
+            assert _row(summary, method, beta, prompter=prompter)["kl"] == kl, (method, beta)
+    assert summary.filter(method="rlhf")["kl"].to_list() == [4.0, 4.0]  # under both prompters
+    assert summary.filter(method="sft")["kl"].to_list() == [0.0]
+    assert summary.filter(method="base")["kl"].to_list() == [None, None]
+    assert _row(summary, "alignpro", prompter="org/prompter-b")["kl"] is None  # no KL measured for it
+    without = summarize(scores, prompters=[PROMPTER, "org/prompter-b"], bootstrap_samples=50)
+    assert without.filter(pl.col("kl").is_not_null())["method"].to_list() == ["sft"]
+    with pytest.raises(ValueError, match="more than one kl"):
+        summarize(scores, prompters=[PROMPTER], kl=pl.concat([_kl_frame(), _kl_frame(MEASURED_KL[1:2])]))
+
+
+def test_ppo_kl_is_the_mean_over_the_last_tenth_of_steps():
+    def metrics(steps: int) -> pl.DataFrame:
+        shuffled = list(range(steps, 0, -1))  # out of step order on purpose
+        return pl.DataFrame({"step": shuffled, "kl": [float(step) for step in shuffled]})
+
+    assert ppo_kl(metrics(20)) == 19.5  # steps 19 and 20
+    assert ppo_kl(metrics(30)) == 29.0  # 28, 29, 30: not 4 steps from 0.1 × 30 = 3.0000000000000004
+    assert ppo_kl(metrics(5)) == 5.0  # at least one step
+    assert ppo_kl(metrics(20), tail_fraction=1.0) == 10.5
+    with pytest.raises(ValueError, match="without steps"):
+        ppo_kl(metrics(0))
+    with pytest.raises(ValueError, match="tail_fraction"):
+        ppo_kl(metrics(20), tail_fraction=0.0)
+
+
+def test_star_kl_is_the_mean_over_prompts():
+    rewrites = pl.DataFrame({"prompt_id": ["p1", "p2", "p3"], "kl_estimate": [0.2, 0.4, 0.9], "beta": [0.1] * 3})
+    assert star_kl(rewrites) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="without prompts"):
+        star_kl(rewrites.clear())
+
+
+def test_gap_is_the_paired_difference_with_a_bootstrap_ci(frontier_summary):
+    for method, beta, rewards in (
+        ("base", None, BASE_REWARDS),
+        ("alignpro", None, ALIGNPRO_REWARDS),
+        ("alignpro", 0.1, _shifted(ALIGNPRO_REWARDS, SWEEP_SHIFTS[0.1])),
+        ("alignpro-star", 1.0, _shifted(ALIGNPRO_REWARDS, STAR_SHIFTS[1.0])),
+    ):
+        row = _row(frontier_summary, method, beta)
+        assert row["gap"] == pytest.approx(_paired_gap(RLHF_REWARDS, rewards)), (method, beta)
+        assert row["gap_ci_low"] <= row["gap"] <= row["gap_ci_high"]
+        assert row["gap_ci_low"] < row["gap_ci_high"]
+    rlhf = _row(frontier_summary, "rlhf")
+    assert (rlhf["gap"], rlhf["gap_ci_low"], rlhf["gap_ci_high"]) == (0.0, 0.0, 0.0)
+
+
+def _base_and_rlhf(base: dict, rlhf: dict) -> list[pa.Table]:
+    return [_scores(_rows(base, method="base", prompter=None, fallback=None)),
+            _scores(_rows(rlhf, method="rlhf", prompter=None, fallback=None))]
+
+
+def test_gap_ci_is_seeded():
+    draw = random.Random(0)
+    rewards = [{f"p{i}": [draw.gauss(shift, 1.0) for _ in range(2)] for i in range(40)} for shift in (0.0, 1.0)]
+    first, again, other = (
+        summarize(_base_and_rlhf(*rewards), prompters=[PROMPTER], bootstrap_samples=300, seed=seed).filter(method="base")
+        for seed in (3, 3, 4)
+    )
+    gap_columns = ["gap", "gap_ci_low", "gap_ci_high"]
+    assert first.select(gap_columns).equals(again.select(gap_columns))
+    assert first["gap"].equals(other["gap"]) and not first["gap_ci_low"].equals(other["gap_ci_low"])
+
+
+def test_gap_ci_narrows_with_more_prompts():
+    copies = 16  # the same per-prompt rewards under 16 × as many prompt ids
+    many = [
+        {f"{prompt_id}-{copy}": values for copy in range(copies) for prompt_id, values in rewards.items()}
+        for rewards in (BASE_REWARDS, RLHF_REWARDS)
+    ]
+    wide, narrow = (
+        _row(summarize(_base_and_rlhf(*pair), prompters=[PROMPTER], bootstrap_samples=300), "base")
+        for pair in ((BASE_REWARDS, RLHF_REWARDS), many)
+    )
+    assert narrow["gap"] == pytest.approx(wide["gap"])
+    assert narrow["gap_ci_high"] - narrow["gap_ci_low"] < 0.5 * (wide["gap_ci_high"] - wide["gap_ci_low"])  # ~1/sqrt(16)
+
+
+def test_gap_is_null_without_rlhf(tables):
+    web_rlhf = _scores(_rows(RLHF_REWARDS, method="rlhf", prompter=None, fallback=None, dataset="web"))
+    web_base = _scores(_rows(BASE_REWARDS, method="base", prompter=None, fallback=None, dataset="web"))
+    summary = summarize([*tables, web_base, web_rlhf], prompters=[PROMPTER], bootstrap_samples=50)
+    assert summary.filter(dataset="hh")["gap"].null_count() == 2
+    assert summary.filter(dataset="web")["gap"].null_count() == 0
+
+
+def test_gap_over_unpaired_prompts_is_refused(tables):
+    partial = _scores(_rows({p: RLHF_REWARDS[p] for p in ("p1", "p2", "p3")}, method="rlhf", prompter=None, fallback=None))
+    with pytest.raises(ValueError, match="prompt p4 has no rlhf answers"):
+        summarize([*tables, partial], prompters=[PROMPTER])
+    extra = _scores(_rows({**RLHF_REWARDS, "p5": [1.0]}, method="rlhf", prompter=None, fallback=None))
+    with pytest.raises(ValueError, match="prompt p5 has no base answers"):
+        summarize([*tables, extra], prompters=[PROMPTER])
+
+
+def test_beta_variants_are_bars_of_their_own(frontier_summary):
+    rows = _with_labels(frontier_summary)
+    series = _series(frontier_summary)
+    styles = _series_styles(series)
+    assert len(set(styles.values())) == series.height  # no two bars look alike
+    fig, ax = plt.subplots()
+    _draw_dataset(ax, rows, series["label"].to_list(), styles, "mean_reward", True)
+    heights = sorted(round(bar.get_height(), 9) for bar in ax.patches)
+    plt.close(fig)
+    assert heights == sorted(round(value, 9) for value in frontier_summary["mean_reward"])
+
+
+@pytest.fixture(scope="module")
+def frontier_report(frontier_summary, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("frontier")
+    paths = {**_paths(folder), "frontier_plot": folder / "plots" / "frontier.png"}
+    write_report(frontier_summary, **paths)
+    return paths
+
+
+def _section_rows(markdown: str, heading: str) -> list[list[str]]:
+    section = markdown.split(heading, 1)[1].split("\n## ", 1)[0]
+    return [[c.strip() for c in line.strip().split("|")[1:-1]] for line in section.splitlines() if line.startswith("| ")]
+
+
+def test_tables_label_methods_with_their_beta(frontier_report):
+    text = frontier_report["markdown"].read_text(encoding="utf-8")
+    methods = [row[2] for row in _section_rows(text, "## hh")[1:]]
+    assert methods == [
+        "base", "sft", "alignpro", "alignpro β=0.1", "alignpro β=0.5", "alignpro-star β=0.1", "alignpro-star β=1", "rlhf"
+    ]
+
+
+def test_gap_table_has_the_decomposition_kl_and_beta_kl(frontier_report, frontier_summary):
+    text = frontier_report["markdown"].read_text(encoding="utf-8")
+    header, *rows = _section_rows(text, "## Suboptimality gap")
+    assert header[3:] == ["β", "gap J(rlhf) − J(method) [CI]", "J(base) − J(method)", "KL to reference", "β·KL"]
+    cells = {row[2]: row for row in rows}
+    assert list(cells) == [
+        "base", "sft", "alignpro", "alignpro β=0.1", "alignpro β=0.5", "alignpro-star β=0.1", "alignpro-star β=1", "rlhf"
+    ]
+    main = _row(frontier_summary, "alignpro")
+    assert cells["alignpro"][4] == f"{main['gap']:.3f} [{main['gap_ci_low']:.3f}, {main['gap_ci_high']:.3f}]"
+    prompter_part = statistics.mean(statistics.mean(BASE_REWARDS[p]) - statistics.mean(ALIGNPRO_REWARDS[p]) for p in BASE_REWARDS)
+    assert float(cells["alignpro"][5]) == pytest.approx(prompter_part, abs=5e-4)
+    assert cells["alignpro"][6:] == ["3.000", "–"]  # no single beta for the main PPO run
+    assert cells["alignpro-star β=0.1"][3] == "0.1" and cells["alignpro-star β=0.1"][6:] == ["1.500", "0.150"]
+    assert cells["base"][5:7] == ["0.000", "–"] and cells["sft"][6] == "0.000"
+    assert cells["rlhf"][4] == "0.000 [0.000, 0.000]" and cells["rlhf"][6:] == ["4.000", "–"]
+    assert "frozen model's gap" in text and "different reference" in text
+    page = frontier_report["html"].read_text(encoding="utf-8")
+    assert "<h2>Suboptimality gap</h2>" in page and "<td>alignpro-star β=1</td><td>1</td>" in page
+
+
+def test_frontier_plot_and_section(frontier_report):
+    text = frontier_report["markdown"].read_text(encoding="utf-8")
+    assert "## Reward–KL frontier" in text and "](plots/frontier.png)" in text
+    page = frontier_report["html"].read_text(encoding="utf-8")
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 3 and "<h2>Reward–KL frontier</h2>" in page
+    assert base64.b64decode(images[2]) == frontier_report["frontier_plot"].read_bytes()
+    image = _image(frontier_report["frontier_plot"].read_bytes())
+    assert image.shape[0] > 400 and image[..., :3].std() > 0.05
+
+
+def test_no_rlhf_and_no_kl_means_no_gap_or_frontier_section(report):
+    _, paths = report
+    for text in (paths["markdown"].read_text(encoding="utf-8"), paths["html"].read_text(encoding="utf-8")):
+        assert "Suboptimality gap" not in text and "frontier" not in text
+
+
+def test_frontier_needs_a_path_and_is_a_placeholder_without_kl(frontier_summary, tmp_path):
+    with pytest.raises(ValueError, match="frontier_plot"):
+        write_report(frontier_summary, **_paths(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+    unmeasured = frontier_summary.with_columns(kl=pl.lit(None, pl.Float64))
+    paths = {**_paths(tmp_path), "frontier_plot": tmp_path / "frontier.png"}
+    write_report(unmeasured, **paths)
+    assert _image(paths["frontier_plot"].read_bytes()).shape[0] < 300
+    assert "frontier" not in paths["markdown"].read_text(encoding="utf-8")
+    assert "## Suboptimality gap" in paths["markdown"].read_text(encoding="utf-8")
+
+
+def test_judged_beta_variants_keep_their_own_win_rates_and_examples(tmp_path):
+    scores = _frontier_scores()
+    losing = {p: "loss" for p in ALIGNPRO_VERDICTS}
+    verdicts = [
+        _verdicts(ALIGNPRO_VERDICTS, method="alignpro", prompter=PROMPTER),
+        _verdicts(losing, method="alignpro", prompter=PROMPTER, beta=0.1),
+    ]
+    summary = summarize(scores, prompters=[PROMPTER], verdicts=verdicts, bootstrap_samples=50)
+    assert (_row(summary, "alignpro")["win_pct"], _row(summary, "alignpro", 0.1)["loss_pct"]) == (50.0, 100.0)
+    assert _row(summary, "alignpro", 0.5)["judge"] is None
+    frame = pl.concat([pl.from_arrow(table) for table in verdicts])
+    examples = pick_examples(frame, scores, 1)
+    assert [(e["method"], e["beta"], e["verdict"]) for e in examples] == [("alignpro", None, "win"), ("alignpro", 0.1, "loss")]
+    paths = {**_paths(tmp_path), "win_plot": tmp_path / "win.png", "frontier_plot": tmp_path / "frontier.png"}
+    write_report(summary, **paths, examples=examples)
+    section = paths["markdown"].read_text(encoding="utf-8").split("## Win rate against base", 1)[1]
+    assert "| org/prompter-a | org/frozen-7b | alignpro β=0.1 | 8 | 0.0 [" in section
+    assert "| – | org/frozen-7b | alignpro β=0.1 (hh) |" not in section and "| alignpro β=0.1 (hh) |" in section
+    assert "#### hh · org/prompter-a → org/frozen-7b · alignpro β=0.1: loss" in section
+    assert "**alignpro β=0.1 answer**" in section

@@ -2,9 +2,14 @@
 
 The numbers mirror the Align-Pro paper's Figures 2 and 3: the mean reward of each method, with a
 confidence interval, and the variance of the reward over all sampled responses; with judge verdicts,
-its Table 1: each method's win/tie/loss rate against base, with judged examples to read. With PPO
-training runs (the Align-Pro prompters, the RLHF oracle) the report adds their training curves and a
-small table per run.
+its Table 1: each method's win/tie/loss rate against base, with judged examples to read. With RLHF
+answers it adds the suboptimality gap J(rlhf) − J(method) the paper bounds, and with measured KLs the
+reward–KL frontier of the prompters (the PPO beta sweep and the closed-form rho*). With PPO training
+runs (the Align-Pro prompters, the RLHF oracle) the report adds their training curves and a small
+table per run.
+
+A row is a (method, beta): the main PPO prompter has no beta, beta-sweep prompters and rho* have one,
+so every table and plot shows a label that carries it.
 """
 
 from __future__ import annotations
@@ -22,19 +27,24 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
+from matplotlib.colors import to_hex, to_rgb  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from alignpro.atomic import write_bytes  # noqa: E402
 from alignpro.judge import win_rates  # noqa: E402
 from alignpro.tables import PPO_METRICS, SCORES, SUMMARY, VERDICTS, conform  # noqa: E402
 
-METHOD_ORDER = ("base", "sft", "alignpro", "rlhf")
-METHOD_COLOURS = {"base": "#7f7f7f", "sft": "#1f77b4", "alignpro": "#ff7f0e", "rlhf": "#2ca02c"}
-EXTRA_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#d62728")
-GROUP_KEYS = ["dataset", "prompter", "frozen", "method"]
+METHOD_ORDER = ("base", "sft", "alignpro", "alignpro-star", "rlhf")
+METHOD_COLOURS = {
+    "base": "#7f7f7f", "sft": "#1f77b4", "alignpro": "#ff7f0e", "alignpro-star": "#9467bd", "rlhf": "#2ca02c"
+}
+EXTRA_COLOURS = ("#8c564b", "#e377c2", "#17becf", "#bcbd22", "#d62728")
+GROUP_KEYS = ["dataset", "prompter", "frozen", "method", "beta"]
+NAME_KEYS = ["dataset", "prompter", "frozen", "method"]  # the string columns of GROUP_KEYS
 SUMMARY_TYPES = {"string": pl.String, "int64": pl.Int64, "double": pl.Float64}
 
 
@@ -148,6 +158,11 @@ def _method_rank() -> pl.Expr:
     )
 
 
+def _method_label(method: str, beta: float | None) -> str:
+    """The name a row is shown under: the method, with its beta when it has one."""
+    return method if beta is None else f"{method} β={beta:g}"
+
+
 JUDGE_COLUMNS = {  # SUMMARY's judge columns, from win_rates' names
     "judge": "judge",
     "n_pairs": "judged_pairs",
@@ -171,13 +186,86 @@ def verdicts_frame(verdicts: list[pa.Table]) -> pl.DataFrame:
 
 
 def _judge_stats(verdicts: pl.DataFrame, prompters: list[str], confidence: float, bootstrap_samples: int, seed: int) -> pl.DataFrame:
-    """Win rates against base per (dataset, prompter, frozen, method), rlhf's repeated under every prompter."""
+    """Win rates against base per (dataset, prompter, frozen, method, beta), rlhf's repeated under every prompter."""
     rates = win_rates(verdicts, n_bootstrap=bootstrap_samples, seed=seed, confidence=confidence)
     judges = rates.group_by(GROUP_KEYS).agg(pl.col("judge").n_unique().alias("judges")).filter(pl.col("judges") > 1)
     if judges.height:
         raise ValueError(f"more than one judge for {judges.row(0, named=True)}: report one judge at a time")
     stats = rates.select(*GROUP_KEYS, *(pl.col(old).alias(new) for old, new in JUDGE_COLUMNS.items()))
     return _repeat_base_rows(stats, prompters) if stats.height else stats
+
+
+def _bootstrap_mean_interval(values: np.ndarray, bootstrap_samples: int, confidence: float, seed: int) -> tuple[float, float]:
+    """Seeded percentile CI of the mean of `values`, resampling them with replacement, all resamples at once."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(bootstrap_samples, len(values)))].mean(axis=1)
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def _paired_gaps(per_prompt: pl.DataFrame, confidence: float, bootstrap_samples: int, seed: int) -> pl.DataFrame:
+    """gap = J(rlhf) − J(method) per row of every (dataset, frozen) that has rlhf answers, paired by prompt.
+
+    Pairing removes the prompt-to-prompt spread both systems share, so the CI is of the difference
+    itself; a method answered on other prompts than rlhf has no paired gap, so that is an error.
+    """
+    pair_keys = ["dataset", "frozen", "prompt_id"]
+    rlhf = per_prompt.filter(pl.col("method") == "rlhf").select(*pair_keys, rlhf_mean="prompt_mean")
+    compared = per_prompt.join(rlhf.select("dataset", "frozen").unique(), on=["dataset", "frozen"]).sort(
+        "dataset", "frozen", "prompter", _method_rank(), "method", "beta"
+    )
+    rows = []
+    for keys, group in compared.group_by(GROUP_KEYS, maintain_order=True):  # display order: a stable first error
+        row = dict(zip(GROUP_KEYS, keys))
+        reference = rlhf.filter(dataset=row["dataset"], frozen=row["frozen"])
+        paired = group.join(reference, on=pair_keys, how="full", coalesce=True).sort("prompt_id")
+        unpaired = paired.filter(pl.col("prompt_mean").is_null() | pl.col("rlhf_mean").is_null())
+        if unpaired.height:
+            missing = unpaired.row(0, named=True)
+            side = row["method"] if missing["prompt_mean"] is None else "rlhf"
+            raise ValueError(
+                f"gap of {_method_label(row['method'], row['beta'])} against rlhf on {row['dataset']} / {row['frozen']}: "
+                f"prompt {missing['prompt_id']} has no {side} answers, so the gap would not be paired"
+            )
+        differences = (paired["rlhf_mean"] - paired["prompt_mean"]).to_numpy()
+        low, high = _bootstrap_mean_interval(differences, bootstrap_samples, confidence, seed)
+        rows.append(row | {"gap": float(differences.mean()), "gap_ci_low": low, "gap_ci_high": high})
+    schema = {**per_prompt.select(GROUP_KEYS).schema, "gap": pl.Float64, "gap_ci_low": pl.Float64, "gap_ci_high": pl.Float64}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def _with_kl(stats: pl.DataFrame, kl: pl.DataFrame | None, prompters: list[str]) -> pl.DataFrame:
+    """`stats` with each row's measured KL to its reference; sft's is 0 by definition (rho_sft is the reference)."""
+    if kl is None:
+        measured = stats.with_columns(kl=pl.lit(None, pl.Float64))
+    else:
+        frame = kl.select(pl.col(NAME_KEYS).cast(pl.String), pl.col("beta").cast(pl.Float64), pl.col("kl").cast(pl.Float64))
+        repeated = frame.filter(frame.select(GROUP_KEYS).is_duplicated())
+        if repeated.height:
+            raise ValueError(f"more than one kl for {repeated.row(0, named=True)}")
+        measured = stats.join(_repeat_base_rows(frame, prompters), on=GROUP_KEYS, how="left", nulls_equal=True)
+    return measured.with_columns(kl=pl.when(pl.col("method") == "sft").then(0.0).otherwise(pl.col("kl")))
+
+
+def ppo_kl(metrics: pl.DataFrame, tail_fraction: float = 0.1) -> float:
+    """The KL of the trained PPO policy to its reference: the mean `kl` over the last ceil(tail_fraction ×
+    steps) steps (at least one) of a PPO_METRICS frame. The policy starts at its reference, so a mean over
+    all steps would understate the KL of the policy that was evaluated; a few last steps smooth the noise."""
+    if metrics.is_empty():
+        raise ValueError("PPO metrics without steps have no KL")
+    if not 0.0 < tail_fraction <= 1.0:
+        raise ValueError(f"need 0 < tail_fraction <= 1, got {tail_fraction}")
+    steps = max(1, math.ceil(tail_fraction * metrics.height - 1e-9))  # 0.1 × 30 is 3.0000000000000004
+    return float(metrics.sort("step")["kl"].tail(steps).mean())
+
+
+def star_kl(star_rewrites: pl.DataFrame) -> float:
+    """rho*'s KL to rho_sft: the mean over prompts of a STAR_REWRITES frame's per-prompt `kl_estimate`."""
+    if star_rewrites.is_empty():
+        raise ValueError("rho* rewrites without prompts have no KL")
+    per_prompt = star_rewrites.group_by("prompt_id").agg(pl.col("kl_estimate").first())
+    return float(per_prompt["kl_estimate"].mean())
 
 
 def summarize(
@@ -188,39 +276,52 @@ def summarize(
     verdicts: list[pa.Table] | pl.DataFrame = (),
     bootstrap_samples: int = 2000,
     seed: int = 0,
+    kl: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """One SUMMARY row per (dataset, prompter, frozen, method).
+    """One SUMMARY row per (dataset, prompter, frozen, method, beta), sorted by method then beta (null first).
 
     mean_reward and reward_variance (ddof=1) are over all samples; the CI is over per-prompt mean
     rewards because samples of one prompt are correlated; fallback_rate is the share of prompts
     whose rewrite fell back to the original prompt (null for methods without a prompter). With
     `verdicts` the judge columns hold each method's win/tie/loss rates against base, with seeded
     bootstrap CIs over prompts (null for base and for methods nobody judged).
+
+    `kl` (columns dataset, prompter (null for rlhf), frozen, method, beta, kl, from `ppo_kl` and
+    `star_kl`) fills the kl column, rlhf's under every prompter; sft's kl is 0, base's null.
+
+    gap is the suboptimality gap J(rlhf) − J(method) where the (dataset, frozen) has rlhf answers
+    (null elsewhere): the mean over prompts of rlhf's minus the method's per-prompt mean reward, with
+    a seeded percentile bootstrap CI over prompts; rlhf's own gap is exactly 0. Both must have answered
+    the same prompts (ValueError naming the first unpaired one).
     """
     frame = _scores_frame(scores).select(
-        pl.col([*GROUP_KEYS, "prompt_id"]).cast(pl.String),
+        pl.col([*NAME_KEYS, "prompt_id"]).cast(pl.String),
+        pl.col("beta").cast(pl.Float64),
         pl.col("reward").cast(pl.Float64),
         pl.col("fallback").cast(pl.Boolean),
     )
+    per_prompt = _per_prompt(frame)
     sample_stats = frame.group_by(GROUP_KEYS).agg(
         n_samples=pl.len(),
         mean_reward=pl.col("reward").mean(),
         reward_variance=pl.when(pl.len() >= 2).then(pl.col("reward").var(ddof=1)),
     )
-    prompt_stats = _per_prompt(frame).group_by(GROUP_KEYS).agg(
+    prompt_stats = per_prompt.group_by(GROUP_KEYS).agg(
         n_prompts=pl.len(),
         prompt_mean_mean=pl.col("prompt_mean").mean(),
         prompt_sd=pl.col("prompt_mean").std(ddof=1),
         fallback_rate=pl.col("fallback").mean(),
     )
     stats = _confidence_interval(sample_stats.join(prompt_stats, on=GROUP_KEYS, nulls_equal=True), confidence)
-    stats = _repeat_base_rows(stats, prompters)
+    gaps = _paired_gaps(per_prompt, confidence, bootstrap_samples, seed)
+    stats = stats.join(gaps, on=GROUP_KEYS, how="left", nulls_equal=True)
+    stats = _with_kl(_repeat_base_rows(stats, prompters), kl, prompters)
     judged = verdicts if isinstance(verdicts, pl.DataFrame) else verdicts_frame(list(verdicts))
     if judged.height:
         stats = stats.join(
             _judge_stats(judged, prompters, confidence, bootstrap_samples, seed), on=GROUP_KEYS, how="left", nulls_equal=True
         )
-    stats = stats.sort(["dataset", "prompter", "frozen", _method_rank(), "method"])
+    stats = stats.sort(["dataset", "prompter", "frozen", _method_rank(), "method", "beta"])
     return stats.select(
         (pl.col(f.name) if f.name in stats.columns else pl.lit(None)).cast(SUMMARY_TYPES[str(f.type)]).alias(f.name)
         for f in SUMMARY
@@ -230,9 +331,15 @@ def summarize(
 # ---------------------------------------------------------------------------- report files
 
 
-def _ordered_methods(summary: pl.DataFrame) -> list[str]:
-    """Methods present, in the fixed paper order, unknown ones last and alphabetical."""
-    return summary.select("method").unique().sort(_method_rank(), "method")["method"].to_list()
+def _series(summary: pl.DataFrame) -> pl.DataFrame:
+    """The (method, beta) pairs present with their label, in display order: paper order, then beta, null first."""
+    pairs = summary.select("method", "beta").unique().sort(_method_rank(), "method", "beta")
+    return pairs.with_columns(label=pl.Series([_method_label(m, b) for m, b in pairs.iter_rows()], dtype=pl.String))
+
+
+def _with_labels(rows: pl.DataFrame) -> pl.DataFrame:
+    """`rows` with the label column of `_series`, so a plot can pick one (method, beta) by name."""
+    return rows.join(_series(rows), on=["method", "beta"], how="left", nulls_equal=True)
 
 
 def _method_colours(methods: list[str]) -> dict[str, str]:
@@ -241,31 +348,57 @@ def _method_colours(methods: list[str]) -> dict[str, str]:
     return {m: METHOD_COLOURS[m] if m in METHOD_COLOURS else next(extras) for m in methods}
 
 
+def _lighter(colour: str, amount: float) -> str:
+    """`colour` blended towards white by `amount` (0: unchanged, 1: white)."""
+    return to_hex([c + (1.0 - c) * amount for c in to_rgb(colour)])
+
+
+def _series_styles(series: pl.DataFrame) -> dict[str, tuple[str, str | None]]:
+    """label -> (colour, hatch): the method's colour; a fixed-beta row hatched and lighter the larger its beta,
+    so the beta variants of one method stay apart and the legend names each."""
+    colours = _method_colours(series["method"].unique(maintain_order=True).to_list())
+    styles = {}
+    for (method,), rows in series.group_by("method", maintain_order=True):
+        with_beta = rows.filter(pl.col("beta").is_not_null())["label"].to_list()
+        for label in rows.filter(pl.col("beta").is_null())["label"]:
+            styles[label] = (colours[method], None)
+        for index, label in enumerate(with_beta):
+            styles[label] = (_lighter(colours[method], 0.6 * (index + 1) / (len(with_beta) + 1)), "//")
+    return styles
+
+
 def _short_name(model: str) -> str:
     """`org/name` -> `name`: tick labels stay readable; the tables keep full names."""
     return model.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _bar_plot(summary: pl.DataFrame, value: str, ylabel: str, title: str, with_ci: bool) -> bytes:
-    """PNG bytes of grouped bars: one subplot per dataset, groups = prompter -> frozen, bars = methods."""
+    """PNG bytes of grouped bars: one subplot per dataset, groups = prompter -> frozen, bars = (method, beta)."""
     datasets = sorted(summary["dataset"].unique().to_list())
-    methods = _ordered_methods(summary)
-    colours = _method_colours(methods)
+    series = _series(summary)
+    labels, styles = series["label"].to_list(), _series_styles(series)
+    labelled = _with_labels(summary)
     ncols = min(3, len(datasets))
     nrows = math.ceil(len(datasets) / ncols)
     max_groups = max(summary.filter(pl.col("dataset") == d).select("prompter", "frozen").n_unique() for d in datasets)
-    width = max(4.5, 0.35 * len(methods) * max_groups + 1.5)
+    width = max(4.5, 0.35 * len(labels) * max_groups + 1.5)
     figsize = (width * ncols, 4.2 * nrows + 1.0)
     fig, axes = plt.subplots(nrows, ncols, figsize=figsize, squeeze=False, layout="constrained")
     for ax, dataset in zip(axes.flat, datasets):
-        rows = summary.filter(pl.col("dataset") == dataset)
-        _draw_dataset(ax, rows, [m for m in methods if m in rows["method"]], colours, value, with_ci)
+        rows = labelled.filter(pl.col("dataset") == dataset)
+        _draw_dataset(ax, rows, [label for label in labels if label in rows["label"]], styles, value, with_ci)
         ax.set_title(dataset, fontweight="bold")
         ax.set_ylabel(ylabel)
     for ax in list(axes.flat)[len(datasets) :]:
         ax.set_visible(False)
-    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=colours[m], edgecolor="black", linewidth=0.5) for m in methods]
-    fig.legend(handles, methods, loc="outside lower center", ncol=len(methods), frameon=False, title="method")
+    handles = [
+        plt.Rectangle((0, 0), 1, 1, facecolor=styles[label][0], hatch=styles[label][1], edgecolor="black", linewidth=0.5)
+        for label in labels
+    ]
+    fig.legend(
+        handles, [_plot_label(label) for label in labels], loc="outside lower center", ncol=min(len(labels), 5),
+        frameon=False, title="method",
+    )
     fig.suptitle(title, fontsize=13)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
@@ -273,17 +406,18 @@ def _bar_plot(summary: pl.DataFrame, value: str, ylabel: str, title: str, with_c
     return buffer.getvalue()
 
 
-def _draw_dataset(ax, rows: pl.DataFrame, methods: list[str], colours: dict, value: str, with_ci: bool) -> None:
-    """Bars of `value` for one dataset, with CI error bars and value labels beyond the bar or error bar."""
+def _draw_dataset(ax, rows: pl.DataFrame, labels: list[str], styles: dict, value: str, with_ci: bool) -> None:
+    """Bars of `value` for one dataset (`rows` with a label column), with CI error bars and value labels
+    beyond the bar or error bar."""
     pairs = rows.select("prompter", "frozen").unique().sort("prompter", "frozen").rows()
-    bar_width = min(0.8 / len(methods), 0.35)
-    for slot, method in enumerate(methods):
+    bar_width = min(0.8 / len(labels), 0.35)
+    for slot, label in enumerate(labels):
         for group, (prompter, frozen) in enumerate(pairs):
-            match = rows.filter(method=method, prompter=prompter, frozen=frozen)
+            match = rows.filter(label=label, prompter=prompter, frozen=frozen)
             if match.is_empty():
                 continue
             row = match.row(0, named=True)
-            x = group + (slot - (len(methods) - 1) / 2) * bar_width
+            x = group + (slot - (len(labels) - 1) / 2) * bar_width
             if row[value] is None:  # e.g. the variance of a single sample
                 ax.annotate("n/a", (x, 0.0), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=7)
                 continue
@@ -292,7 +426,8 @@ def _draw_dataset(ax, rows: pl.DataFrame, methods: list[str], colours: dict, val
             if with_ci and row["ci_low"] is not None:
                 low, high = min(row["ci_low"], low), max(row["ci_high"], high)
                 error = [[row[value] - low], [high - row[value]]]
-            ax.bar(x, row[value], bar_width, yerr=error, capsize=3, color=colours[method], edgecolor="black", lw=0.5)
+            colour, hatch = styles[label]
+            ax.bar(x, row[value], bar_width, yerr=error, capsize=3, color=colour, hatch=hatch, edgecolor="black", lw=0.5)
             above = row[value] >= 0
             ax.annotate(
                 f"{row[value]:.2f}",
@@ -327,7 +462,7 @@ def _table_rows(summary: pl.DataFrame, dataset: str) -> list[list[str]]:
             [
                 row["prompter"],
                 row["frozen"],
-                row["method"],
+                _method_label(row["method"], row["beta"]),
                 f"{row['n_prompts']} / {row['n_samples']}",
                 mean,
                 _format(row["reward_variance"]),
@@ -419,6 +554,160 @@ def _html(
     return "\n".join(parts)
 
 
+# ---------------------------------------------------------------------------- suboptimality gap
+
+GAP_HEADER = [
+    "prompter", "frozen", "method", "β", "gap J(rlhf) − J(method) [CI]", "J(base) − J(method)", "KL to reference", "β·KL"
+]
+
+
+def _gap_note(confidence: float) -> str:
+    """How the gap splits, what each KL is measured against, and how far to trust the numbers."""
+    return (
+        "The paper splits the suboptimality gap J(rlhf) − J(method) into J(rlhf) − J(base), the frozen model's "
+        "gap, the same for every prompter, and J(base) − J(method), the prompter's part, and bounds it with terms "
+        "that include β·KL(ρ* ‖ ρ_sft). The gap is the mean over prompts of rlhf's minus the method's per-prompt "
+        f"mean reward, paired by prompt, with a {confidence:.0%} percentile bootstrap interval over prompts. KL is "
+        "each method's measured KL to its own reference: PPO prompters to ρ_sft, the mean over the last 10% of "
+        "training steps, on training prompts; alignpro-star the estimate of KL(ρ* ‖ ρ_sft) from its K candidates "
+        "per prompt (at most log K); rlhf its PPO KL to the frozen model, a different reference. The main alignpro "
+        "run has no single β (its KL coefficient comes from the ppo section), so its β·KL is not shown. With tiny "
+        "random models these numbers are noise."
+    )
+
+
+def _gap_rows(summary: pl.DataFrame, dataset: str) -> list[list[str]]:
+    """Display cells of one dataset's gap table; the prompter's part is the gap less base's gap."""
+    rows = summary.filter(pl.col("dataset") == dataset, pl.col("gap").is_not_null())
+    base_gaps = rows.filter(pl.col("method") == "base").select("prompter", "frozen", base_gap="gap")
+    cells = []
+    for row in rows.join(base_gaps, on=["prompter", "frozen"], how="left", maintain_order="left").iter_rows(named=True):
+        prompter_part = None if row["base_gap"] is None else row["gap"] - row["base_gap"]
+        beta_kl = None if row["beta"] is None or row["kl"] is None else row["beta"] * row["kl"]
+        cells.append(
+            [
+                row["prompter"],
+                row["frozen"],
+                _method_label(row["method"], row["beta"]),
+                _format(row["beta"], "{:g}"),
+                f"{row['gap']:.3f} [{row['gap_ci_low']:.3f}, {row['gap_ci_high']:.3f}]",
+                _format(prompter_part),
+                _format(row["kl"]),
+                _format(beta_kl),
+            ]
+        )
+    return cells
+
+
+def _gap_datasets(summary: pl.DataFrame) -> list[str]:
+    """Datasets with a gap to show: those with rlhf answers."""
+    return sorted(summary.filter(pl.col("gap").is_not_null())["dataset"].unique().to_list())
+
+
+def _gap_markdown(summary: pl.DataFrame, note: str) -> list[str]:
+    lines = ["## Suboptimality gap", "", note, ""]
+    for dataset in _gap_datasets(summary):
+        lines += [f"### {_markdown_cell(dataset)}", "", *_markdown_table(GAP_HEADER, _gap_rows(summary, dataset))]
+    return lines
+
+
+def _gap_html(summary: pl.DataFrame, note: str) -> list[str]:
+    esc = html.escape
+    parts = ["<h2>Suboptimality gap</h2>", f"<p>{esc(note)}</p>"]
+    for dataset in _gap_datasets(summary):
+        parts += [f"<h3>{esc(dataset)}</h3>", *_html_table(GAP_HEADER, _gap_rows(summary, dataset))]
+    return parts
+
+
+# ---------------------------------------------------------------------------- reward–KL frontier
+
+FRONTIER_METHODS = ("alignpro", "alignpro-star")
+FRONTIER_NOTE = (
+    "Each prompter's mean reward (error bar: the confidence interval over prompts) against its KL to ρ_sft: the "
+    "PPO prompters of the β sweep joined in β order, the main PPO run of the ppo section, the closed-form ρ* at "
+    "each β joined in β order, and sft at KL 0. Dashed lines mark the mean reward of base, sft and rlhf (rlhf's "
+    "KL is to the frozen model, another reference, so it is a line, not a point). With tiny random models the "
+    "numbers are noise."
+)
+
+
+def _frontier_points(summary: pl.DataFrame) -> pl.DataFrame:
+    """The prompter rows with a measured KL (PPO prompters, ρ*): without any there is no frontier to draw."""
+    return summary.filter(pl.col("method").is_in(FRONTIER_METHODS), pl.col("kl").is_not_null())
+
+
+def _draw_points(ax, points: pl.DataFrame, colour: str, marker: str, label: str, notes: list[str], joined: bool) -> None:
+    """Points at (kl, mean reward) with the reward CI as a vertical error bar, each annotated with its note."""
+    if points.is_empty():
+        return
+    reward = points["mean_reward"]
+    below = (reward - points["ci_low"].fill_null(reward)).to_list()
+    above = (points["ci_high"].fill_null(reward) - reward).to_list()
+    ax.errorbar(
+        points["kl"].to_list(), reward.to_list(), yerr=[below, above], color=colour, marker=marker,
+        markersize=12 if marker == "*" else 6, linestyle="-" if joined else "none", capsize=3, label=label,
+    )
+    for x, y, note in zip(points["kl"], reward, notes):
+        ax.annotate(note, (x, y), xytext=(5, 5), textcoords="offset points", fontsize=7)
+
+
+def _beta_notes(points: pl.DataFrame) -> list[str]:
+    return [f"β={beta:g}" for beta in points["beta"]]
+
+
+def _draw_frontier(ax, rows: pl.DataFrame) -> None:
+    """One (dataset, prompter, frozen) panel: reference lines, then the sft, PPO and ρ* points."""
+    for method in ("base", "sft", "rlhf"):
+        reference = rows.filter(pl.col("method") == method, pl.col("beta").is_null())
+        if reference.height:
+            ax.axhline(
+                reference["mean_reward"][0], color=METHOD_COLOURS[method], linestyle="--", linewidth=1,
+                label=f"{method} mean reward",
+            )
+    measured = rows.filter(pl.col("kl").is_not_null())
+    sweep = measured.filter(pl.col("method") == "alignpro", pl.col("beta").is_not_null()).sort("beta")
+    main = measured.filter(pl.col("method") == "alignpro", pl.col("beta").is_null())
+    star = measured.filter(pl.col("method") == "alignpro-star").sort("beta")
+    sft = measured.filter(pl.col("method") == "sft")
+    _draw_points(ax, sft, METHOD_COLOURS["sft"], "D", "sft (KL 0)", ["sft"] * sft.height, False)
+    _draw_points(ax, sweep, METHOD_COLOURS["alignpro"], "o", "alignpro, β sweep", _beta_notes(sweep), True)
+    _draw_points(ax, main, METHOD_COLOURS["alignpro"], "*", "alignpro, ppo section", ["ppo section"] * main.height, False)
+    _draw_points(ax, star, METHOD_COLOURS["alignpro-star"], "s", "alignpro-star (ρ*)", _beta_notes(star), True)
+    ax.set_xlabel("KL to ρ_sft")
+    ax.set_ylabel("mean reward")
+    ax.margins(x=0.15, y=0.15)
+    ax.grid(alpha=0.3)
+
+
+def _frontier_plot(summary: pl.DataFrame) -> bytes:
+    """PNG of the reward–KL frontier, one panel per (dataset, prompter, frozen) that has prompter KLs."""
+    panels = _frontier_points(summary).select("dataset", "prompter", "frozen").unique().sort(pl.all()).rows()
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4.3 * nrows + 1.2), squeeze=False, layout="constrained")
+    legend = {}
+    for ax, (dataset, prompter, frozen) in zip(axes.flat, panels):
+        _draw_frontier(ax, summary.filter(dataset=dataset, prompter=prompter, frozen=frozen))
+        ax.set_title(_plot_label(f"{dataset}: {_short_name(prompter)} → {_short_name(frozen)}"), fontsize=10)
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=min(4, len(legend)), frameon=False)
+    fig.suptitle("Reward–KL frontier (error bars: CI over prompts)", fontsize=12)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _frontier_markdown(plot_link: str) -> list[str]:
+    return ["## Reward–KL frontier", "", FRONTIER_NOTE, "", f"![Reward–KL frontier]({plot_link})", ""]
+
+
+def _frontier_html(png: bytes) -> list[str]:
+    return ["<h2>Reward–KL frontier</h2>", f"<p>{html.escape(FRONTIER_NOTE)}</p>", _html_image("Reward–KL frontier", png)]
+
+
 # ---------------------------------------------------------------------------- win rates against base
 
 OUTCOME_COLOURS = {"win": "#2ca02c", "tie": "#c7c7c7", "loss": "#d62728"}
@@ -473,7 +762,7 @@ def _judge_rows(summary: pl.DataFrame, dataset: str) -> list[list[str]]:
     rows = []
     for row in _judged(summary).filter(pl.col("dataset") == dataset).iter_rows(named=True):
         rows.append(
-            [row["prompter"], row["frozen"], row["method"], str(row["judged_pairs"])]
+            [row["prompter"], row["frozen"], _method_label(row["method"], row["beta"]), str(row["judged_pairs"])]
             + [_rate_cell(row, outcome) for outcome in ("win", "tie", "loss")]
             + [_format(row[name], "{:.1f}") for name in ("inconsistent_pct", "invalid_pct", "not_judged_pct")]
         )
@@ -494,14 +783,16 @@ def _one_row_per_judge_job(rows: pl.DataFrame) -> pl.DataFrame:
     """rlhf has no prompter: the summary repeats its row under every prompter; keep one, prompter null."""
     return rows.with_columns(
         prompter=pl.when(pl.col("method") == "rlhf").then(None).otherwise(pl.col("prompter"))
-    ).unique(["dataset", "prompter", "frozen", "method"], maintain_order=True)
+    ).unique(GROUP_KEYS, maintain_order=True)
 
 
 def _usage_rows(summary: pl.DataFrame) -> list[list[str]]:
     """Judge calls, tokens and cost per judge job, then their total."""
     jobs = _one_row_per_judge_job(_judged(summary))
     rows = [
-        _usage_cells([row["prompter"] or "–", row["frozen"], f"{row['method']} ({row['dataset']})"], row)
+        _usage_cells(
+            [row["prompter"] or "–", row["frozen"], f"{_method_label(row['method'], row['beta'])} ({row['dataset']})"], row
+        )
         for row in jobs.iter_rows(named=True)
     ]
     totals = jobs.select(pl.col(name).sum() for name in USAGE_COLUMNS).row(0, named=True)
@@ -519,10 +810,11 @@ def _win_plot(summary: pl.DataFrame) -> bytes:
     )
     for ax, dataset in zip(axes[:, 0], datasets):
         rows = _one_row_per_judge_job(judged.filter(pl.col("dataset") == dataset)).sort(
-            "prompter", "frozen", _method_rank(), "method", nulls_last=True
+            "prompter", "frozen", _method_rank(), "method", "beta", nulls_last=[True, True, True, True, False]
         )
         labels = [
-            f"{row['method']}: " + (f"{_short_name(row['prompter'])} → " if row["prompter"] else "") + _short_name(row["frozen"])
+            _plot_label(f"{_method_label(row['method'], row['beta'])}: ")
+            + (f"{_short_name(row['prompter'])} → " if row["prompter"] else "") + _short_name(row["frozen"])
             for row in rows.iter_rows(named=True)
         ]
         y = list(range(rows.height))[::-1]
@@ -555,7 +847,7 @@ def _win_plot(summary: pl.DataFrame) -> bytes:
 
 
 def pick_examples(verdicts: pl.DataFrame, scores: list[pa.Table] | pl.DataFrame, per_method: int) -> list[dict]:
-    """Up to `per_method` judged pairs per (dataset, prompter, frozen, method), one per verdict kind in
+    """Up to `per_method` judged pairs per (dataset, prompter, frozen, method, beta), one per verdict kind in
     the order win, loss, tie, invalid, not judged (first prompt id within a kind): prompt, rewrite, both
     answers, the verdict and the judge's reasons."""
     if per_method == 0 or verdicts.is_empty():
@@ -563,16 +855,19 @@ def pick_examples(verdicts: pl.DataFrame, scores: list[pa.Table] | pl.DataFrame,
     frame = _scores_frame(scores)
     keys = ["dataset", "prompt_id", "frozen", "sample_index"]
     answers = frame.filter(pl.col("method") != "base").select(
-        *keys, "method", "prompter", "prompt", "model_input", answer=pl.col("response")
+        *keys, "method", "prompter", "beta", "prompt", "model_input", answer=pl.col("response")
     )
     base = frame.filter(pl.col("method") == "base").select(*keys, base_answer=pl.col("response"))
     rank = pl.col("verdict").replace_strict(list(EXAMPLE_PRIORITY), list(range(len(EXAMPLE_PRIORITY))), return_dtype=pl.Int64)
     picked = (
-        verdicts.join(answers, on=[*keys, "method", "prompter"], nulls_equal=True)
+        verdicts.join(answers, on=[*keys, "method", "prompter", "beta"], nulls_equal=True)
         .join(base, on=keys)
-        .sort("dataset", "prompter", "frozen", _method_rank(), "method", rank, "prompt_id", "sample_index", nulls_last=True)
-        .unique(["dataset", "prompter", "frozen", "method", "verdict"], keep="first", maintain_order=True)
-        .filter(pl.int_range(pl.len()).over("dataset", "prompter", "frozen", "method") < per_method)
+        .sort(
+            "dataset", "prompter", "frozen", _method_rank(), "method", "beta", rank, "prompt_id", "sample_index",
+            nulls_last=[False, True, False, False, False, False, False, False, False],
+        )
+        .unique([*GROUP_KEYS, "verdict"], keep="first", maintain_order=True)
+        .filter(pl.int_range(pl.len()).over(GROUP_KEYS) < per_method)
     )
     return picked.to_dicts()
 
@@ -587,7 +882,8 @@ def _example_parts(example: dict) -> list[tuple[str, str]]:
     parts = [("prompt x", example["prompt"])]
     if example["model_input"] != example["prompt"]:
         parts.append(("rewrite x'", example["model_input"]))
-    parts += [(f"{example['method']} answer", example["answer"]), ("base answer", example["base_answer"])]
+    method = _method_label(example["method"], example["beta"])
+    parts += [(f"{method} answer", example["answer"]), ("base answer", example["base_answer"])]
     if example["judge"].startswith("offline"):  # one decision from the rewards, not two readings
         return parts + [("judge", f"{example['verdict']}: {example['reason_method_first']}")]
     for order, shown in (("method_first", "method's answer shown as A"), ("base_first", "base's answer shown as A")):
@@ -599,7 +895,7 @@ def _example_parts(example: dict) -> list[tuple[str, str]]:
 def _example_title(example: dict) -> str:
     who = f"{example['prompter']} → {example['frozen']}" if example["prompter"] else example["frozen"]
     flag = ", inconsistent" if example["inconsistent"] else ""
-    return f"{example['dataset']} · {who} · {example['method']}: {example['verdict']}{flag}"
+    return f"{example['dataset']} · {who} · {_method_label(example['method'], example['beta'])}: {example['verdict']}{flag}"
 
 
 def _judge_markdown(summary: pl.DataFrame, note: str, plot_link: str, examples: list[dict]) -> list[str]:
@@ -844,6 +1140,7 @@ def write_report(
     training_plot: str | os.PathLike | None = None,
     win_plot: str | os.PathLike | None = None,
     examples: list[dict] = (),
+    frontier_plot: str | os.PathLike | None = None,
 ) -> None:
     """Write the Markdown and self-contained HTML reports, the mean / variance bar plots, training curves
     and win rates.
@@ -853,8 +1150,10 @@ def write_report(
     mean step-time split), and both reports get a "Training" section with the plot and a table per run.
     When the summary has judge columns filled, `win_plot` is required: both reports get a "Win rate against
     base" section (a Table-1-style table per dataset, the plot, the judge's usage and cost, and `examples`
-    from `pick_examples`). A given plot path with nothing to draw gets a small placeholder PNG, so a
-    workflow's declared output always exists. Everything is checked and rendered before the first file is
+    from `pick_examples`). When some gap is known (rlhf answers), both reports get a "Suboptimality gap"
+    table per dataset. When alignpro or alignpro-star rows have a kl, `frontier_plot` is required: both
+    reports get a "Reward–KL frontier" section with it. A given plot path with nothing to draw gets a
+    small placeholder PNG, so a workflow's declared output always exists. Everything is checked and rendered before the first file is
     written, and every file is written atomically.
     """
     if summary.is_empty():
@@ -865,15 +1164,26 @@ def write_report(
     judged = not _judged(summary).is_empty()
     if judged and win_plot is None:
         raise ValueError("judged methods in the summary without a win_plot path to draw them to")
+    frontier = not _frontier_points(summary).is_empty()
+    if frontier and frontier_plot is None:
+        raise ValueError("prompters with a measured kl in the summary without a frontier_plot path to draw them to")
     mean_png = _bar_plot(summary, "mean_reward", "mean reward", "Mean reward (error bars: CI over prompts)", True)
     variance_png = _bar_plot(summary, "reward_variance", "reward variance", "Reward variance", False)
     training_png = _training_plot(runs) if runs else _placeholder_plot("no training runs")
     decided = judged and _judged(summary)["win_pct"].is_not_null().any()
     win_png = _win_plot(summary) if decided else _placeholder_plot("no judged pairs")
+    frontier_png = _frontier_plot(summary) if frontier else _placeholder_plot("no prompter KLs")
     note = _ci_note(confidence)
     markdown_dir = Path(markdown).parent
     links = _relative_link(mean_plot, markdown_dir), _relative_link(variance_plot, markdown_dir)
     markdown_sections, html_sections = [], []
+    if _gap_datasets(summary):
+        gap_note = _gap_note(confidence)
+        markdown_sections += _gap_markdown(summary, gap_note)
+        html_sections += _gap_html(summary, gap_note)
+    if frontier:
+        markdown_sections += _frontier_markdown(_relative_link(frontier_plot, markdown_dir))
+        html_sections += _frontier_html(frontier_png)
     if judged:
         judge_note = _judge_note(summary, confidence)
         markdown_sections += _judge_markdown(summary, judge_note, _relative_link(win_plot, markdown_dir), list(examples))
@@ -889,5 +1199,7 @@ def write_report(
         write_bytes(training_plot, training_png)
     if win_plot is not None:
         write_bytes(win_plot, win_png)
+    if frontier_plot is not None:
+        write_bytes(frontier_plot, frontier_png)
     write_bytes(markdown, markdown_text.encode("utf-8"))
     write_bytes(html, html_text.encode("utf-8"))
