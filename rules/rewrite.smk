@@ -7,6 +7,7 @@ rule rewrite:
     output:
         "results/rewrites/{dataset}/{frozen}/{system}.parquet",
     params:
+        prompter=lambda wildcards: parse_system(wildcards.system)[1],
         model=lambda wildcards: trained_spec("prompters", parse_system(wildcards.system)[1], trained_prompter(wildcards)),
         sampling=config["rewrite"],
         seed=config["seed"],

@@ -197,21 +197,34 @@ def test_training_stages_write_models_and_metrics(finished_run):
 def test_report_has_numbers_for_each_method(finished_run):
     workdir, _ = finished_run
     summary = tables.read_table(workdir / "results/report/summary.parquet", tables.SUMMARY).to_pylist()
-    assert sorted(row["method"] for row in summary) == ["alignpro", "base", "rlhf", "sft"]
+    assert sorted((row["method"], row["beta"] or 0.0) for row in summary) == [
+        ("alignpro", 0.0), ("alignpro", 0.1), ("alignpro", 1.0), ("alignpro-star", 0.1), ("alignpro-star", 1.0),
+        ("base", 0.0), ("rlhf", 0.0), ("sft", 0.0),
+    ]
     for row in summary:
         assert row["n_prompts"] == 12
         assert row["ci_low"] <= row["mean_reward"] <= row["ci_high"]
+        assert row["gap_ci_low"] <= row["gap"] <= row["gap_ci_high"]
+        assert (row["kl"] is None) == (row["method"] == "base")
     markdown = (workdir / "results/report/report.md").read_text()
-    for row in summary:
+    by_label = {row["method"] if row["beta"] is None else f"{row['method']} β={row['beta']:g}": row for row in summary}
+    for label, row in by_label.items():
         assert f"{row['mean_reward']:.3f}" in markdown
         if row["method"] == "base":
             assert row["judge"] is None
         else:
             assert row["judged_pairs"] == 24 and row["win_pct"] + row["tie_pct"] + row["loss_pct"] == pytest.approx(100.0)
-            assert f"| {row['method']} | 24 | {row['win_pct']:.1f} [" in markdown
+            assert f"| {label} | 24 | {row['win_pct']:.1f} [" in markdown
+        assert f"| {label} | " + ("–" if row["beta"] is None else f"{row['beta']:g}") + f" | {row['gap']:.3f} [" in markdown
+    assert by_label["sft"]["kl"] == 0.0 and by_label["rlhf"]["gap"] == 0.0
+    rlhf_gap = by_label["rlhf"]["mean_reward"] - by_label["alignpro-star β=1"]["mean_reward"]
+    assert by_label["alignpro-star β=1"]["gap"] == pytest.approx(rlhf_gap, abs=1e-9)  # equal samples per prompt
+    star = tables.read_table(workdir / "results/rewrites/bundled/tiny-frozen/alignpro-star/tiny-prompter/beta0.1.parquet", tables.STAR_REWRITES)
+    assert by_label["alignpro-star β=0.1"]["kl"] == pytest.approx(sum(star.column("kl_estimate").to_pylist()) / star.num_rows)
     assert "## Win rate against base" in markdown and "NOT an LLM judge" in markdown
-    assert markdown.count("\n#### bundled · ") >= 3  # judged examples, at least one per method
-    for plot in ["mean_reward.png", "reward_variance.png", "training_curves.png", "win_rates.png"]:
+    assert "## Suboptimality gap" in markdown and "## Reward–KL frontier" in markdown
+    assert markdown.count("\n#### bundled · ") >= 7  # judged examples, at least one per judged system
+    for plot in ["mean_reward.png", "reward_variance.png", "training_curves.png", "win_rates.png", "frontier.png"]:
         assert (workdir / "results/report" / plot).read_bytes().startswith(b"\x89PNG")
 
 

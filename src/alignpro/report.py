@@ -636,8 +636,11 @@ def _frontier_points(summary: pl.DataFrame) -> pl.DataFrame:
     return summary.filter(pl.col("method").is_in(FRONTIER_METHODS), pl.col("kl").is_not_null())
 
 
-def _draw_points(ax, points: pl.DataFrame, colour: str, marker: str, label: str, notes: list[str], joined: bool) -> None:
-    """Points at (kl, mean reward) with the reward CI as a vertical error bar, each annotated with its note."""
+def _draw_points(
+    ax, points: pl.DataFrame, colour: str, marker: str, label: str, notes: list[str], joined: bool, offset: tuple[int, int]
+) -> None:
+    """Points at (kl, mean reward) with the reward CI as a vertical error bar, each annotated with its note
+    at `offset` points from it (each family its own side, so notes of nearby points do not overlap)."""
     if points.is_empty():
         return
     reward = points["mean_reward"]
@@ -648,7 +651,7 @@ def _draw_points(ax, points: pl.DataFrame, colour: str, marker: str, label: str,
         markersize=12 if marker == "*" else 6, linestyle="-" if joined else "none", capsize=3, label=label,
     )
     for x, y, note in zip(points["kl"], reward, notes):
-        ax.annotate(note, (x, y), xytext=(5, 5), textcoords="offset points", fontsize=7)
+        ax.annotate(note, (x, y), xytext=offset, textcoords="offset points", fontsize=7, ha="left" if offset[0] >= 0 else "right")
 
 
 def _beta_notes(points: pl.DataFrame) -> list[str]:
@@ -669,10 +672,10 @@ def _draw_frontier(ax, rows: pl.DataFrame) -> None:
     main = measured.filter(pl.col("method") == "alignpro", pl.col("beta").is_null())
     star = measured.filter(pl.col("method") == "alignpro-star").sort("beta")
     sft = measured.filter(pl.col("method") == "sft")
-    _draw_points(ax, sft, METHOD_COLOURS["sft"], "D", "sft (KL 0)", ["sft"] * sft.height, False)
-    _draw_points(ax, sweep, METHOD_COLOURS["alignpro"], "o", "alignpro, β sweep", _beta_notes(sweep), True)
-    _draw_points(ax, main, METHOD_COLOURS["alignpro"], "*", "alignpro, ppo section", ["ppo section"] * main.height, False)
-    _draw_points(ax, star, METHOD_COLOURS["alignpro-star"], "s", "alignpro-star (ρ*)", _beta_notes(star), True)
+    _draw_points(ax, sft, METHOD_COLOURS["sft"], "D", "sft (KL 0)", ["sft"] * sft.height, False, (-6, 6))
+    _draw_points(ax, sweep, METHOD_COLOURS["alignpro"], "o", "alignpro, β sweep", _beta_notes(sweep), True, (6, 6))
+    _draw_points(ax, main, METHOD_COLOURS["alignpro"], "*", "alignpro, ppo section", ["ppo section"] * main.height, False, (6, -12))
+    _draw_points(ax, star, METHOD_COLOURS["alignpro-star"], "s", "alignpro-star (ρ*)", _beta_notes(star), True, (6, -12))
     ax.set_xlabel("KL to ρ_sft")
     ax.set_ylabel("mean reward")
     ax.margins(x=0.15, y=0.15)
@@ -684,7 +687,11 @@ def _frontier_plot(summary: pl.DataFrame) -> bytes:
     panels = _frontier_points(summary).select("dataset", "prompter", "frozen").unique().sort(pl.all()).rows()
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4.3 * nrows + 1.2), squeeze=False, layout="constrained")
+    legend_rows = 4 if ncols == 1 else 2  # reference lines and point families: at most 7 entries
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(max(7.0, 5.5 * ncols), 4.3 * nrows + 0.3 * legend_rows + 0.8), squeeze=False,
+        layout="constrained",
+    )
     legend = {}
     for ax, (dataset, prompter, frozen) in zip(axes.flat, panels):
         _draw_frontier(ax, summary.filter(dataset=dataset, prompter=prompter, frozen=frozen))
@@ -692,7 +699,9 @@ def _frontier_plot(summary: pl.DataFrame) -> bytes:
         legend.update(zip(*reversed(ax.get_legend_handles_labels())))
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=min(4, len(legend)), frameon=False)
+    fig.legend(
+        list(legend.values()), list(legend), loc="outside lower center", ncol=math.ceil(len(legend) / legend_rows), frameon=False
+    )
     fig.suptitle("Reward–KL frontier (error bars: CI over prompts)", fontsize=12)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)

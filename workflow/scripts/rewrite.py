@@ -6,7 +6,7 @@ if __name__ == "__main__":
         stages.rewrite(
             prompts_path=snakemake.input.prompts,
             out_path=snakemake.output[0],
-            prompter=snakemake.wildcards.prompter,
+            prompter=snakemake.params.prompter,
             model=dict(snakemake.params.model),
             params=dict(snakemake.params.sampling),
             seed=snakemake.params.seed,
