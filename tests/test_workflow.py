@@ -185,6 +185,9 @@ def test_training_stages_write_models_and_metrics(finished_run):
         metrics = tables.read_table(train / run / "metrics.parquet", tables.PPO_METRICS)
         assert metrics.column("step").to_pylist() == list(range(1, config[section]["steps"] + 1))
         assert (train / run / "model" / "config.json").exists()
+    log = (workdir / "logs/ppo/bundled/tiny-frozen/tiny-prompter/ppo.log").read_text()
+    assert f"step {config['ppo']['steps']}/{config['ppo']['steps']}" in log and "ppo: 100%" in log
+    assert "generate (transformers)" not in log and "reward: " not in log  # no bars of the calls inside a step
     for tag, beta in BETAS.items():  # the sweep's KL coefficient stays at its beta
         metrics = tables.read_table(train / f"tiny-prompter/ppo-{tag}/metrics.parquet", tables.PPO_METRICS)
         assert set(metrics.column("kl_coef").to_pylist()) == {beta}

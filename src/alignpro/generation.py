@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from operator import attrgetter
 
 import pyarrow as pa
-from tqdm.auto import tqdm
 
+from alignpro.progress import progress_bar
 from alignpro.tables import RESPONSES
 
 BACKENDS = ("vllm", "transformers")
@@ -110,7 +110,7 @@ class VLLMGenerator:
             max_tokens=sampling.max_new_tokens,
         )
         results = []
-        with tqdm(total=len(conversations), desc="generate (vllm)", unit="prompt") as progress:
+        with progress_bar(total=len(conversations), desc="generate (vllm)", unit="prompt") as progress:
             for chunk in _chunks(conversations, self.batch_size):
                 for request in self.llm.chat(chunk, params, use_tqdm=False):
                     outputs = sorted(request.outputs, key=attrgetter("index"))
@@ -169,7 +169,7 @@ class TransformersGenerator:
         longest_first = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))
         results: list[list[Completion]] = [[] for _ in texts]
         torch.manual_seed(sampling.seed)
-        with torch.inference_mode(), tqdm(total=len(texts), desc="generate (transformers)", unit="prompt") as progress:
+        with torch.inference_mode(), progress_bar(total=len(texts), desc="generate (transformers)", unit="prompt") as progress:
             for batch in _chunks(longest_first, self.batch_size):
                 completions = self._generate([token_ids[i] for i in batch], sampling)
                 for i, completions_of_one in zip(batch, completions):

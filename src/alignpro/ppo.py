@@ -53,11 +53,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from alignpro.atomic import atomic_directory
 from alignpro.generation import Completion
 from alignpro.lora import LoraSettings
+from alignpro.progress import nested, progress_bar
 from alignpro.tables import PPO_METRICS, read_table, write_table
 
 log = logging.getLogger(__name__)
@@ -663,10 +663,11 @@ class PPOTrainer:
         sampler = PromptSampler(len(prompts), config.seed)
         start = self._resume(fingerprint, sampler)
 
-        with tqdm(total=config.steps, initial=start, desc="ppo", unit="step") as progress:
+        with progress_bar(total=config.steps, initial=start, desc="ppo", unit="step") as progress:
             for step in range(start + 1, config.steps + 1):
                 batch = sampler.next_batch(config.batch_size)
-                row = self.step(step, [prompts[i] for i in batch], [queries[i] for i in batch])
+                with nested():  # the frozen model's and the scorer's bars inside a step would drown the step lines
+                    row = self.step(step, [prompts[i] for i in batch], [queries[i] for i in batch])
                 self.metrics.append(row)
                 log.info(
                     "step %d/%d reward=%.4f score=%.4f kl=%.4f kl_coef=%.4f entropy=%.3f length=%.1f time=%.2fs",

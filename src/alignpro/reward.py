@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from alignpro.progress import progress_bar
 from alignpro.tables import RESPONSES, SCORES, conform
 
 
@@ -93,7 +93,7 @@ class RewardScorer:
         encoded = [self.encode(x, y) for x, y in zip(prompts, responses)]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         scores = [0.0] * len(encoded)
-        with tqdm(total=len(encoded), desc="reward", unit="pair") as progress:
+        with progress_bar(total=len(encoded), desc="reward", unit="pair") as progress:
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
                 for index, value in zip(batch, self._score_batch([encoded[i] for i in batch])):
