@@ -357,6 +357,12 @@ def test_wrong_config_type_is_named(tmp_path):
     assert "n_samples" in message and "'four' is not of type 'integer'" in message
 
 
+def test_alignpro_star_without_betas_is_named(tmp_path):
+    config = default_config()
+    config["beta_sweep"] = []
+    assert "beta_sweep is empty" in dry_run_error(tmp_path, config)
+
+
 def test_dataset_file_without_prompt_column_is_named(tmp_path):
     data = tmp_path / "my_prompts.csv"
     data.write_text("question,answer\nwhat is 2+2?,4\n")
