@@ -249,6 +249,14 @@ def test_rerun_plans_nothing_and_generation_change_reruns_downstream_only(finish
     more_samples = derive_config(config, "more_samples.yaml", generation={"n_samples": 3})
     assert planned_jobs(workdir, "--configfile", str(more_samples)) == {"all": 1, "generate": 8, "score": 8, "judge": 7, "report": 1}
 
+    # a new beta: one more PPO prompter, and rho* resampled from the candidates already drawn
+    with_beta = yaml.safe_load(config.read_text())
+    with_beta["beta_sweep"] = [*BETAS.values(), 0.5]
+    (config.parent / "more_betas.yaml").write_text(yaml.safe_dump(with_beta))
+    assert planned_jobs(workdir, "--configfile", str(config.parent / "more_betas.yaml")) == {
+        "all": 1, "ppo": 1, "rewrite": 1, "star_rewrites": 1, "generate": 2, "score": 2, "judge": 2, "report": 1
+    }
+
 
 @pytest.mark.slow
 def test_api_judge_runs_through_an_openai_compatible_server(finished_run, monkeypatch):
