@@ -36,9 +36,10 @@ def check_local_datasets():
 check_local_datasets()
 
 
-# Methods that put a trained prompter in front of the frozen model, and the training stage whose
-# model does the rewriting.
-PROMPTER_METHODS = {"sft": "sft", "alignpro": "ppo"}
+# Methods that put a trained prompter in front of the frozen model.
+PROMPTER_METHODS = ("sft", "alignpro")
+# The systems a prompter rewrites for (every system but base and rlhf), as a wildcard pattern.
+PROMPTED_SYSTEM = "(sft|alignpro)/[^/]+|(alignpro|alignpro-star)/[^/]+/beta[^/]+"
 
 
 def beta_tags():
@@ -326,6 +327,6 @@ wildcard_constraints:
     prompter="|".join(map(re.escape, PROMPTERS)),
     frozen="|".join(map(re.escape, FROZEN)),
     kind="prompters|frozen|reward",
-    system="base|rlhf|(sft|alignpro)/[^/]+|(alignpro|alignpro-star)/[^/]+/beta[^/]+",
+    system=f"base|rlhf|{PROMPTED_SYSTEM}",
     ppo_run="ppo|ppo-beta[^/]+",
     beta="[^/]+",

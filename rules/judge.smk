@@ -15,7 +15,7 @@ rule judge:
     benchmark:
         "results/benchmarks/judge/{dataset}/{frozen}/{system}.tsv"
     wildcard_constraints:
-        system="rlhf|(sft|alignpro)/[^/]+|(alignpro|alignpro-star)/[^/]+/beta[^/]+",
+        system=f"rlhf|{PROMPTED_SYSTEM}",
     localrule: True
     conda:
         "../envs/judge.yaml"

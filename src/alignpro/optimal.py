@@ -108,6 +108,6 @@ def resample_rewrites(candidates: pa.Table, beta: float, seed: int) -> pa.Table:
     log.info(
         "rho* at beta %g on %d prompts: mean KL estimate %.4f (at most log K), mean effective sample size %.2f of %d",
         beta, table.num_rows, fmean(table.column("kl_estimate").to_pylist()),
-        fmean(table.column("effective_sample_size").to_pylist()), frame.group_by("prompt_id").len()["len"].max(),
+        fmean(table.column("effective_sample_size").to_pylist()), max(table.column("candidates").to_pylist()),
     )
     return table
