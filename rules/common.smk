@@ -6,12 +6,12 @@ from snakemake.logging import logger
 from snakemake.utils import validate
 
 from alignpro import hub
-from alignpro.datasets import check_prompt_column
+from alignpro.datasets import check_columns, is_bundled
 
 
 validate(config, "../workflow/schemas/config.schema.yaml")
 
-# The role of a tiny model follows from the config section it is declared in.
+# The role of a tiny or task model follows from the config section it is declared in.
 TINY_ROLES = {"prompters": "prompter", "frozen": "frozen", "reward": "reward"}
 PROMPTERS = list(config["models"]["prompters"])
 FROZEN = list(config["models"]["frozen"])
@@ -24,16 +24,26 @@ TRAINING_GENERATION = {key: value for key, value in config["generation"].items()
 
 
 def check_local_datasets():
-    """Fail before any job runs when a local dataset file lacks its prompt column."""
+    """Fail before any job runs when a local dataset file lacks its prompt or reference column, or a
+    hub dataset names a reference column (its adapter reads prompts only)."""
     for name, spec in config["datasets"].items():
-        if spec["source"] == "local" and spec["path"] != "bundled":
+        if spec["source"] != "local":
+            if "reference_column" in spec:
+                raise WorkflowError(
+                    f"config datasets.{name}.reference_column: reference answers are read from local files only, "
+                    f"and this dataset's source is {spec['source']!r}; drop the key, or export the dataset to a "
+                    "jsonl, csv or parquet file and use source: local"
+                )
+        else:
             try:
-                check_prompt_column(spec["path"], spec["prompt_column"])
+                check_columns(spec["path"], spec["prompt_column"], spec.get("reference_column"))
             except (OSError, ValueError) as error:
                 raise WorkflowError(f"config datasets.{name}: {error}") from None
 
 
 check_local_datasets()
+# The checker of every dataset with reference answers: the report scores those datasets' answers.
+REFERENCE_CHECKERS = {name: spec["checker"] for name, spec in config["datasets"].items() if "reference_column" in spec}
 
 
 # Methods that put a trained prompter in front of the frozen model.
@@ -97,20 +107,33 @@ def model_dir(kind, name):
     return f"results/models/{kind}/{name}"
 
 
+def task_model_dir(task, role):
+    """Where the workflow trains the `role` model of a bundled task (`base` is the others' origin)."""
+    return f"results/task_models/{task}/{role}"
+
+
 # The cache hub models are fetched into (models.cache_dir, else huggingface_hub's default), absolute.
 HUB_CACHE = hub.cache_root(config["models"]["cache_dir"])
 
 
 def model_source(kind, name):
-    """`tiny` (built here), `local` (an existing directory), `pinned` (a hub id at a commit: fetched
-    once into HUB_CACHE by the fetch_model job) or `hub` (a hub id at a branch or tag: each job resolves
-    and loads it itself)."""
+    """`tiny` (built here with random weights), `task` (trained here on a bundled task), `local` (an
+    existing directory), `pinned` (a hub id at a commit: fetched once into HUB_CACHE by the fetch_model
+    job) or `hub` (a hub id at a branch or tag: each job resolves and loads it itself)."""
     spec = config["models"][kind][name]
     if spec.get("tiny"):
         return "tiny"
+    if "task" in spec:
+        return "task"
     if os.path.isdir(spec["path"]):
         return "local"
     return "pinned" if hub.is_commit(spec["revision"]) else "hub"
+
+
+def built_model_dir(kind, name):
+    """The directory the workflow builds (tiny) or trains (task) model `name` of section `kind` in."""
+    spec = config["models"][kind][name]
+    return model_dir(kind, name) if spec.get("tiny") else task_model_dir(spec["task"], TINY_ROLES[kind])
 
 
 def hub_entry(wildcards):
@@ -128,8 +151,8 @@ def model_spec(kind, name):
     model is loaded from its snapshot directory in the cache, so jobs need no hub access."""
     spec = config["models"][kind][name]
     source = model_source(kind, name)
-    if source == "tiny":
-        return {"path": model_dir(kind, name), "revision": "main", "dtype": "float32", "trust_remote_code": False}
+    if source in ("tiny", "task"):
+        return {"path": built_model_dir(kind, name), "revision": "main", "dtype": "float32", "trust_remote_code": False}
     model = {key: spec[key] for key in ("path", "revision", "dtype", "trust_remote_code")}
     if source == "pinned":
         model["path"] = hub.snapshot_dir(HUB_CACHE, spec["path"], spec["revision"])
@@ -145,8 +168,8 @@ def model_input(kind, name):
     """What a job that loads the model waits for: the built directory of a tiny model, the fetch record
     of a pinned hub model; nothing for local directories and unpinned hub models."""
     source = model_source(kind, name)
-    if source == "tiny":
-        return [model_dir(kind, name)]
+    if source in ("tiny", "task"):
+        return [built_model_dir(kind, name)]
     if source == "pinned":
         return [fetch_marker(kind, name)]
     return []
@@ -195,9 +218,20 @@ def rlhf_model(wildcards):
     return f"results/train/{wildcards.dataset}/{wildcards.frozen}/rlhf/model"
 
 
+def dataset_settings(wildcards):
+    """The dataset's config entry as its dataset job uses it: without checker, which only the report
+    reads, so changing a checker reruns the report alone."""
+    return {key: value for key, value in config["datasets"][wildcards.dataset].items() if key != "checker"}
+
+
+def reference_tables():
+    """The test prompts of every dataset with reference answers, in REFERENCE_CHECKERS order."""
+    return [f"results/data/{dataset}/test.parquet" for dataset in REFERENCE_CHECKERS]
+
+
 def dataset_input(wildcards):
     spec = config["datasets"][wildcards.dataset]
-    return [spec["path"]] if spec["source"] == "local" and spec["path"] != "bundled" else []
+    return [spec["path"]] if spec["source"] == "local" and not is_bundled(spec["path"]) else []
 
 
 def generation_input(wildcards):
@@ -261,12 +295,14 @@ def without_path(runs):
     return [{key: value for key, value in run.items() if key != "path"} for run in runs]
 
 
-def gpus(*sampling_sections):
-    """GPUs one job needs: the largest vLLM tensor-parallel size among the sampling sections it
-    generates with (1 when it generates with transformers, or not at all)."""
+def gpus(rule, *sampling_sections):
+    """GPUs one job of `rule` takes: its `resources` entry's `gpu`, or more where it generates with
+    vLLM (the largest tensor_parallel_size among the sampling sections it generates with). A job that
+    generates with vLLM always takes at least one, so that engines, which size themselves to a share of
+    the device's memory, do not run side by side."""
     return max(
-        [config[section]["vllm"]["tensor_parallel_size"] for section in sampling_sections if config[section]["backend"] == "vllm"],
-        default=1,
+        [config["resources"][rule]["gpu"]]
+        + [config[section]["vllm"]["tensor_parallel_size"] for section in sampling_sections if config[section]["backend"] == "vllm"]
     )
 
 
@@ -330,3 +366,5 @@ wildcard_constraints:
     system=f"base|rlhf|{PROMPTED_SYSTEM}",
     ppo_run="ppo|ppo-beta[^/]+",
     beta="[^/]+",
+    task="[a-z_]+",  # the schema's model `task` enum names them
+    role="|".join(["base", *TINY_ROLES.values()]),  # alignpro.task_models.ROLES

@@ -6,7 +6,7 @@ rule dataset:
         train="results/data/{dataset}/train.parquet",
         test="results/data/{dataset}/test.parquet",
     params:
-        spec=lambda wildcards: config["datasets"][wildcards.dataset],
+        spec=dataset_settings,
         seed=config["seed"],
     log:
         "logs/dataset/{dataset}.log",

@@ -31,3 +31,24 @@ rule fetch_model:
         "../envs/data.yaml"
     script:
         "../workflow/scripts/fetch_model.py"
+
+
+rule task_model:
+    """Train a small model on a bundled task (the embedded default's models): `base`, an LM of the
+    task's correct answers, then the frozen model, reward model and prompter fine-tuned from it."""
+    input:
+        base=lambda wildcards: [] if wildcards.role == "base" else [task_model_dir(wildcards.task, "base")],
+    output:
+        directory("results/task_models/{task}/{role}"),
+    params:
+        # The between-workflow cache keys on params, not wildcards: task and role must be here.
+        task=lambda wildcards: wildcards.task,
+        role=lambda wildcards: wildcards.role,
+        seed=config["seed"],
+    log:
+        "logs/task_model/{task}/{role}.log",
+    conda:
+        "../envs/train.yaml"
+    cache: "omit-software"
+    script:
+        "../workflow/scripts/task_model.py"

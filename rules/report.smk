@@ -1,12 +1,13 @@
 rule report:
-    """Reward mean, variance and CI, win rates against base, the suboptimality gap to rlhf and the
-    reward-KL frontier per (dataset, prompter, frozen, method, beta), as tables and plots, with
-    judged examples and the training curves."""
+    """Reward mean, variance and CI, task accuracy where a dataset has reference answers, win rates
+    against base, the suboptimality gap to rlhf and the reward-KL frontier per (dataset, prompter,
+    frozen, method, beta), as tables and plots, with judged examples and the training curves."""
     input:
         scores=score_files(),
         verdicts=verdict_files(),
         metrics=[run["path"] for run in training_runs()],
         star=[run["path"] for run in star_runs()],
+        references=reference_tables(),
     output:
         summary="results/report/summary.parquet",
         markdown=report(
@@ -24,6 +25,12 @@ rule report:
             category="Reward",
             caption="../workflow/report/reward_variance.rst",
             labels={"figure": "reward variance"},
+        ),
+        accuracy_plot=report(
+            "results/report/accuracy.png",
+            category="Reward",
+            caption="../workflow/report/accuracy.rst",
+            labels={"figure": "reward against accuracy"},
         ),
         training_plot=report(
             "results/report/training_curves.png",
@@ -46,6 +53,7 @@ rule report:
     params:
         training_runs=without_path(training_runs()),
         star_runs=without_path(star_runs()),
+        checkers=REFERENCE_CHECKERS,
         prompters=PROMPTERS,
         settings=config["report"],
         seed=config["seed"],

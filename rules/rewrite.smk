@@ -12,7 +12,7 @@ rule rewrite:
         sampling=config["rewrite"],
         seed=config["seed"],
     resources:
-        gpu=gpus("rewrite"),
+        gpu=gpus("rewrite", "rewrite"),
         mem_mb=config["resources"]["rewrite"]["mem_mb"],
         runtime=config["resources"]["rewrite"]["runtime"],
     log:

@@ -10,7 +10,7 @@ rule score:
         model=model_spec("reward", REWARD_MODEL),
         options=config["reward"],
     resources:
-        gpu=1,
+        gpu=gpus("score"),
         mem_mb=config["resources"]["score"]["mem_mb"],
         runtime=config["resources"]["score"]["runtime"],
     log:

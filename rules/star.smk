@@ -18,7 +18,7 @@ rule star_candidates:
         scoring=config["reward"],
         seed=config["seed"],
     resources:
-        gpu=gpus("rewrite", "generation"),
+        gpu=gpus("star_candidates", "rewrite", "generation"),
         mem_mb=config["resources"]["star_candidates"]["mem_mb"],
         runtime=config["resources"]["star_candidates"]["runtime"],
     log:

@@ -17,7 +17,7 @@ rule sft_pairs:
         scoring=config["reward"],
         seed=config["seed"],
     resources:
-        gpu=gpus("rewrite", "generation"),
+        gpu=gpus("sft_pairs", "rewrite", "generation"),
         mem_mb=config["resources"]["sft_pairs"]["mem_mb"],
         runtime=config["resources"]["sft_pairs"]["runtime"],
     log:
@@ -41,7 +41,7 @@ rule sft:
         settings={key: value for key, value in config["sft"].items() if key != "pairs"},
         seed=config["seed"],
     resources:
-        gpu=1,
+        gpu=gpus("sft"),
         mem_mb=config["resources"]["sft"]["mem_mb"],
         runtime=config["resources"]["sft"]["runtime"],
     log:
@@ -76,7 +76,7 @@ rule ppo:
         scoring=config["reward"],
         seed=config["seed"],
     resources:
-        gpu=gpus("generation"),
+        gpu=gpus("ppo", "generation"),
         mem_mb=config["resources"]["ppo"]["mem_mb"],
         runtime=config["resources"]["ppo"]["runtime"],
     log:
@@ -105,7 +105,7 @@ rule rlhf:
         scoring=config["reward"],
         seed=config["seed"],
     resources:
-        gpu=1,
+        gpu=gpus("rlhf"),
         mem_mb=config["resources"]["rlhf"]["mem_mb"],
         runtime=config["resources"]["rlhf"]["runtime"],
     log:

@@ -8,7 +8,7 @@ from alignpro.tables import PROMPTS, prompt_id_of
 
 def prompts_table(prompts):
     return pa.Table.from_pylist(
-        [{"prompt_id": prompt_id_of(p), "prompt": p, "source": "test"} for p in prompts], schema=PROMPTS
+        [{"prompt_id": prompt_id_of(p), "prompt": p, "source": "test", "reference": None} for p in prompts], schema=PROMPTS
     )
 
 

@@ -171,15 +171,20 @@ def test_hub_dataset_without_the_prompt_column_is_an_error(hub):
 
 
 def test_length_filter_bounds_are_inclusive():
-    raw = [("x" * 7, "s"), ("x" * 8, "s"), ("y" * 20, "s"), ("y" * 21, "s")]
+    raw = [("x" * 7, "s", None), ("x" * 8, "s", None), ("y" * 20, "s", None), ("y" * 21, "s", None)]
     kept = stage.clean_prompts(raw, min_chars=8, max_chars=20)
     assert [row["prompt"] for row in kept] == ["x" * 8, "y" * 20]
 
 
-def test_dedup_keeps_the_first_source():
-    raw = [("Tell me a joke about cats.", "first"), (" Tell me a joke about cats.\r\n", "second")]
+def test_dedup_keeps_the_first_source_and_reference():
+    raw = [("Tell me a joke about cats.", "first", "a"), (" Tell me a joke about cats.\r\n", "second", "b")]
     assert stage.clean_prompts(raw, 1, 100) == [
-        {"prompt_id": prompt_id_of("Tell me a joke about cats."), "prompt": "Tell me a joke about cats.", "source": "first"}
+        {
+            "prompt_id": prompt_id_of("Tell me a joke about cats."),
+            "prompt": "Tell me a joke about cats.",
+            "source": "first",
+            "reference": "a",
+        }
     ]
 
 
@@ -190,7 +195,7 @@ def test_normalise_whitespace():
 
 
 def numbered_prompts(count):
-    return [(f"Question number {i}: what is {i} squared?", "s") for i in range(count)]
+    return [(f"Question number {i}: what is {i} squared?", "s", None) for i in range(count)]
 
 
 def test_split_sizes_and_disjointness():
@@ -280,21 +285,91 @@ def test_bundled_prompt_set():
 def test_missing_prompt_column_names_file_and_column(tmp_path, suffix):
     path = write_local(tmp_path / f"prompts{suffix}")
     with pytest.raises(ValueError) as error:
-        stage.check_prompt_column(path, "question")
+        stage.check_columns(path, "question")
     message = str(error.value)
     assert path in message
     assert "'question'" in message
     assert "['text', 'id']" in message
 
 
-def test_check_prompt_column_reads_only_the_header(tmp_path):
+def test_check_columns_reads_only_the_header(tmp_path):
     path = tmp_path / "broken.jsonl"
-    path.write_text(json.dumps({"prompt": "fine"}) + "\n{not json at all\n")
-    stage.check_prompt_column(str(path), "prompt")  # the broken second line is never read
+    path.write_text(json.dumps({"prompt": "fine", "answer": 1}) + "\n{not json at all\n")
+    stage.check_columns(str(path), "prompt", "answer")  # the broken second line is never read
 
 
 def test_unsupported_suffix_is_an_error(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_text("hello\n")
     with pytest.raises(ValueError, match=r"prompts\.txt.*'\.txt'"):
-        stage.check_prompt_column(str(path), "prompt")
+        stage.check_columns(str(path), "prompt")
+
+
+# Rows with int reference answers (an int64 column in parquet), and an empty prompt without one
+# (dropped like any empty prompt, so its missing reference is no error).
+REFERENCE_ROWS = [
+    {"question": "What is 6 times 7?", "answer": 42},
+    {"question": "How many legs has a spider?", "answer": 8},
+    {"question": "", "answer": None},
+    {"question": "What is 6 times 7?", "answer": 41},  # a duplicate: the first reference wins
+]
+
+
+def write_rows(path: Path, rows: list[dict]) -> str:
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    elif path.suffix == ".csv":
+        with path.open("w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return str(path)
+
+
+def references_of(train, test) -> dict[str, str | None]:
+    both = pa.concat_tables([train, test])
+    return dict(zip(both.column("prompt").to_pylist(), both.column("reference").to_pylist()))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_local_file_with_reference_column(tmp_path, suffix):
+    path = write_rows(tmp_path / f"questions{suffix}", REFERENCE_ROWS)
+    entry = spec("local", path=path, prompt_column="question", reference_column="answer", test_size=1)
+    train, test = stage.prepare_dataset("mine", entry, seed=0)
+    assert train.schema == PROMPTS
+    assert references_of(train, test) == {"What is 6 times 7?": "42", "How many legs has a spider?": "8"}
+
+
+def test_references_are_null_without_a_reference_column(tmp_path):
+    path = write_rows(tmp_path / "questions.jsonl", REFERENCE_ROWS)
+    train, test = stage.prepare_dataset("mine", spec("local", path=path, prompt_column="question", test_size=1), seed=0)
+    assert set(references_of(train, test).values()) == {None}
+    hub_style = stage.clean_prompts([("A prompt from a hub dataset.", "org/data", None)], 1, 100)
+    assert hub_style[0]["reference"] is None
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_kept_prompt_without_reference_names_file_and_row(tmp_path, suffix):
+    rows = [*REFERENCE_ROWS, {"question": "How many wheels has a tricycle?", "answer": None}]  # csv: an empty cell
+    path = write_rows(tmp_path / f"questions{suffix}", rows)
+    entry = spec("local", path=path, prompt_column="question", reference_column="answer", test_size=1)
+    with pytest.raises(ValueError) as error:
+        stage.prepare_dataset("mine", entry, seed=0)
+    message = str(error.value)
+    assert path in message and "row 5 " in message and "'answer'" in message
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_missing_reference_column_names_file_and_column(tmp_path, suffix):
+    path = write_local(tmp_path / f"prompts{suffix}")
+    with pytest.raises(ValueError) as error:
+        stage.check_columns(path, "text", "answer")
+    message = str(error.value)
+    assert path in message and "reference column 'answer'" in message and "['text', 'id']" in message
+
+
+def test_reference_text():
+    assert [stage.reference_text(value) for value in (7, 2.5, " a  b\r\n", True)] == ["7", "2.5", "a  b", "True"]
+    assert [stage.reference_text(value) for value in (None, float("nan"), "", "  \n")] == [None] * 4

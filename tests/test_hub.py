@@ -250,12 +250,12 @@ def snakemake(workdir: Path, env: dict, *args: str, check: bool = True) -> subpr
 
 
 def hub_config(workdir: Path, models: dict, methods: list[str], cache_dir: Path | None) -> Path:
-    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    config = yaml.safe_load((workdir / "config/tiny.yaml").read_text())
     config["models"] = {**models, "cache_dir": None if cache_dir is None else str(cache_dir)}
     config["methods"] = methods
     config["datasets"]["bundled"]["test_size"] = 6
     path = workdir / "config/hub.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 

@@ -124,6 +124,36 @@ def test_summarize_known_numbers(tables):
     assert summary.filter(pl.col("method") == "base")["fallback_rate"].to_list() == [None]
 
 
+SUMMARY_IN_A_FRESH_PROCESS = """
+import random, sys
+import pyarrow as pa
+from alignpro.report import summarize, star_kl
+from alignpro.tables import SCORES
+rng = random.Random(0)
+rows = [
+    dict(dataset="hh", prompt_id=f"p{p}", prompt="x", model_input="x", sample_index=s, response="y", finish_reason="stop",
+         num_tokens=1, method=method, prompter=None if method == "base" else "q", beta=None, frozen="f",
+         fallback=None if method == "base" else False, reward=rng.gauss(0, 1) * 1e3 + rng.random() / 7, reward_model="rm")
+    for method in ("base", "sft", "alignpro") for p in range(200) for s in range(2)
+]
+summary = summarize([pa.Table.from_pylist(rows, schema=SCORES)], prompters=["q"], confidence=0.95)
+print(repr(summary.rows()))
+"""
+
+
+def test_summary_is_identical_in_every_process():
+    """Polars seeds its hashing anew in each process, so groups come out in a different order each run;
+    sums over them must not depend on it, or two runs of the workflow would differ in the last digit."""
+    import subprocess
+    import sys
+
+    outputs = {
+        subprocess.run([sys.executable, "-c", SUMMARY_IN_A_FRESH_PROCESS], capture_output=True, text=True, check=True).stdout
+        for _ in range(4)
+    }
+    assert len(outputs) == 1
+
+
 def test_summary_fits_schema_and_is_sorted(tables):
     extra = _scores(_rows(BASE_REWARDS, method="zeta", prompter="org/prompter-a", fallback=ALIGNPRO_FALLBACK))
     rlhf = _scores(_rows(BASE_REWARDS, method="rlhf", prompter=None, fallback=None))
@@ -806,3 +836,153 @@ def test_judged_beta_variants_keep_their_own_win_rates_and_examples(tmp_path):
     assert "| – | org/frozen-7b | alignpro β=0.1 (hh) |" not in section and "| alignpro β=0.1 (hh) |" in section
     assert "#### hh · org/prompter-a → org/frozen-7b · alignpro β=0.1: loss" in section
     assert "**alignpro β=0.1 answer**" in section
+
+
+# ---------------------------------------------------------------------------- task accuracy
+
+MATH_REFERENCES = {"p1": "4", "p2": "10", "p3": "1,234", "p4": "7"}
+# Two answers per prompt, and whether the numeric checker accepts each against MATH_REFERENCES.
+MATH_ANSWERS = {
+    "base": {"p1": [("It is 4.", 1), ("5", 0)], "p2": [("10", 1), ("ten", 0)], "p3": [("The answer is 1234.", 1), ("1,234", 1)], "p4": [("8", 0), ("6", 0)]},
+    "alignpro": {"p1": [("4", 1), ("4.0", 1)], "p2": [("10", 1), ("9", 0)], "p3": [("1,234", 1), ("12", 0)], "p4": [("7", 1), ("so 7", 1)]},
+}
+
+
+def _math_scores() -> list[pa.Table]:
+    """The hand-made rewards on dataset math, with the answers of MATH_ANSWERS as responses."""
+    tables = []
+    for method, rewards, prompter, fallback in (
+        ("base", BASE_REWARDS, None, None), ("alignpro", ALIGNPRO_REWARDS, "org/prompter-a", ALIGNPRO_FALLBACK)
+    ):
+        rows = _rows(rewards, method=method, prompter=prompter, fallback=fallback, dataset="math")
+        for row in rows:
+            row["response"] = MATH_ANSWERS[method][row["prompt_id"]][row["sample_index"]][0]
+        tables.append(_scores(rows))
+    return tables
+
+
+def _references(answers: dict = MATH_REFERENCES) -> pl.DataFrame:
+    return pl.DataFrame({"dataset": "math", "prompt_id": list(answers), "reference": list(answers.values())})
+
+
+@pytest.fixture
+def checked_summary(tables) -> pl.DataFrame:
+    """Datasets hh (no reference answers) and math (numeric checker)."""
+    return summarize([*tables, *_math_scores()], prompters=["org/prompter-a"], references=_references(), checkers={"math": "numeric"})
+
+
+def test_accuracy_per_method_matches_a_hand_computation(checked_summary):
+    for method, answers in MATH_ANSWERS.items():
+        row = _row(checked_summary, method, dataset="math")
+        correct = [accepted for samples in answers.values() for _, accepted in samples]
+        prompt_means = [statistics.mean(accepted for _, accepted in samples) for samples in answers.values()]
+        half_width = T_975_DF3 * statistics.stdev(prompt_means) / len(prompt_means) ** 0.5
+        assert row["accuracy"] == pytest.approx(statistics.mean(correct), abs=1e-12), method
+        centre = statistics.mean(prompt_means)
+        assert row["accuracy_ci_low"] == pytest.approx(max(0.0, centre - half_width), abs=1e-3), method  # clipped to [0, 1]
+        assert row["accuracy_ci_high"] == pytest.approx(min(1.0, centre + half_width), abs=1e-3), method
+        assert row["accuracy_ci_low"] < row["accuracy"] < row["accuracy_ci_high"]
+    assert (_row(checked_summary, "base", dataset="math")["accuracy"], _row(checked_summary, "alignpro", dataset="math")["accuracy"]) == (0.5, 0.75)
+    conform(checked_summary.to_arrow(), SUMMARY, "summary")
+
+
+def test_accuracy_is_null_for_datasets_without_references(checked_summary, tables):
+    hh = checked_summary.filter(pl.col("dataset") == "hh")
+    for column in ("accuracy", "accuracy_ci_low", "accuracy_ci_high"):
+        assert hh[column].null_count() == hh.height
+        assert summarize(tables, prompters=["org/prompter-a"])[column].null_count() == 2
+
+
+def test_scored_prompt_without_reference_is_refused(tables):
+    without_p3 = {key: value for key, value in MATH_REFERENCES.items() if key != "p3"}
+    with pytest.raises(ValueError, match=r"dataset math: scored prompt p3 has no reference"):
+        summarize(_math_scores(), prompters=["org/prompter-a"], references=_references(without_p3), checkers={"math": "numeric"})
+    with pytest.raises(ValueError, match=r"prompt p3: .*'ten'"):
+        summarize(_math_scores(), prompters=["org/prompter-a"], references=_references({**MATH_REFERENCES, "p3": "ten"}), checkers={"math": "numeric"})
+    with pytest.raises(ValueError, match=r"unknown checker.*'math': 'fuzzy'"):
+        summarize(_math_scores(), prompters=["org/prompter-a"], references=_references(), checkers={"math": "fuzzy"})
+
+
+@pytest.fixture
+def accuracy_report(checked_summary, tmp_path):
+    paths = {**_paths(tmp_path), "accuracy_plot": tmp_path / "plots" / "accuracy.png"}
+    write_report(checked_summary, **paths, checkers={"math": "numeric"})
+    return paths
+
+
+def test_markdown_shows_accuracy_beside_mean_reward_and_names_the_checker(accuracy_report, checked_summary):
+    text = accuracy_report["markdown"].read_text(encoding="utf-8")
+    assert "| mean reward ± CI | accuracy [CI] | reward variance |" in text
+    base = _row(checked_summary, "base", dataset="math")
+    assert f"| 50.0% [{base['accuracy_ci_low']:.1%}, {base['accuracy_ci_high']:.1%}] |" in text
+    hh_table = text.split("## hh", 1)[1].split("## math", 1)[0]
+    hh_rows = [line.split(" | ") for line in hh_table.splitlines() if line.startswith("| org/")]
+    assert [cells[5] for cells in hh_rows] == ["–", "–"]  # no reference answers: a dash for both methods
+    assert "Checkers: math: numeric, the answer's last number" in text
+    assert _reward_table_widths(text) == {8}
+    assert "## Reward and accuracy" in text and "](plots/accuracy.png)" in text
+
+
+def test_html_shows_accuracy_and_embeds_its_plot(accuracy_report):
+    page = accuracy_report["html"].read_text(encoding="utf-8")
+    assert "<th>accuracy [CI]</th>" in page and "<h2>Reward and accuracy</h2>" in page
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert base64.b64decode(images[2]) == accuracy_report["accuracy_plot"].read_bytes()
+
+
+def test_accuracy_plot_is_a_png_with_a_panel(accuracy_report):
+    image = _image(accuracy_report["accuracy_plot"].read_bytes())
+    assert image.shape[0] > 300 and image[..., :3].std() > 0.05
+
+
+def _reward_table_widths(markdown: str) -> set[int]:
+    """The numbers of cells in the lines of the per-dataset reward tables (header, rule and rows)."""
+    tables = markdown.split("## Plots", 1)[0]
+    return {line.count("|") - 1 for line in tables.splitlines() if line.startswith("|")}
+
+
+def test_no_references_means_no_accuracy_column_and_a_placeholder_plot(report, tables, tmp_path):
+    _, paths = report
+    for text in (paths["markdown"].read_text(encoding="utf-8"), paths["html"].read_text(encoding="utf-8")):
+        assert "accuracy" not in text.lower()
+    assert _reward_table_widths(paths["markdown"].read_text(encoding="utf-8")) == {7}
+    paths = {**_paths(tmp_path), "accuracy_plot": tmp_path / "accuracy.png"}
+    write_report(summarize(tables, prompters=["org/prompter-a"]), **paths)
+    assert _image(paths["accuracy_plot"].read_bytes()).shape[0] < 300
+
+
+def test_accuracy_needs_a_plot_path_and_the_checker_names(checked_summary, tmp_path):
+    with pytest.raises(ValueError, match="accuracy_plot"):
+        write_report(checked_summary, **_paths(tmp_path), checkers={"math": "numeric"})
+    with pytest.raises(ValueError, match=r"\['math'\] without the name of their checker"):
+        write_report(checked_summary, **_paths(tmp_path), accuracy_plot=tmp_path / "accuracy.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_stage_reads_the_reference_tables(tmp_path):
+    """stages.report as the rule calls it: score tables and one dataset's test prompts from files."""
+    from alignpro import stages
+    from alignpro import tables as stage_tables
+
+    score_paths = []
+    for index, table in enumerate(_math_scores()):
+        score_paths.append(tmp_path / f"scores{index}.parquet")
+        stage_tables.write_table(table, score_paths[-1], SCORES)
+    prompts = pa.table({
+        "prompt_id": list(MATH_REFERENCES), "prompt": [f"prompt {p}" for p in MATH_REFERENCES], "source": ["f"] * 4,
+        "reference": list(MATH_REFERENCES.values()),
+    })
+    stage_tables.write_table(prompts, tmp_path / "test.parquet", stage_tables.PROMPTS)
+    outputs = {name: tmp_path / "report" / file for name, file in (
+        ("summary_path", "summary.parquet"), ("markdown", "report.md"), ("html", "report.html"), ("mean_plot", "mean.png"),
+        ("variance_plot", "variance.png"), ("accuracy_plot", "accuracy.png"), ("training_plot", "training.png"),
+        ("win_plot", "win.png"), ("frontier_plot", "frontier.png"),
+    )}
+    stages.report(
+        scores_paths=score_paths, verdicts_paths=[], training_runs=[], star_runs=[],
+        references={"math": str(tmp_path / "test.parquet")}, checkers={"math": "numeric"}, prompters=["org/prompter-a"],
+        settings={"confidence": 0.95, "bootstrap_samples": 100, "examples": 0}, seed=0, **outputs,
+    )
+    summary = stage_tables.read_table(outputs["summary_path"], SUMMARY).to_pylist()
+    assert sorted((row["method"], row["accuracy"]) for row in summary) == [("alignpro", 0.75), ("base", 0.5)]
+    assert outputs["accuracy_plot"].read_bytes().startswith(PNG_SIGNATURE)

@@ -1,6 +1,10 @@
-"""The workflow as a user runs it: snakemake in a fresh copy of the project, on the tiny models.
+"""The workflow as a user runs it: snakemake in a fresh copy of the project.
 
-Snakemake runs in a subprocess (its Python API does not apply profiles and changes the cwd).
+The embedded default (the phrasing task and the small models the workflow trains on it) runs once,
+as the README's quick start does; the tests check that every stage wrote what it promises, that
+Align-Pro measurably works on it, that a second run gives identical tables, and how reruns,
+backends and caches behave. Snakemake runs in a subprocess (its Python API does not apply profiles
+and changes the cwd).
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from scipy import stats
 
 from alignpro import tables
 from openai_stub import JudgeStub
@@ -24,12 +30,14 @@ from openai_stub import JudgeStub
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 WORKFLOW_FILES = ["Snakefile", "rules", "workflow", "config", "profiles", "envs"]
+DATASET, FROZEN, PROMPTER = "phrasing", "phrasing-frozen", "phrasing-prompter"  # config.yaml's names
+RUN = f"{DATASET}/{FROZEN}"
 BETAS = {"beta0.1": 0.1, "beta1": 1.0}  # config.yaml's beta_sweep, as tagged in paths
 REWRITTEN = [  # systems whose frozen model answers a prompter's rewrite
-    "sft/tiny-prompter",
-    "alignpro/tiny-prompter",
-    *(f"alignpro/tiny-prompter/{tag}" for tag in BETAS),
-    *(f"alignpro-star/tiny-prompter/{tag}" for tag in BETAS),
+    f"sft/{PROMPTER}",
+    f"alignpro/{PROMPTER}",
+    *(f"alignpro/{PROMPTER}/{tag}" for tag in BETAS),
+    *(f"alignpro-star/{PROMPTER}/{tag}" for tag in BETAS),
 ]
 SYSTEMS = ["base", "rlhf", *REWRITTEN]
 JUDGED = SYSTEMS[1:]  # every system is judged against base
@@ -46,14 +54,17 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True, cache: Path | None = None) -> subprocess.CompletedProcess:
-    """snakemake in `workdir`; with `cache`, eligible rules use it as the between-workflow cache."""
+def run_snakemake(
+    workdir: Path, *args: str, targets: tuple[str, ...] = (), check: bool = True, cache: Path | None = None
+) -> subprocess.CompletedProcess:
+    """snakemake in `workdir` (for `targets`, else the default target); with `cache`, eligible rules use
+    it as the between-workflow cache. Targets go first: list options such as --resources would take them."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     if cache is not None:
         env["SNAKEMAKE_OUTPUT_CACHE"] = str(cache)
         args = (*args, "--cache")
     result = subprocess.run(
-        [*SNAKEMAKE, "--cores", "2", "--resources", "gpu=1", *args],
+        [*SNAKEMAKE, *targets, "--cores", "2", "--resources", "gpu=1", *args],
         cwd=workdir,
         env=env,
         capture_output=True,
@@ -66,9 +77,9 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, cache: Path | N
     return result
 
 
-def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+def planned_jobs(workdir: Path, *args: str, targets: tuple[str, ...] = ()) -> dict[str, int]:
     """Jobs per rule that a dry run plans (empty when there is nothing to do)."""
-    result = run_snakemake(workdir, "--dry-run", *args)
+    result = run_snakemake(workdir, "--dry-run", *args, targets=targets)
     output = result.stdout + result.stderr
     if "Nothing to be done" in output:
         return {}
@@ -88,19 +99,14 @@ def planned_resources(workdir: Path, *args: str) -> dict[str, list[set[str]]]:
 
 
 def derive_config(base: Path, name: str, **sections: dict) -> Path:
-    """A copy of the config file `base`, with keys of some top-level sections changed."""
+    """A copy of the config file `base`, with keys of some top-level sections changed, in the original
+    key order (Snakemake compares params as written: a reordered dict counts as changed)."""
     config = yaml.safe_load(base.read_text())
     for section, values in sections.items():
         config.setdefault(section, {}).update(values)
     path = base.parent / name
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
-
-
-def small_config(workdir: Path) -> Path:
-    """The embedded default with fewer prompts, so the end-to-end test stays in CI's budget."""
-    bundled = yaml.safe_load((workdir / "config/config.yaml").read_text())["datasets"]["bundled"]
-    return derive_config(workdir / "config/config.yaml", "small.yaml", datasets={"bundled": {**bundled, "test_size": 12}})
 
 
 @pytest.fixture(scope="module")
@@ -110,141 +116,224 @@ def output_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, output_cache):
-    """The embedded default (fewer prompts) run to completion in a fresh copy of the project."""
+    """The embedded default, as the README's quick start runs it, to completion in a fresh copy of
+    the project (eligible outputs go to the between-workflow cache)."""
     workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
-    config = small_config(workdir)
-    run_snakemake(workdir, "--configfile", str(config), cache=output_cache)
-    return workdir, config
+    run_snakemake(workdir, cache=output_cache)
+    return workdir, workdir / "config/config.yaml"
 
 
 @pytest.fixture(scope="module")
-def first_scores(finished_run):
-    """The score tables of the first run, before other tests change its config."""
+def first_tables(finished_run):
+    """Every table of the first run, before other tests change its config."""
     workdir, _ = finished_run
-    return {path.relative_to(workdir): path.read_bytes() for path in workdir.glob("results/scores/**/*.parquet")}
+    return result_tables(workdir)
+
+
+def result_tables(workdir: Path) -> dict[str, dict]:
+    """Every Parquet table under results/ by relative path, as columns, less the seconds things took."""
+    found = {}
+    for path in sorted((workdir / "results").glob("**/*.parquet")):
+        table = pq.read_table(path)
+        found[str(path.relative_to(workdir))] = {
+            name: table.column(name).to_pylist() for name in table.column_names if not name.startswith("time_")
+        }
+    return found
+
+
+def per_prompt_rewards(workdir: Path, system: str) -> dict[str, float]:
+    scores = tables.read_table(workdir / f"results/scores/{RUN}/{system}.parquet", tables.SCORES).to_pylist()
+    by_prompt: dict[str, list[float]] = {}
+    for row in scores:
+        by_prompt.setdefault(row["prompt_id"], []).append(row["reward"])
+    return {prompt_id: float(np.mean(rewards)) for prompt_id, rewards in by_prompt.items()}
+
+
+def paired_gain(workdir: Path, system: str) -> tuple[float, float, float]:
+    """Mean over prompts of the system's mean reward minus base's, with its 95% t interval."""
+    gains = per_prompt_rewards(workdir, system)
+    base = per_prompt_rewards(workdir, "base")
+    assert gains.keys() == base.keys()
+    differences = np.array([gains[prompt_id] - base[prompt_id] for prompt_id in sorted(base)])
+    interval = stats.ttest_1samp(differences, 0.0).confidence_interval(0.95)
+    return float(differences.mean()), float(interval.low), float(interval.high)
+
+
+def summary_rows(workdir: Path) -> dict[str, dict]:
+    summary = tables.read_table(workdir / "results/report/summary.parquet", tables.SUMMARY).to_pylist()
+    return {row["method"] if row["beta"] is None else f"{row['method']} β={row['beta']:g}": row for row in summary}
 
 
 @pytest.mark.slow
-def test_every_stage_table_is_complete(finished_run, first_scores):
+def test_align_pro_works_on_the_embedded_default(finished_run):
+    """The paper's claim on the bundled phrasing task: the trained prompter raises the frozen model's
+    reward (paired by prompt, 95% interval above 0) and its task accuracy over base; PPO's reward
+    rises; the RLHF oracle and rho* at the smallest beta beat base too; rho*'s KL shrinks as beta
+    grows; the offline judge has alignpro win more than it loses."""
+    workdir, _ = finished_run
+    rows = summary_rows(workdir)
+    for system, label in [(f"alignpro/{PROMPTER}", "alignpro"), ("rlhf", "rlhf"), (f"alignpro-star/{PROMPTER}/beta0.1", "alignpro-star β=0.1")]:
+        gain, low, high = paired_gain(workdir, system)
+        print(f"{label}: reward {gain:+.3f} over base [{low:+.3f}, {high:+.3f}], accuracy {rows[label]['accuracy']:.3f} (base {rows['base']['accuracy']:.3f})")
+        assert low > 0, f"{label} does not beat base: reward gain {gain:+.3f} [{low:+.3f}, {high:+.3f}]"
+    assert rows["alignpro"]["accuracy"] > rows["base"]["accuracy"]
+
+    metrics = tables.read_table(workdir / f"results/train/{RUN}/{PROMPTER}/ppo/metrics.parquet", tables.PPO_METRICS)
+    score = metrics.column("score_mean").to_pylist()
+    quarter = len(score) // 4
+    first, last = np.mean(score[:quarter]), np.mean(score[-quarter:])
+    print(f"PPO score_mean: first quarter {first:.3f}, last quarter {last:.3f}")
+    assert last > first
+
+    assert rows["alignpro-star β=0.1"]["kl"] > rows["alignpro-star β=1"]["kl"]
+    assert rows["alignpro"]["win_pct"] > rows["alignpro"]["loss_pct"]
+
+
+@pytest.mark.slow
+def test_every_stage_table_is_complete(finished_run, first_tables):
     workdir, config_path = finished_run
     config = yaml.safe_load(config_path.read_text())
     n_samples = config["generation"]["n_samples"]
-    test = tables.read_table(workdir / "results/data/bundled/test.parquet", tables.PROMPTS)
-    train = tables.read_table(workdir / "results/data/bundled/train.parquet", tables.PROMPTS)
+    test = tables.read_table(workdir / f"results/data/{DATASET}/test.parquet", tables.PROMPTS)
+    train = tables.read_table(workdir / f"results/data/{DATASET}/train.parquet", tables.PROMPTS)
     prompt_ids = set(test.column("prompt_id").to_pylist())
-    assert len(prompt_ids) == test.num_rows == 12
+    assert len(prompt_ids) == test.num_rows == config["datasets"][DATASET]["test_size"]
     assert not prompt_ids & set(train.column("prompt_id").to_pylist())
+    assert None not in test.column("reference").to_pylist()
 
     for system in REWRITTEN:
-        rewrites = tables.read_table(workdir / f"results/rewrites/bundled/tiny-frozen/{system}.parquet", tables.REWRITES)
+        rewrites = tables.read_table(workdir / f"results/rewrites/{RUN}/{system}.parquet", tables.REWRITES)
         assert set(rewrites.column("prompt_id").to_pylist()) == prompt_ids
         assert rewrites.num_rows == len(prompt_ids)
-        responses = tables.read_table(workdir / f"results/responses/bundled/tiny-frozen/{system}.parquet", tables.RESPONSES)
+        responses = tables.read_table(workdir / f"results/responses/{RUN}/{system}.parquet", tables.RESPONSES)
         rewrite_of = dict(zip(rewrites.column("prompt_id").to_pylist(), rewrites.column("rewrite").to_pylist()))
         given = zip(responses.column("prompt_id").to_pylist(), responses.column("model_input").to_pylist())
         assert all(rewrite_of[prompt_id] == model_input for prompt_id, model_input in given)
         assert set(responses.column("beta").to_pylist()) == {BETAS.get(system.rsplit("/", 1)[-1])}
 
     k, m = config["alignpro_star"]["k"], config["alignpro_star"]["m"]
-    candidates = tables.read_table(workdir / "results/star/bundled/tiny-frozen/tiny-prompter/candidates.parquet", tables.STAR_CANDIDATES)
+    candidates = tables.read_table(workdir / f"results/star/{RUN}/{PROMPTER}/candidates.parquet", tables.STAR_CANDIDATES)
     assert candidates.num_rows == k * len(prompt_ids) and set(candidates.column("answers").to_pylist()) == {m}
     candidate = {(row["prompt_id"], row["candidate_index"]): row for row in candidates.to_pylist()}
     for tag, beta in BETAS.items():
-        star = tables.read_table(workdir / f"results/rewrites/bundled/tiny-frozen/alignpro-star/tiny-prompter/{tag}.parquet", tables.STAR_REWRITES)
+        star = tables.read_table(workdir / f"results/rewrites/{RUN}/alignpro-star/{PROMPTER}/{tag}.parquet", tables.STAR_REWRITES)
         for row in star.to_pylist():
             picked = candidate[row["prompt_id"], row["candidate_index"]]
             assert (row["beta"], row["candidates"], row["rewrite"]) == (beta, k, picked["rewrite"])
             assert 0.0 <= row["kl_estimate"] <= math.log(k) + 1e-9 and 1.0 <= row["effective_sample_size"] <= k + 1e-9
 
     for system in SYSTEMS:
-        responses = tables.read_table(workdir / f"results/responses/bundled/tiny-frozen/{system}.parquet", tables.RESPONSES)
-        scores = tables.read_table(workdir / f"results/scores/bundled/tiny-frozen/{system}.parquet", tables.SCORES)
+        responses = tables.read_table(workdir / f"results/responses/{RUN}/{system}.parquet", tables.RESPONSES)
+        scores = tables.read_table(workdir / f"results/scores/{RUN}/{system}.parquet", tables.SCORES)
         per_prompt = responses.group_by("prompt_id").aggregate([("sample_index", "count")]).to_pylist()
         assert {row["prompt_id"] for row in per_prompt} == prompt_ids
         assert all(row["sample_index_count"] == n_samples for row in per_prompt)
         assert scores.num_rows == responses.num_rows == len(prompt_ids) * n_samples
         assert all(isinstance(reward, float) for reward in scores.column("reward").to_pylist())
-    assert {str(path) for path in first_scores} == {f"results/scores/bundled/tiny-frozen/{system}.parquet" for system in SYSTEMS}
+    score_tables = {path for path in first_tables if path.startswith("results/scores/")}
+    assert score_tables == {f"results/scores/{RUN}/{system}.parquet" for system in SYSTEMS}
 
     for system in JUDGED:
-        verdicts = tables.read_table(workdir / f"results/judgments/bundled/tiny-frozen/{system}.parquet", tables.VERDICTS)
+        verdicts = tables.read_table(workdir / f"results/judgments/{RUN}/{system}.parquet", tables.VERDICTS)
         assert verdicts.num_rows == len(prompt_ids) * n_samples
         assert set(verdicts.column("verdict").to_pylist()) <= {"win", "tie", "loss"}
         assert set(verdicts.column("judge").to_pylist()) == {"offline Bradley-Terry (margin 0.05)"}
 
 
 @pytest.mark.slow
+def test_task_models_are_trained_and_loaded_like_hub_models(finished_run):
+    """The model stage trains the base LM and the three models fine-tuned from it; each is a saved
+    Qwen2 checkpoint with its tokenizer, and its training card records how well it learnt its part."""
+    import json
+
+    workdir, _ = finished_run
+    models = workdir / "results/task_models/phrasing"
+    cards = {role: json.loads((models / role / "task_training.json").read_text()) for role in ("base", "frozen", "reward", "prompter")}
+    for role, card in cards.items():
+        assert (models / role / "model.safetensors").exists() and (models / role / "tokenizer.json").exists()
+        assert card["role"] == role and card["seed"] == 0
+    assert json.loads((models / "reward/config.json").read_text())["architectures"] == ["Qwen2ForSequenceClassification"]
+    frozen = cards["frozen"]
+    assert frozen["sampled_accuracy_clear"] > 0.9 and frozen["sampled_accuracy_vague"] < 0.5  # phrasing matters
+    assert cards["reward"]["pairwise_accuracy_vs_misread"] > 0.9
+    assert 0.05 < cards["prompter"]["sampled_rewrites_clear"] < 0.35 and cards["prompter"]["sampled_rewrites_keeping_task"] > 0.5
+    log = (workdir / f"logs/generate/{RUN}/base.log").read_text()
+    assert f"loading results/task_models/phrasing/frozen at revision main" in log
+
+
+@pytest.mark.slow
 def test_training_stages_write_models_and_metrics(finished_run):
     workdir, config_path = finished_run
     config = yaml.safe_load(config_path.read_text())
-    train = workdir / "results/train/bundled/tiny-frozen"
-    pairs = tables.read_table(train / "tiny-prompter/sft_pairs.parquet", tables.SFT_PAIRS)
+    train = workdir / f"results/train/{RUN}"
+    pairs = tables.read_table(train / f"{PROMPTER}/sft_pairs.parquet", tables.SFT_PAIRS)
     assert pairs.num_rows == config["sft"]["pairs"]["max_prompts"]
     assert set(pairs.column("source").to_pylist()) == {f"best-of-{config['sft']['pairs']['k']}"}
-    for run, section in [("tiny-prompter/ppo", "ppo"), *((f"tiny-prompter/ppo-{tag}", "ppo") for tag in BETAS), ("rlhf", "rlhf")]:
+    for run, section in [(f"{PROMPTER}/ppo", "ppo"), *((f"{PROMPTER}/ppo-{tag}", "ppo") for tag in BETAS), ("rlhf", "rlhf")]:
         metrics = tables.read_table(train / run / "metrics.parquet", tables.PPO_METRICS)
         assert metrics.column("step").to_pylist() == list(range(1, config[section]["steps"] + 1))
         assert (train / run / "model" / "config.json").exists()
-    log = (workdir / "logs/ppo/bundled/tiny-frozen/tiny-prompter/ppo.log").read_text()
+    log = (workdir / f"logs/ppo/{RUN}/{PROMPTER}/ppo.log").read_text()
     assert f"step {config['ppo']['steps']}/{config['ppo']['steps']}" in log and "ppo: 100%" in log
     assert "generate (transformers)" not in log and "reward: " not in log  # no bars of the calls inside a step
     for tag, beta in BETAS.items():  # the sweep's KL coefficient stays at its beta
-        metrics = tables.read_table(train / f"tiny-prompter/ppo-{tag}/metrics.parquet", tables.PPO_METRICS)
+        metrics = tables.read_table(train / f"{PROMPTER}/ppo-{tag}/metrics.parquet", tables.PPO_METRICS)
         assert set(metrics.column("kl_coef").to_pylist()) == {beta}
-    for model in [train / "tiny-prompter/sft", train / "tiny-prompter/ppo/model", train / "rlhf/model"]:
+    for model in [train / f"{PROMPTER}/sft", train / f"{PROMPTER}/ppo/model", train / "rlhf/model"]:
         assert (model / "model.safetensors").exists() and (model / "tokenizer.json").exists()
     assert not list(train.glob("**/adapter_model.safetensors"))
 
 
 @pytest.mark.slow
 def test_report_has_numbers_for_each_method(finished_run):
-    workdir, _ = finished_run
-    summary = tables.read_table(workdir / "results/report/summary.parquet", tables.SUMMARY).to_pylist()
-    assert sorted((row["method"], row["beta"] or 0.0) for row in summary) == [
-        ("alignpro", 0.0), ("alignpro", 0.1), ("alignpro", 1.0), ("alignpro-star", 0.1), ("alignpro-star", 1.0),
-        ("base", 0.0), ("rlhf", 0.0), ("sft", 0.0),
+    workdir, config_path = finished_run
+    test_size = yaml.safe_load(config_path.read_text())["datasets"][DATASET]["test_size"]
+    n_samples = yaml.safe_load(config_path.read_text())["generation"]["n_samples"]
+    by_label = summary_rows(workdir)
+    assert sorted(by_label) == [
+        "alignpro", "alignpro β=0.1", "alignpro β=1", "alignpro-star β=0.1", "alignpro-star β=1", "base", "rlhf", "sft"
     ]
-    for row in summary:
-        assert row["n_prompts"] == 12
+    markdown = (workdir / "results/report/report.md").read_text()
+    for label, row in by_label.items():
+        assert row["n_prompts"] == test_size
         assert row["ci_low"] <= row["mean_reward"] <= row["ci_high"]
+        assert row["accuracy_ci_low"] <= row["accuracy"] <= row["accuracy_ci_high"]
         assert row["gap_ci_low"] <= row["gap"] <= row["gap_ci_high"]
         assert (row["kl"] is None) == (row["method"] == "base")
-    markdown = (workdir / "results/report/report.md").read_text()
-    by_label = {row["method"] if row["beta"] is None else f"{row['method']} β={row['beta']:g}": row for row in summary}
-    for label, row in by_label.items():
         assert f"{row['mean_reward']:.3f}" in markdown
         if row["method"] == "base":
             assert row["judge"] is None
         else:
-            assert row["judged_pairs"] == 24 and row["win_pct"] + row["tie_pct"] + row["loss_pct"] == pytest.approx(100.0)
-            assert f"| {label} | 24 | {row['win_pct']:.1f} [" in markdown
+            pairs = test_size * n_samples
+            assert row["judged_pairs"] == pairs and row["win_pct"] + row["tie_pct"] + row["loss_pct"] == pytest.approx(100.0)
+            assert f"| {label} | {pairs} | {row['win_pct']:.1f} [" in markdown
         assert f"| {label} | " + ("–" if row["beta"] is None else f"{row['beta']:g}") + f" | {row['gap']:.3f} [" in markdown
     assert by_label["sft"]["kl"] == 0.0 and by_label["rlhf"]["gap"] == 0.0
     rlhf_gap = by_label["rlhf"]["mean_reward"] - by_label["alignpro-star β=1"]["mean_reward"]
     assert by_label["alignpro-star β=1"]["gap"] == pytest.approx(rlhf_gap, abs=1e-9)  # equal samples per prompt
-    star = tables.read_table(workdir / "results/rewrites/bundled/tiny-frozen/alignpro-star/tiny-prompter/beta0.1.parquet", tables.STAR_REWRITES)
+    star = tables.read_table(workdir / f"results/rewrites/{RUN}/alignpro-star/{PROMPTER}/beta0.1.parquet", tables.STAR_REWRITES)
     assert by_label["alignpro-star β=0.1"]["kl"] == pytest.approx(sum(star.column("kl_estimate").to_pylist()) / star.num_rows)
     assert "## Win rate against base" in markdown and "NOT an LLM judge" in markdown
-    assert "## Suboptimality gap" in markdown and "## Reward–KL frontier" in markdown
-    assert markdown.count("\n#### bundled · ") >= 7  # judged examples, at least one per judged system
-    for plot in ["mean_reward.png", "reward_variance.png", "training_curves.png", "win_rates.png", "frontier.png"]:
+    assert "## Suboptimality gap" in markdown and "## Reward–KL frontier" in markdown and "accuracy" in markdown
+    assert markdown.count(f"\n#### {DATASET} · ") >= 7  # judged examples, at least one per judged system
+    for plot in ["mean_reward.png", "reward_variance.png", "accuracy.png", "training_curves.png", "win_rates.png", "frontier.png"]:
         assert (workdir / "results/report" / plot).read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.slow
 def test_snakemake_report_holds_the_plots(finished_run):
     workdir, config = finished_run
-    run_snakemake(workdir, "--configfile", str(config), "--report", "snakemake_report.zip")
+    run_snakemake(workdir, "--report", "snakemake_report.zip")
     with zipfile.ZipFile(workdir / "snakemake_report.zip") as report:
         names = "\n".join(report.namelist())
-    for plot in ["mean_reward.png", "reward_variance.png", "training_curves.png", "win_rates.png", "frontier.png", "report.html"]:
+    for plot in ["mean_reward.png", "reward_variance.png", "accuracy.png", "training_curves.png", "win_rates.png", "frontier.png", "report.html"]:
         assert plot in names
 
 
 @pytest.mark.slow
 def test_rerun_plans_nothing_and_generation_change_reruns_downstream_only(finished_run):
     workdir, config = finished_run
-    assert planned_jobs(workdir, "--configfile", str(config)) == {}
+    assert planned_jobs(workdir) == {}
 
     more_samples = derive_config(config, "more_samples.yaml", generation={"n_samples": 3})
     assert planned_jobs(workdir, "--configfile", str(more_samples)) == {"all": 1, "generate": 8, "score": 8, "judge": 7, "report": 1}
@@ -252,10 +341,27 @@ def test_rerun_plans_nothing_and_generation_change_reruns_downstream_only(finish
     # a new beta: one more PPO prompter, and rho* resampled from the candidates already drawn
     with_beta = yaml.safe_load(config.read_text())
     with_beta["beta_sweep"] = [*BETAS.values(), 0.5]
-    (config.parent / "more_betas.yaml").write_text(yaml.safe_dump(with_beta))
+    (config.parent / "more_betas.yaml").write_text(yaml.safe_dump(with_beta, sort_keys=False))
     assert planned_jobs(workdir, "--configfile", str(config.parent / "more_betas.yaml")) == {
         "all": 1, "ppo": 1, "rewrite": 1, "star_rewrites": 1, "generate": 2, "score": 2, "judge": 2, "report": 1
     }
+
+    # the checker is read by the report alone
+    dataset = yaml.safe_load(config.read_text())["datasets"][DATASET]
+    other_checker = derive_config(config, "contains.yaml", datasets={DATASET: {**dataset, "checker": "contains"}})
+    assert planned_jobs(workdir, "--configfile", str(other_checker)) == {"all": 1, "report": 1}
+
+
+@pytest.mark.slow
+def test_a_second_run_gives_identical_tables(finished_run, first_tables, tmp_path):
+    """Same seed, fresh copy, no cache: every table (all but the seconds PPO steps took) is identical."""
+    _, config = finished_run
+    again = copy_workflow(tmp_path / "again")
+    run_snakemake(again)
+    second = result_tables(again)
+    assert second.keys() == first_tables.keys()
+    differing = [path for path in first_tables if second[path] != first_tables[path]]
+    assert not differing, f"tables differ between two runs with the same seed: {differing}"
 
 
 @pytest.mark.slow
@@ -263,6 +369,7 @@ def test_api_judge_runs_through_an_openai_compatible_server(finished_run, monkey
     """Switching to the API judge reruns only judge and report; every pair is asked in both orders at a
     real HTTP server; forcing the judge again pays for nothing (its SQLite cache answers)."""
     workdir, config = finished_run
+    test_size = yaml.safe_load(config.read_text())["datasets"][DATASET]["test_size"]
     monkeypatch.setenv("ALIGNPRO_TEST_JUDGE_KEY", "test-key")
     with JudgeStub() as stub:
         api = {"base_url": stub.base_url, "api_key_env": "ALIGNPRO_TEST_JUDGE_KEY", "concurrency": 4}
@@ -271,8 +378,8 @@ def test_api_judge_runs_through_an_openai_compatible_server(finished_run, monkey
         run_snakemake(workdir, "--configfile", str(with_api))
         requests = 0
         for system in JUDGED:
-            verdicts = tables.read_table(workdir / f"results/judgments/bundled/tiny-frozen/{system}.parquet", tables.VERDICTS)
-            assert verdicts.num_rows == 12 and set(verdicts.column("sample_index").to_pylist()) == {0}
+            verdicts = tables.read_table(workdir / f"results/judgments/{RUN}/{system}.parquet", tables.VERDICTS)
+            assert verdicts.num_rows == test_size and set(verdicts.column("sample_index").to_pylist()) == {0}
             assert set(verdicts.column("judge").to_pylist()) == {"gpt-4 pairwise-v1"}
             # both orders, each asked or answered by the cache (systems with the same answers share calls,
             # also between judge jobs running at once), or none for an answer identical to base's (a tie);
@@ -294,8 +401,9 @@ def test_api_judge_runs_through_an_openai_compatible_server(finished_run, monkey
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_vllm_backend_runs_generation_end_to_end(finished_run):
-    """Switching the frozen model to vLLM reruns what uses it (generation, and the prompter's training,
-    whose reward needs the frozen model's answers), and vLLM really answers."""
+    """Switching the frozen model to vLLM plans to rerun what uses it (generation, and the prompter's
+    training, whose reward needs the frozen model's answers); vLLM really answers, in the evaluation
+    and inside PPO's steps (one PPO run and base's answers are built, to bound the time)."""
     workdir, config = finished_run
     with_vllm = derive_config(
         config, "vllm.yaml", generation={"backend": "vllm", "vllm": {"gpu_memory_utilization": 0.2, "max_model_len": 512}}
@@ -303,41 +411,43 @@ def test_vllm_backend_runs_generation_end_to_end(finished_run):
     retrained = {"sft_pairs": 1, "sft": 1, "ppo": 3, "rewrite": 4, "star_candidates": 1, "star_rewrites": 2}
     evaluated = {"generate": 8, "score": 8, "judge": 7, "report": 1}
     assert planned_jobs(workdir, "--configfile", str(with_vllm)) == {"all": 1, **evaluated, **retrained}
-    run_snakemake(workdir, "--configfile", str(with_vllm))
-    log = (workdir / "logs/generate/bundled/tiny-frozen/base.log").read_text()
+    base, ppo = f"results/responses/{RUN}/base.parquet", f"results/train/{RUN}/{PROMPTER}/ppo/metrics.parquet"
+    run_snakemake(workdir, "--configfile", str(with_vllm), targets=(base, ppo))
+    log = (workdir / f"logs/generate/{RUN}/base.log").read_text()
     assert "vllm" in log.lower()
-    responses = pq.read_table(workdir / "results/responses/bundled/tiny-frozen/base.parquet")
-    assert responses.num_rows == 12 * yaml.safe_load(with_vllm.read_text())["generation"]["n_samples"]
-    assert "vllm" in (workdir / "logs/ppo/bundled/tiny-frozen/tiny-prompter/ppo.log").read_text().lower()
-    assert planned_jobs(workdir, "--configfile", str(with_vllm)) == {}
+    responses = pq.read_table(workdir / base)
+    assert responses.num_rows == yaml.safe_load(config.read_text())["datasets"][DATASET]["test_size"] * 2
+    assert "vllm" in (workdir / f"logs/ppo/{RUN}/{PROMPTER}/ppo.log").read_text().lower()
+    assert planned_jobs(workdir, "--configfile", str(with_vllm), targets=(base, ppo)) == {}
 
 
 @pytest.mark.slow
-def test_another_workflow_reuses_cached_outputs(finished_run, first_scores, output_cache, tmp_path):
+def test_another_workflow_reuses_cached_outputs(finished_run, first_tables, output_cache, tmp_path):
     """Models, data, trained prompters, responses and scores come from the between-workflow cache."""
-    _, config = finished_run
     other = copy_workflow(tmp_path / "other")
-    result = run_snakemake(other, "--configfile", str(config), cache=output_cache)
+    result = run_snakemake(other, cache=output_cache)
     from_cache = set(re.findall(r"Symlinking output file (\S+) from cache", result.stdout + result.stderr))
     assert {
-        "results/data/bundled/test.parquet",
-        "results/responses/bundled/tiny-frozen/base.parquet",
-        "results/responses/bundled/tiny-frozen/alignpro/tiny-prompter.parquet",
-        "results/scores/bundled/tiny-frozen/base.parquet",
-        "results/scores/bundled/tiny-frozen/alignpro/tiny-prompter.parquet",
-        "results/models/frozen/tiny-frozen/model.safetensors",
-        "results/train/bundled/tiny-frozen/tiny-prompter/sft_pairs.parquet",
-        "results/train/bundled/tiny-frozen/tiny-prompter/ppo/metrics.parquet",
-        "results/train/bundled/tiny-frozen/tiny-prompter/ppo-beta0.1/metrics.parquet",
-        "results/star/bundled/tiny-frozen/tiny-prompter/candidates.parquet",
-        "results/train/bundled/tiny-frozen/rlhf/model/model.safetensors",
+        f"results/data/{DATASET}/test.parquet",
+        "results/task_models/phrasing/base/model.safetensors",
+        "results/task_models/phrasing/frozen/model.safetensors",
+        f"results/responses/{RUN}/base.parquet",
+        f"results/responses/{RUN}/alignpro/{PROMPTER}.parquet",
+        f"results/scores/{RUN}/base.parquet",
+        f"results/scores/{RUN}/alignpro/{PROMPTER}.parquet",
+        f"results/train/{RUN}/{PROMPTER}/sft_pairs.parquet",
+        f"results/train/{RUN}/{PROMPTER}/ppo/metrics.parquet",
+        f"results/train/{RUN}/{PROMPTER}/ppo-beta0.1/metrics.parquet",
+        f"results/star/{RUN}/{PROMPTER}/candidates.parquet",
+        f"results/train/{RUN}/rlhf/model/model.safetensors",
     } <= from_cache
     ran = {log.relative_to(other / "logs").parts[0] for log in other.glob("logs/**/*.log") if log.stat().st_size}
     assert ran == {"rewrite", "star_rewrites", "judge", "report"}
-    assert len(first_scores) == len(SYSTEMS)
-    for path, content in first_scores.items():
-        assert (other / path).read_bytes() == content
-    assert planned_jobs(other, "--configfile", str(config)) == {}
+    again = result_tables(other)
+    for path, columns in first_tables.items():
+        if path.startswith(("results/scores/", "results/responses/")):
+            assert again[path] == columns
+    assert planned_jobs(other) == {}
 
 
 def test_lint_is_clean():
@@ -347,7 +457,7 @@ def test_lint_is_clean():
 
 def dry_run_error(tmp_path: Path, config: dict) -> str:
     workdir = copy_workflow(tmp_path / "workflow")
-    (workdir / "config" / "bad.yaml").write_text(yaml.safe_dump(config))
+    (workdir / "config" / "bad.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     result = run_snakemake(workdir, "--dry-run", "--configfile", "config/bad.yaml", "--replace-workflow-config", check=False)
     assert result.returncode != 0
     assert not (workdir / "results").exists()
@@ -386,6 +496,29 @@ def test_dataset_file_without_prompt_column_is_named(tmp_path):
     assert "my_prompts.csv" in message and "'prompt'" in message and "datasets.mine" in message
 
 
+def test_reference_column_on_a_hub_dataset_is_named(tmp_path):
+    config = default_config()
+    config["datasets"] = {"hs": {"source": "helpsteer", "reference_column": "answer"}}
+    message = dry_run_error(tmp_path, config)
+    assert "datasets.hs.reference_column" in message and "'helpsteer'" in message
+
+
+def test_dataset_file_without_reference_column_is_named(tmp_path):
+    data = tmp_path / "my_questions.csv"
+    data.write_text("question,answer\nwhat is 2+2?,4\n")
+    config = default_config()
+    config["datasets"] = {"mine": {"source": "local", "path": str(data), "prompt_column": "question", "reference_column": "solution"}}
+    message = dry_run_error(tmp_path, config)
+    assert "datasets.mine" in message and "my_questions.csv" in message and "reference column 'solution'" in message
+
+
+def test_unknown_bundled_prompt_set_is_named(tmp_path):
+    config = default_config()
+    config["datasets"]["phrasing"]["path"] = "bundled:phrasing"
+    message = dry_run_error(tmp_path, config)
+    assert "datasets.phrasing" in message and "no bundled prompt set 'phrasing'" in message
+
+
 def test_paper_config_plans_the_whole_grid(tmp_path):
     """3 datasets x 2 prompters x 2 frozen models x 3 betas: 18 answering systems per (dataset, frozen)
     (base, rlhf, and per prompter sft, alignpro, and alignpro and alignpro-star at every beta), 17 judged
@@ -418,13 +551,28 @@ def test_paper_config_plans_the_whole_grid(tmp_path):
 
 
 def test_gpu_requests_follow_vllm_tensor_parallel_size(tmp_path):
+    """GPU rules take one GPU each (config/tiny.yaml keeps the default), or the tensor-parallel size
+    where they generate with vLLM."""
     workdir = copy_workflow(tmp_path / "workflow")
     config = derive_config(
-        workdir / "config/config.yaml", "tp2.yaml", generation={"backend": "vllm", "vllm": {"tensor_parallel_size": 2}}
+        workdir / "config/tiny.yaml", "tp2.yaml", generation={"backend": "vllm", "vllm": {"tensor_parallel_size": 2}}
     )
     # a global --resources gpu=1 would scale the requests down to it, as on a one-GPU machine
-    requests = planned_resources(workdir, "--configfile", str(config), "--resources", "gpu=8")
+    requests = planned_resources(workdir, "--configfile", str(config), "--replace-workflow-config", "--resources", "gpu=8")
     gpus = {rule: {item for request in jobs for item in request if item.startswith("gpu=")} for rule, jobs in requests.items()}
     assert gpus["generate"] == gpus["ppo"] == gpus["sft_pairs"] == gpus["star_candidates"] == {"gpu=2"}  # the frozen model answers through vLLM
     assert gpus["rewrite"] == gpus["sft"] == gpus["rlhf"] == gpus["score"] == {"gpu=1"}
     assert not gpus["dataset"] and not gpus["judge"] and not gpus["report"] and not gpus["star_rewrites"]
+
+
+def test_the_embedded_default_takes_no_gpu_except_for_vllm(tmp_path):
+    """Its small models run on the CPU: no job holds the `gpu` resource, so `--resources gpu=1` lets
+    them run side by side; a job that generates with vLLM still takes one."""
+    workdir = copy_workflow(tmp_path / "workflow")
+    requests = planned_resources(workdir, "--resources", "gpu=8")
+    held = {rule for rule, jobs in requests.items() for request in jobs if any(item.startswith("gpu=") and item != "gpu=0" for item in request)}
+    assert not held and requests["ppo"] and requests["task_model"]
+    with_vllm = derive_config(workdir / "config/config.yaml", "vllm.yaml", generation={"backend": "vllm"})
+    requests = planned_resources(workdir, "--configfile", str(with_vllm), "--resources", "gpu=8")
+    gpus = {rule: {item for request in jobs for item in request if item.startswith("gpu=")} for rule, jobs in requests.items()}
+    assert gpus["generate"] == gpus["ppo"] == {"gpu=1"} and gpus["score"] <= {"gpu=0"}

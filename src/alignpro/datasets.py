@@ -3,6 +3,8 @@
 Every source goes through the same pipeline (normalise whitespace, drop empties, length filter,
 dedup by prompt_id, seeded split), so a prompt is treated the same whichever dataset it came from,
 and the split depends only on the set of prompts and the seed, never on the order rows arrive in.
+A local file may also hold each prompt's reference answer (`reference_column`), which travels with
+the prompt so the report can check the answers against it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,7 +31,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUNDLED = "bundled"
-"""The `path` that names the prompt set shipped in the package (fields prompt, category)."""
+"""A `path` naming a prompt set shipped in the package (`alignpro/data/<name>.jsonl`, with fields prompt
+and category): `bundled` alone is the general set (prompts.jsonl), `bundled:<name>` another, such as
+`bundled:phrasing_task` (the phrasing task, with reference answers)."""
+BUNDLED_SETS = ("prompts", "phrasing_task")
+
+
+def is_bundled(path: str) -> bool:
+    return path == BUNDLED or path.startswith(f"{BUNDLED}:")
 
 
 @dataclass(frozen=True)
@@ -75,11 +85,14 @@ HUB_DATASETS = {
 
 def prepare_dataset(name: str, spec: dict, seed: int) -> tuple[pa.Table, pa.Table]:
     """(train, test) PROMPTS tables for the config entry `spec` (defaults filled) of dataset `name`."""
+    reference_column = spec.get("reference_column")
     if spec["source"] == "local":
-        raw = read_local_prompts(spec["path"], spec["prompt_column"])
+        raw = read_local_prompts(spec["path"], spec["prompt_column"], reference_column)
     else:
         raw = read_hub_prompts(hub_dataset(spec), spec["system_prompt"])
     prompts = clean_prompts(raw, spec["min_chars"], spec["max_chars"])
+    if reference_column is not None:
+        check_references(raw, prompts, local_file(spec["path"]), reference_column)
     train, test = split_prompts(name, prompts, seed, spec["test_size"], spec["train_size"])
     log.info("%s: %d train, %d test prompts (seed %d)", name, len(train), len(test), seed)
     return prompts_table(train), prompts_table(test)
@@ -98,8 +111,9 @@ def hub_dataset(spec: dict) -> HubDataset:
     return dataclasses.replace(adapter, repo=repo, revision=revision)
 
 
-def read_hub_prompts(adapter: HubDataset, system_prompt: str) -> list[tuple[object, str]]:
-    """(prompt, source) pairs from a hub dataset; `system_prompt` is "drop" or "prepend"."""
+def read_hub_prompts(adapter: HubDataset, system_prompt: str) -> list[tuple[object, str, None]]:
+    """(prompt, source, reference) rows from a hub dataset, without references; `system_prompt` is
+    "drop" or "prepend"."""
     import datasets  # imported here: it takes seconds, and start-up checks never need it
 
     log.info("loading %s@%s split %s", adapter.repo, adapter.revision, adapter.split)
@@ -114,7 +128,7 @@ def read_hub_prompts(adapter: HubDataset, system_prompt: str) -> list[tuple[obje
     if adapter.system_column and system_prompt == "prepend":
         systems = rows[adapter.system_column]
         prompts = [prepend_system_prompt(system, prompt) for system, prompt in zip(systems, prompts)]
-    return [(prompt, adapter.repo) for prompt in prompts]
+    return [(prompt, adapter.repo, None) for prompt in prompts]
 
 
 def prepend_system_prompt(system: object, question: object) -> str | None:
@@ -127,16 +141,17 @@ def prepend_system_prompt(system: object, question: object) -> str | None:
     return f"{system.strip()}\n\n{question.strip()}"
 
 
-def check_prompt_column(path: str, column: str) -> None:
-    """Raise ValueError unless the local file at `path` has `column`.
+def check_columns(path: str, prompt_column: str, reference_column: str | None = None) -> None:
+    """Raise ValueError unless the local file at `path` has `prompt_column` (and `reference_column`).
 
     Reads only the header (first jsonl line, csv header row, parquet schema), so the workflow can
     check every local dataset at start-up, before any job runs.
     """
     file = local_file(path)
     columns = header_columns(file)
-    if column not in columns:
-        raise ValueError(f"{file}: no prompt column {column!r}; its columns are {columns}")
+    for role, column in (("prompt", prompt_column), ("reference", reference_column)):
+        if column is not None and column not in columns:
+            raise ValueError(f"{file}: no {role} column {column!r}; its columns are {columns}")
 
 
 def header_columns(file: Path | Traversable) -> list[str]:
@@ -157,30 +172,60 @@ def header_columns(file: Path | Traversable) -> list[str]:
     return list(record)
 
 
-def read_local_prompts(path: str, column: str) -> list[tuple[object, str]]:
-    """(prompt, source) pairs from a local file; source is the path, or "bundled/<category>"."""
-    check_prompt_column(path, column)
+def read_local_prompts(
+    path: str, column: str, reference_column: str | None = None
+) -> list[tuple[object, str, str | None]]:
+    """(prompt, source, reference) rows from a local file in file order; source is the path, or
+    "<path>/<category>" for a bundled set; reference is the row's `reference_column` as text (None
+    without one)."""
+    check_columns(path, column, reference_column)
     file = local_file(path)
-    records = read_records(file, column)
+    records = read_records(file, *filter(None, (column, reference_column)))
     log.info("read %d rows from %s", len(records), file)
-    if path == BUNDLED:
-        return [(record.get(column), f"bundled/{record['category']}") for record in records]
-    return [(record.get(column), path) for record in records]
+    references = [reference_text(record.get(reference_column)) if reference_column else None for record in records]
+    if is_bundled(path):
+        return [(record.get(column), f"{path}/{record['category']}", ref) for record, ref in zip(records, references)]
+    return [(record.get(column), path, ref) for record, ref in zip(records, references)]
+
+
+def reference_text(value: object) -> str | None:
+    """A reference answer as text: numbers as they print (a parquet or jsonl answer is often an int),
+    strings with normalised whitespace; None for a missing, NaN or blank value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return normalise_whitespace(value if isinstance(value, str) else str(value)) or None
+
+
+def check_references(
+    raw: list[tuple[object, str, str | None]], prompts: list[dict], file: Path | Traversable, column: str
+) -> None:
+    """Raise ValueError naming the first row (counted from 1, a csv header not counted) of `file` whose
+    prompt was kept without a reference: every test prompt must be checkable, or accuracy is biased."""
+    missing = {row["prompt_id"] for row in prompts if row["reference"] is None}
+    if not missing:
+        return
+    for number, (text, _, _) in enumerate(raw, start=1):
+        prompt = normalise_whitespace(text)
+        if prompt and prompt_id_of(prompt) in missing:  # the first occurrence is the one dedup kept
+            raise ValueError(f"{file}: row {number} has a prompt but no reference answer in column {column!r}")
 
 
 def local_file(path: str) -> Path | Traversable:
-    """The file `path` names: the packaged prompt set for "bundled", else the path itself."""
-    if path == BUNDLED:
-        return resources.files("alignpro") / "data" / "prompts.jsonl"
-    return Path(path)
+    """The file `path` names: a packaged prompt set for a bundled name (see BUNDLED), else the path itself."""
+    if not is_bundled(path):
+        return Path(path)
+    name = path.partition(":")[2] or "prompts"
+    if name not in BUNDLED_SETS:
+        raise ValueError(f"{path}: no bundled prompt set {name!r}; the bundled sets are {list(BUNDLED_SETS)}")
+    return resources.files("alignpro") / "data" / f"{name}.jsonl"
 
 
-def read_records(file: Path | Traversable, column: str) -> list[dict]:
-    """All rows of a jsonl, csv or parquet file as dicts (parquet: only `column`, to spare memory)."""
+def read_records(file: Path | Traversable, *columns: str) -> list[dict]:
+    """All rows of a jsonl, csv or parquet file as dicts (parquet: only `columns`, to spare memory)."""
     suffix = file_suffix(file)
     if suffix == ".parquet":
         with file.open("rb") as stream:
-            return pq.read_table(stream, columns=[column]).to_pylist()
+            return pq.read_table(stream, columns=list(columns)).to_pylist()
     with file.open("r", encoding="utf-8-sig", newline="") as stream:
         if suffix == ".csv":
             return list(csv.DictReader(stream))
@@ -204,12 +249,12 @@ def normalise_whitespace(text: object) -> str:
     return "\n".join(line.rstrip() for line in lines).strip()
 
 
-def clean_prompts(raw: list[tuple[object, str]], min_chars: int, max_chars: int) -> list[dict]:
-    """PROMPTS rows from (prompt, source) pairs: normalised, non-empty, min_chars..max_chars long,
-    and unique by prompt_id (the first occurrence, and its source, wins)."""
+def clean_prompts(raw: list[tuple[object, str, str | None]], min_chars: int, max_chars: int) -> list[dict]:
+    """PROMPTS rows from (prompt, source, reference) rows: normalised, non-empty, min_chars..max_chars
+    long, and unique by prompt_id (the first occurrence, with its source and reference, wins)."""
     rows: dict[str, dict] = {}
     empty = out_of_range = duplicates = 0
-    for text, source in raw:
+    for text, source, reference in raw:
         prompt = normalise_whitespace(text)
         if not prompt:
             empty += 1
@@ -218,7 +263,7 @@ def clean_prompts(raw: list[tuple[object, str]], min_chars: int, max_chars: int)
         elif (prompt_id := prompt_id_of(prompt)) in rows:
             duplicates += 1
         else:
-            rows[prompt_id] = {"prompt_id": prompt_id, "prompt": prompt, "source": source}
+            rows[prompt_id] = {"prompt_id": prompt_id, "prompt": prompt, "source": source, "reference": reference}
     log.info(
         "%d rows: %d empty, %d outside %d..%d chars, %d duplicates, %d kept",
         len(raw), empty, out_of_range, min_chars, max_chars, duplicates, len(rows),

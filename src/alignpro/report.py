@@ -6,7 +6,9 @@ its Table 1: each method's win/tie/loss rate against base, with judged examples 
 answers it adds the suboptimality gap J(rlhf) − J(method) the paper bounds, and with measured KLs the
 reward–KL frontier of the prompters (the PPO beta sweep and the closed-form rho*). With PPO training
 runs (the Align-Pro prompters, the RLHF oracle) the report adds their training curves and a small
-table per run.
+table per run. With reference answers (a dataset's `reference_column`) it adds each method's task
+accuracy beside its mean reward, and a plot of one against the other: reward over-optimisation is
+reward that rises while accuracy does not.
 
 A row is a (method, beta): the main PPO prompter has no beta, beta-sweep prompters and rho* have one,
 so every table and plot shows a label that carries it.
@@ -32,9 +34,10 @@ import polars as pl  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from matplotlib.colors import to_hex, to_rgb  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
 from alignpro.atomic import write_bytes  # noqa: E402
+from alignpro.checkers import CHECKERS  # noqa: E402
 from alignpro.judge import win_rates  # noqa: E402
 from alignpro.tables import PPO_METRICS, SCORES, SUMMARY, VERDICTS, conform  # noqa: E402
 
@@ -123,21 +126,53 @@ def _scores_frame(scores: list[pa.Table] | pl.DataFrame) -> pl.DataFrame:
 
 
 def _per_prompt(frame: pl.DataFrame) -> pl.DataFrame:
-    """Mean reward and fallback flag per prompt: the independent units the CI is computed over."""
-    return frame.group_by([*GROUP_KEYS, "prompt_id"]).agg(
+    """Mean reward, mean correctness and fallback flag per prompt: the independent units the CIs are
+    computed over."""
+    return frame.group_by([*GROUP_KEYS, "prompt_id"], maintain_order=True).agg(
         prompt_mean=pl.col("reward").mean(),
+        prompt_accuracy=pl.col("correct").mean(),
         fallback=pl.col("fallback").cast(pl.Float64).max(),
     )
 
 
-def _confidence_interval(stats: pl.DataFrame, confidence: float) -> pl.DataFrame:
-    """mean of per-prompt means +- t * standard error, null with fewer than two prompts."""
+def _confidence_interval(
+    stats: pl.DataFrame, confidence: float, mean: str = "prompt_mean_mean", sd: str = "prompt_sd", prefix: str = ""
+) -> pl.DataFrame:
+    """mean of per-prompt means +- t * standard error as `{prefix}ci_low`/`{prefix}ci_high`, null with
+    fewer than two prompts; `mean` and `sd` name the columns of the per-prompt statistic's mean and sd."""
     quantiles = [t_quantile(0.5 + confidence / 2.0, n - 1) if n >= 2 else None for n in stats["n_prompts"]]
-    half_width = pl.col("t") * pl.col("prompt_sd") / pl.col("n_prompts").sqrt()
+    half_width = pl.col("t") * pl.col(sd) / pl.col("n_prompts").sqrt()
     return stats.with_columns(t=pl.Series(quantiles, dtype=pl.Float64)).with_columns(
-        ci_low=pl.col("prompt_mean_mean") - half_width,
-        ci_high=pl.col("prompt_mean_mean") + half_width,
+        (pl.col(mean) - half_width).alias(f"{prefix}ci_low"),
+        (pl.col(mean) + half_width).alias(f"{prefix}ci_high"),
     )
+
+
+def _with_correctness(frame: pl.DataFrame, references: pl.DataFrame | None, checkers: dict[str, str]) -> pl.DataFrame:
+    """`frame` with `correct` per answer: 1.0 when its dataset's checker accepts the response against the
+    prompt's reference, 0.0 when not, null for datasets without a checker. A checked dataset's scored
+    prompt without a reference is an error naming it: accuracy over a subset would not be the method's."""
+    unknown = {dataset: name for dataset, name in checkers.items() if name not in CHECKERS}
+    if unknown:
+        raise ValueError(f"unknown checker(s) {unknown}; the checkers are {list(CHECKERS)}")
+    if not checkers:
+        return frame.with_columns(correct=pl.lit(None, pl.Float64))
+    if references is None:
+        raise ValueError(f"checkers for {list(checkers)} without the reference answers to check against")
+    answers = references.select(pl.col("dataset", "prompt_id", "reference").cast(pl.String))
+    joined = frame.join(answers, on=["dataset", "prompt_id"], how="left", validate="m:1")
+    correct = []
+    for dataset, prompt_id, response, reference in joined.select("dataset", "prompt_id", "response", "reference").iter_rows():
+        if dataset not in checkers:
+            correct.append(None)
+            continue
+        if reference is None:
+            raise ValueError(f"dataset {dataset}: scored prompt {prompt_id} has no reference answer in its test prompts")
+        try:
+            correct.append(float(CHECKERS[checkers[dataset]](response, reference)))
+        except ValueError as error:
+            raise ValueError(f"dataset {dataset}, prompt {prompt_id}: {error}") from None
+    return joined.drop("reference").with_columns(correct=pl.Series(correct, dtype=pl.Float64))
 
 
 def _repeat_base_rows(stats: pl.DataFrame, prompters: list[str]) -> pl.DataFrame:
@@ -264,7 +299,7 @@ def star_kl(star_rewrites: pl.DataFrame) -> float:
     """rho*'s KL to rho_sft: the mean over prompts of a STAR_REWRITES frame's per-prompt `kl_estimate`."""
     if star_rewrites.is_empty():
         raise ValueError("rho* rewrites without prompts have no KL")
-    per_prompt = star_rewrites.group_by("prompt_id").agg(pl.col("kl_estimate").first())
+    per_prompt = star_rewrites.group_by("prompt_id", maintain_order=True).agg(pl.col("kl_estimate").first())
     return float(per_prompt["kl_estimate"].mean())
 
 
@@ -277,6 +312,8 @@ def summarize(
     bootstrap_samples: int = 2000,
     seed: int = 0,
     kl: pl.DataFrame | None = None,
+    references: pl.DataFrame | None = None,
+    checkers: dict[str, str] | None = None,
 ) -> pl.DataFrame:
     """One SUMMARY row per (dataset, prompter, frozen, method, beta), sorted by method then beta (null first).
 
@@ -293,26 +330,39 @@ def summarize(
     (null elsewhere): the mean over prompts of rlhf's minus the method's per-prompt mean reward, with
     a seeded percentile bootstrap CI over prompts; rlhf's own gap is exactly 0. Both must have answered
     the same prompts (ValueError naming the first unpaired one).
+
+    `checkers` (dataset -> name in `alignpro.checkers.CHECKERS`) and `references` (columns dataset,
+    prompt_id, reference: the datasets' test prompts) fill accuracy, the share of a method's sampled
+    answers the checker accepts against the prompt's reference, with a t CI over per-prompt mean
+    correctness like the reward's, clipped to [0, 1]; null for datasets without a checker.
     """
     frame = _scores_frame(scores).select(
-        pl.col([*NAME_KEYS, "prompt_id"]).cast(pl.String),
+        pl.col([*NAME_KEYS, "prompt_id", "response"]).cast(pl.String),
         pl.col("beta").cast(pl.Float64),
         pl.col("reward").cast(pl.Float64),
         pl.col("fallback").cast(pl.Boolean),
     )
+    frame = _with_correctness(frame, references, checkers or {})
     per_prompt = _per_prompt(frame)
-    sample_stats = frame.group_by(GROUP_KEYS).agg(
+    # maintain_order: the groups' order, and so the order floats are summed in, follows the input's, not
+    # polars' hashing (seeded anew in every process): two runs then give the same last digits.
+    sample_stats = frame.group_by(GROUP_KEYS, maintain_order=True).agg(
         n_samples=pl.len(),
         mean_reward=pl.col("reward").mean(),
         reward_variance=pl.when(pl.len() >= 2).then(pl.col("reward").var(ddof=1)),
+        accuracy=pl.col("correct").mean(),
     )
-    prompt_stats = per_prompt.group_by(GROUP_KEYS).agg(
+    prompt_stats = per_prompt.group_by(GROUP_KEYS, maintain_order=True).agg(
         n_prompts=pl.len(),
         prompt_mean_mean=pl.col("prompt_mean").mean(),
         prompt_sd=pl.col("prompt_mean").std(ddof=1),
+        prompt_accuracy_mean=pl.col("prompt_accuracy").mean(),
+        prompt_accuracy_sd=pl.col("prompt_accuracy").std(ddof=1),
         fallback_rate=pl.col("fallback").mean(),
     )
     stats = _confidence_interval(sample_stats.join(prompt_stats, on=GROUP_KEYS, nulls_equal=True), confidence)
+    stats = _confidence_interval(stats, confidence, "prompt_accuracy_mean", "prompt_accuracy_sd", prefix="accuracy_")
+    stats = stats.with_columns(pl.col("accuracy_ci_low", "accuracy_ci_high").clip(0.0, 1.0))  # a share lies in [0, 1]
     gaps = _paired_gaps(per_prompt, confidence, bootstrap_samples, seed)
     stats = stats.join(gaps, on=GROUP_KEYS, how="left", nulls_equal=True)
     stats = _with_kl(_repeat_base_rows(stats, prompters), kl, prompters)
@@ -372,6 +422,14 @@ def _short_name(model: str) -> str:
     return model.rstrip("/").rsplit("/", 1)[-1]
 
 
+def _png(fig, dpi: int = 120) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def _bar_plot(summary: pl.DataFrame, value: str, ylabel: str, title: str, with_ci: bool) -> bytes:
     """PNG bytes of grouped bars: one subplot per dataset, groups = prompter -> frozen, bars = (method, beta)."""
     datasets = sorted(summary["dataset"].unique().to_list())
@@ -400,10 +458,7 @@ def _bar_plot(summary: pl.DataFrame, value: str, ylabel: str, title: str, with_c
         frameon=False, title="method",
     )
     fig.suptitle(title, fontsize=13)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig)
 
 
 def _draw_dataset(ax, rows: pl.DataFrame, labels: list[str], styles: dict, value: str, with_ci: bool) -> None:
@@ -452,9 +507,23 @@ def _format(value: float | None, pattern: str = "{:.3f}") -> str:
     return "–" if value is None else pattern.format(value)
 
 
+def _has_accuracy(summary: pl.DataFrame) -> bool:
+    """Whether some dataset has reference answers: only then do the reward tables get an accuracy column."""
+    return summary["accuracy"].is_not_null().any()
+
+
+def _accuracy_cell(row: dict) -> str:
+    """Accuracy and its CI as percentages; a dash for a dataset without reference answers."""
+    if row["accuracy"] is None:
+        return "–"
+    interval = "" if row["accuracy_ci_low"] is None else f" [{row['accuracy_ci_low']:.1%}, {row['accuracy_ci_high']:.1%}]"
+    return f"{row['accuracy']:.1%}{interval}"
+
+
 def _table_rows(summary: pl.DataFrame, dataset: str) -> list[list[str]]:
     """Display cells for one dataset's table: plain text, escaped by the caller."""
     rows = []
+    with_accuracy = _has_accuracy(summary)
     for row in summary.filter(pl.col("dataset") == dataset).iter_rows(named=True):
         half = None if row["ci_low"] is None else (row["ci_high"] - row["ci_low"]) / 2.0
         mean = _format(row["mean_reward"]) + ("" if half is None else f" ± {half:.3f}")
@@ -465,6 +534,7 @@ def _table_rows(summary: pl.DataFrame, dataset: str) -> list[list[str]]:
                 _method_label(row["method"], row["beta"]),
                 f"{row['n_prompts']} / {row['n_samples']}",
                 mean,
+                *([_accuracy_cell(row)] if with_accuracy else []),
                 _format(row["reward_variance"]),
                 _format(row["fallback_rate"], "{:.1%}"),
             ]
@@ -472,9 +542,10 @@ def _table_rows(summary: pl.DataFrame, dataset: str) -> list[list[str]]:
     return rows
 
 
-TABLE_HEADER = [
-    "prompter", "frozen", "method", "prompts / samples", "mean reward ± CI", "reward variance", "fallback rate"
-]
+def _table_header(summary: pl.DataFrame) -> list[str]:
+    """The reward table's columns, accuracy beside mean reward when some dataset has reference answers."""
+    accuracy = ["accuracy [CI]"] if _has_accuracy(summary) else []
+    return ["prompter", "frozen", "method", "prompts / samples", "mean reward ± CI", *accuracy, "reward variance", "fallback rate"]
 
 
 def _ci_note(confidence: float) -> str:
@@ -508,7 +579,7 @@ def _markdown(
     """The report as Markdown: a table per dataset, then the plots linked by relative path, then `sections`."""
     lines = [f"# {_markdown_cell(title)}", "", note, ""]
     for dataset in sorted(summary["dataset"].unique().to_list()):
-        lines += [f"## {_markdown_cell(dataset)}", "", *_markdown_table(TABLE_HEADER, _table_rows(summary, dataset))]
+        lines += [f"## {_markdown_cell(dataset)}", "", *_markdown_table(_table_header(summary), _table_rows(summary, dataset))]
     lines += ["## Plots", "", f"![Mean reward]({mean_plot})", "", f"![Reward variance]({variance_plot})", ""]
     return "\n".join([*lines, *sections])
 
@@ -547,11 +618,106 @@ def _html(
         f"<p>{esc(note)}</p>",
     ]
     for dataset in sorted(summary["dataset"].unique().to_list()):
-        parts += [f"<h2>{esc(dataset)}</h2>", *_html_table(TABLE_HEADER, _table_rows(summary, dataset))]
+        parts += [f"<h2>{esc(dataset)}</h2>", *_html_table(_table_header(summary), _table_rows(summary, dataset))]
     parts.append("<h2>Plots</h2>")
     parts += [_html_image("Mean reward", mean_png), _html_image("Reward variance", variance_png), *sections]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------- reward and accuracy
+
+ACCURACY_PLOT_NOTE = (
+    "Each method's mean reward against its accuracy on the datasets with reference answers, one panel per "
+    "dataset, prompter and frozen model, both with their confidence intervals over prompts. If reward and "
+    "true quality move together the points rise to the right; a method with more reward but no more accuracy "
+    "is optimising the reward model rather than the task."
+)
+
+
+def _accuracy_note(summary: pl.DataFrame, checkers: dict[str, str], confidence: float) -> str:
+    """What the accuracy column is over, and which checker (with what it accepts) each dataset used."""
+    datasets = sorted(summary.filter(pl.col("accuracy").is_not_null())["dataset"].unique().to_list())
+    unnamed = [dataset for dataset in datasets if dataset not in checkers]
+    if unnamed:
+        raise ValueError(f"accuracy of dataset(s) {unnamed} without the name of their checker")
+    used = "; ".join(f"{dataset}: {checkers[dataset]}, {_checker_description(checkers[dataset])}" for dataset in datasets)
+    return (
+        "Accuracy is the share of a method's sampled answers that its dataset's checker accepts against the "
+        f"prompt's reference answer, with the {confidence:.0%} Student-t interval over per-prompt mean correctness, "
+        f"clipped to [0%, 100%] (a dash: the dataset has no reference answers). Checkers: {used}."
+    )
+
+
+def _checker_description(name: str) -> str:
+    """What a checker accepts, from the first line of its docstring, as a clause."""
+    first = CHECKERS[name].__doc__.splitlines()[0].rstrip(".")
+    return first[0].lower() + first[1:]
+
+
+ACCURACY_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "<", ">")
+
+
+def _draw_accuracy(ax, rows: pl.DataFrame, styles: dict[str, tuple[str, str | None]], markers: dict[str, str]) -> None:
+    """One (dataset, prompter, frozen) panel: a point per method at (mean reward, accuracy) in its colour
+    and marker (methods often tie on accuracy, so markers keep coinciding points apart), both CIs as error
+    bars."""
+    for row in rows.iter_rows(named=True):
+        reward, accuracy = row["mean_reward"], row["accuracy"]
+        xerr = None if row["ci_low"] is None else [[reward - row["ci_low"]], [row["ci_high"] - reward]]
+        yerr = None if row["accuracy_ci_low"] is None else [[accuracy - row["accuracy_ci_low"]], [row["accuracy_ci_high"] - accuracy]]
+        ax.errorbar(
+            [reward], [accuracy], xerr=xerr, yerr=yerr, color=styles[row["label"]][0], marker=markers[row["label"]],
+            markersize=7, markeredgecolor="black", markeredgewidth=0.5, capsize=3, elinewidth=1, alpha=0.85,
+            label=row["label"],
+        )
+    ax.set_xlabel("mean reward")
+    ax.set_ylabel("accuracy")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_ylim(-0.05, 1.05)  # the whole range, so panels compare at a glance
+    ax.margins(x=0.15)
+    ax.grid(alpha=0.3)
+
+
+def _accuracy_plot(summary: pl.DataFrame) -> bytes:
+    """PNG of mean reward against accuracy, one panel per (dataset, prompter, frozen) with reference answers,
+    in the methods' colours of the bar plots."""
+    checked = summary.filter(pl.col("accuracy").is_not_null())
+    panels = checked.select("dataset", "prompter", "frozen").unique().sort(pl.all()).rows()
+    series = _series(summary)
+    styles = _series_styles(series)
+    markers = dict(zip(series["label"], ACCURACY_MARKERS * (1 + series.height // len(ACCURACY_MARKERS))))
+    labelled = _with_labels(checked)
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    legend_rows = math.ceil(series.height / (3 * ncols))
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(max(7.0, 5.5 * ncols), 4.3 * nrows + 0.3 * legend_rows + 1.0), squeeze=False, layout="constrained"
+    )
+    legend = {}
+    for ax, (dataset, prompter, frozen) in zip(axes.flat, panels):
+        _draw_accuracy(ax, labelled.filter(dataset=dataset, prompter=prompter, frozen=frozen), styles, markers)
+        ax.set_title(_plot_label(f"{dataset}: {_short_name(prompter)} → {_short_name(frozen)}"), fontsize=10)
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    order = [label for label in _series(checked)["label"] if label in legend]
+    fig.legend(
+        [legend[label] for label in order], [_plot_label(label) for label in order], loc="outside lower center",
+        ncol=min(len(order), 3 * ncols), frameon=False, title="method",
+    )
+    fig.suptitle("Mean reward against accuracy (error bars: CIs over prompts)", fontsize=12)
+    return _png(fig)
+
+
+def _accuracy_markdown(plot_link: str) -> list[str]:
+    return ["## Reward and accuracy", "", ACCURACY_PLOT_NOTE, "", f"![Mean reward against accuracy]({plot_link})", ""]
+
+
+def _accuracy_html(png: bytes) -> list[str]:
+    return [
+        "<h2>Reward and accuracy</h2>", f"<p>{html.escape(ACCURACY_PLOT_NOTE)}</p>", _html_image("Mean reward against accuracy", png)
+    ]
 
 
 # ---------------------------------------------------------------------------- suboptimality gap
@@ -571,8 +737,7 @@ def _gap_note(confidence: float) -> str:
         "each method's measured KL to its own reference: PPO prompters to ρ_sft, the mean over the last 10% of "
         "training steps, on training prompts; alignpro-star the estimate of KL(ρ* ‖ ρ_sft) from its K candidates "
         "per prompt (at most log K); rlhf its PPO KL to the frozen model, a different reference. The main alignpro "
-        "run has no single β (its KL coefficient comes from the ppo section), so its β·KL is not shown. With tiny "
-        "random models these numbers are noise."
+        "run has no single β (its KL coefficient comes from the ppo section), so its β·KL is not shown."
     )
 
 
@@ -626,8 +791,7 @@ FRONTIER_NOTE = (
     "Each prompter's mean reward (error bar: the confidence interval over prompts) against its KL to ρ_sft: the "
     "PPO prompters of the β sweep joined in β order, the main PPO run of the ppo section, the closed-form ρ* at "
     "each β joined in β order, and sft at KL 0. Dashed lines mark the mean reward of base, sft and rlhf (rlhf's "
-    "KL is to the frozen model, another reference, so it is a line, not a point). With tiny random models the "
-    "numbers are noise."
+    "KL is to the frozen model, another reference, so it is a line, not a point)."
 )
 
 
@@ -703,10 +867,7 @@ def _frontier_plot(summary: pl.DataFrame) -> bytes:
         list(legend.values()), list(legend), loc="outside lower center", ncol=math.ceil(len(legend) / legend_rows), frameon=False
     )
     fig.suptitle("Reward–KL frontier (error bars: CI over prompts)", fontsize=12)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig)
 
 
 def _frontier_markdown(plot_link: str) -> list[str]:
@@ -849,10 +1010,7 @@ def _win_plot(summary: pl.DataFrame) -> bytes:
     handles = [plt.Rectangle((0, 0), 1, 1, facecolor=OUTCOME_COLOURS[o], edgecolor="black", linewidth=0.5) for o in OUTCOME_COLOURS]
     fig.legend(handles, list(OUTCOME_COLOURS), loc="outside lower center", ncol=3, frameon=False)
     fig.suptitle("Win rate against base (error bar: CI of the win rate)", fontsize=12)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig)
 
 
 def pick_examples(verdicts: pl.DataFrame, scores: list[pa.Table] | pl.DataFrame, per_method: int) -> list[dict]:
@@ -1041,10 +1199,7 @@ def _training_plot(runs: dict[str, pl.DataFrame]) -> bytes:
         frameon=False,
         title="run",
     )
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig, dpi=100)
 
 
 def _draw_step_split(ax, runs: dict[str, pl.DataFrame], colours: dict[str, str]) -> None:
@@ -1082,10 +1237,7 @@ def _placeholder_plot(text: str) -> bytes:
     """A small PNG that says why there is nothing to plot, so a declared plot output still exists."""
     fig = plt.figure(figsize=(4, 1.5))
     fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=14, color="#555555")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig, dpi=100)
 
 
 TRAINING_NOTE = (
@@ -1143,6 +1295,8 @@ def write_report(
     html: str | os.PathLike,
     mean_plot: str | os.PathLike,
     variance_plot: str | os.PathLike,
+    accuracy_plot: str | os.PathLike | None = None,
+    checkers: dict[str, str] | None = None,
     title: str = "Align-Pro evaluation",
     confidence: float = 0.95,
     training: dict[str, pl.DataFrame] | None = None,
@@ -1161,7 +1315,10 @@ def write_report(
     base" section (a Table-1-style table per dataset, the plot, the judge's usage and cost, and `examples`
     from `pick_examples`). When some gap is known (rlhf answers), both reports get a "Suboptimality gap"
     table per dataset. When alignpro or alignpro-star rows have a kl, `frontier_plot` is required: both
-    reports get a "Reward–KL frontier" section with it. A given plot path with nothing to draw gets a
+    reports get a "Reward–KL frontier" section with it. When some dataset has an accuracy (reference answers),
+    `accuracy_plot` is required and `checkers` must name each such dataset's checker: the reward tables get an
+    accuracy column, the note says which checker each dataset used, and both reports get a "Reward and
+    accuracy" section with the plot of one against the other. A given plot path with nothing to draw gets a
     small placeholder PNG, so a workflow's declared output always exists. Everything is checked and rendered before the first file is
     written, and every file is written atomically.
     """
@@ -1176,16 +1333,25 @@ def write_report(
     frontier = not _frontier_points(summary).is_empty()
     if frontier and frontier_plot is None:
         raise ValueError("prompters with a measured kl in the summary without a frontier_plot path to draw them to")
+    accuracy = _has_accuracy(summary)
+    if accuracy and accuracy_plot is None:
+        raise ValueError("accuracies in the summary without an accuracy_plot path to draw them to")
     mean_png = _bar_plot(summary, "mean_reward", "mean reward", "Mean reward (error bars: CI over prompts)", True)
     variance_png = _bar_plot(summary, "reward_variance", "reward variance", "Reward variance", False)
     training_png = _training_plot(runs) if runs else _placeholder_plot("no training runs")
     decided = judged and _judged(summary)["win_pct"].is_not_null().any()
     win_png = _win_plot(summary) if decided else _placeholder_plot("no judged pairs")
     frontier_png = _frontier_plot(summary) if frontier else _placeholder_plot("no prompter KLs")
+    accuracy_png = _accuracy_plot(summary) if accuracy else _placeholder_plot("No dataset has\nreference answers.")
     note = _ci_note(confidence)
+    if accuracy:
+        note += " " + _accuracy_note(summary, checkers or {}, confidence)
     markdown_dir = Path(markdown).parent
     links = _relative_link(mean_plot, markdown_dir), _relative_link(variance_plot, markdown_dir)
     markdown_sections, html_sections = [], []
+    if accuracy:
+        markdown_sections += _accuracy_markdown(_relative_link(accuracy_plot, markdown_dir))
+        html_sections += _accuracy_html(accuracy_png)
     if _gap_datasets(summary):
         gap_note = _gap_note(confidence)
         markdown_sections += _gap_markdown(summary, gap_note)
@@ -1204,6 +1370,8 @@ def write_report(
     html_text = _html(summary, title, note, mean_png, variance_png, html_sections)
     write_bytes(mean_plot, mean_png)
     write_bytes(variance_plot, variance_png)
+    if accuracy_plot is not None:
+        write_bytes(accuracy_plot, accuracy_png)
     if training_plot is not None:
         write_bytes(training_plot, training_png)
     if win_plot is not None:

@@ -59,6 +59,13 @@ def build_tiny_model(*, role: str, out_dir: str, seed: int) -> None:
     log.info("built tiny %s model in %s", role, path)
 
 
+def train_task_model(*, task: str, role: str, out_dir: str, base_dir: str | None, seed: int) -> None:
+    from alignpro.task_models import train_task_model as train
+
+    path = train(task, role, out_dir, base_dir=base_dir, seed=seed)
+    log.info("trained the %s model of the %s task in %s", role, task, path)
+
+
 def fetch_model(
     *, repo: str, revision: str, cache_dir: str | None, trust_remote_code: bool, marker_path: str, label: str
 ) -> None:
@@ -390,12 +397,28 @@ def _kl_frame(training_runs: list[dict], training: dict, star_runs: list[dict]):
     return pl.DataFrame(rows, schema=schema)
 
 
+def _references_frame(references: dict[str, str]):
+    """dataset, prompt_id, reference of every test prompt of the datasets with reference answers."""
+    import polars as pl
+
+    frames = [
+        pl.from_arrow(tables.read_table(path, tables.PROMPTS).select(["prompt_id", "reference"])).with_columns(
+            dataset=pl.lit(dataset, pl.String)
+        )
+        for dataset, path in references.items()
+    ]
+    schema = {"dataset": pl.String, "prompt_id": pl.String, "reference": pl.String}
+    return pl.concat(frames).select(list(schema)) if frames else pl.DataFrame(schema=schema)
+
+
 def report(
     *,
     scores_paths: list[str],
     verdicts_paths: list[str],
     training_runs: list[dict],
     star_runs: list[dict],
+    references: dict[str, str],
+    checkers: dict[str, str],
     prompters: list[str],
     settings: dict,
     seed: int,
@@ -404,14 +427,17 @@ def report(
     html: str,
     mean_plot: str,
     variance_plot: str,
+    accuracy_plot: str,
     training_plot: str,
     win_plot: str,
     frontier_plot: str,
 ) -> None:
     """The report stage: per (dataset, prompter, frozen, method, beta) reward statistics, win rates
     against base, the gap to rlhf and the measured KL, as tables and plots with judged examples and
-    the PPO training curves. `training_runs` are PPO runs (metrics path, label and system keys),
-    `star_runs` rho*'s rewrite tables (path and keys); `settings` is the config's `report` section."""
+    the PPO training curves, and each method's task accuracy beside its reward where a dataset has
+    reference answers. `training_runs` are PPO runs (metrics path, label and system keys), `star_runs`
+    rho*'s rewrite tables (path and keys); `references` maps each dataset with reference answers to its
+    test prompts table, `checkers` to its checker's name; `settings` is the config's `report` section."""
     import polars as pl
 
     from alignpro.report import pick_examples, summarize, verdicts_frame, write_report
@@ -427,6 +453,8 @@ def report(
         kl=_kl_frame(training_runs, training, star_runs),
         bootstrap_samples=settings["bootstrap_samples"],
         seed=seed,
+        references=_references_frame(references),
+        checkers=checkers,
     )
     tables.write_table(summary.to_arrow(), summary_path, tables.SUMMARY)
     write_report(
@@ -435,6 +463,8 @@ def report(
         html=html,
         mean_plot=mean_plot,
         variance_plot=variance_plot,
+        accuracy_plot=accuracy_plot,
+        checkers=checkers,
         confidence=settings["confidence"],
         training=training,
         training_plot=training_plot,

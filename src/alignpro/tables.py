@@ -20,8 +20,13 @@ PROMPTS = pa.schema(
         pa.field("prompt_id", pa.string(), nullable=False),
         pa.field("prompt", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
+        pa.field("reference", pa.string(), nullable=True),
     ],
-    metadata={"doc": "one prompt per row; prompt_id = prompt_id_of(prompt); source = dataset it came from"},
+    metadata={
+        "doc": "one prompt per row; prompt_id = prompt_id_of(prompt); source = dataset it came from; "
+        "reference = the prompt's reference answer from a local file's reference_column, as text (null for "
+        "datasets without one)"
+    },
 )
 
 REWRITES = pa.schema(
@@ -119,6 +124,9 @@ SUMMARY = pa.schema(
         pa.field("reward_variance", pa.float64(), nullable=True),
         pa.field("ci_low", pa.float64(), nullable=True),
         pa.field("ci_high", pa.float64(), nullable=True),
+        pa.field("accuracy", pa.float64(), nullable=True),
+        pa.field("accuracy_ci_low", pa.float64(), nullable=True),
+        pa.field("accuracy_ci_high", pa.float64(), nullable=True),
         pa.field("fallback_rate", pa.float64(), nullable=True),
         pa.field("kl", pa.float64(), nullable=True),
         pa.field("gap", pa.float64(), nullable=True),
@@ -144,7 +152,9 @@ SUMMARY = pa.schema(
     metadata={
         "doc": "one row per (dataset, prompter, frozen, method, beta); the CI is over per-prompt mean "
         "rewards; base and rlhf rows repeat for every prompter; fallback_rate is null for base; beta "
-        "as in RESPONSES. kl is the measured KL to the method's reference: for alignpro PPO's KL to "
+        "as in RESPONSES. accuracy is the share of sampled answers the dataset's checker accepts against "
+        "the prompt's reference, with a t CI over per-prompt mean correctness clipped to [0, 1] (null for "
+        "datasets without references). kl is the measured KL to the method's reference: for alignpro PPO's KL to "
         "rho_sft (mean over the last 10% of steps), for alignpro-star the mean per-prompt estimate of "
         "KL(rho* || rho_sft), 0 for sft, for rlhf its PPO KL to the frozen model, null for base. gap is "
         "J(rlhf) - J(method), the mean over prompts of the per-prompt difference of mean rewards, with "

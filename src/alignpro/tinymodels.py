@@ -57,26 +57,26 @@ def _training_texts() -> list[str]:
     return texts
 
 
-@functools.lru_cache(maxsize=1)
-def _tokenizer_json() -> str:
-    """Train the byte-level BPE once per process; returned as JSON so callers get fresh copies."""
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE learnt from `texts` (any text encodes, and decodes back exactly), wrapped by
+    `chat_tokenizer`."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_training_texts(), trainer=trainer)
-    return tok.to_str()
+    tok.train_from_iterator(texts, trainer=trainer)
+    return chat_tokenizer(tok)
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """The shared tiny tokenizer: ChatML special tokens, <|im_end|> as eos, <|endoftext|> as pad."""
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_tokenizer_json()),
+def chat_tokenizer(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    """`tok` with ChatML special tokens, <|im_end|> as eos, <|endoftext|> as pad and the ChatML template."""
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
         eos_token=IM_END,
         pad_token=PAD_TOKEN,
         additional_special_tokens=[IM_START],
@@ -84,8 +84,19 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         padding_side="right",
         clean_up_tokenization_spaces=False,
     )
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer_json() -> str:
+    """Train the tiny models' BPE once per process; returned as JSON so callers get fresh copies."""
+    return train_tokenizer(_training_texts(), VOCAB_SIZE).backend_tokenizer.to_str()
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """The tiny models' tokenizer, learnt from the bundled corpus and prompts."""
+    return chat_tokenizer(Tokenizer.from_str(_tokenizer_json()))
 
 
 def build_tiny_model(role: str, out_dir, seed: int = 0) -> pathlib.Path:

@@ -1,0 +1,129 @@
+"""The task models' training: examples formatted exactly as generation and scoring see them, the
+shared-prefix loss equal to the plain one, and saved models that the stages' own loaders load.
+Training here runs a handful of steps (the workflow's full runs are checked end to end)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import Qwen2ForCausalLM
+
+from alignpro import task_models
+from alignpro.generation import Sampling, load_generator
+from alignpro.reward import RewardScorer
+from alignpro.rewrite import prompter_conversation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def few_steps(monkeypatch):
+    """Every role trains 3 steps on small batches."""
+    plans = {role: dataclasses.replace(plan, steps=3, batch_size=4) for role, plan in task_models.PLANS.items()}
+    monkeypatch.setattr(task_models, "PLANS", plans)
+
+
+@pytest.fixture
+def trained(tmp_path_factory, few_steps):
+    root = tmp_path_factory.mktemp("task-models")
+    task_models.train_task_model("phrasing", "base", root / "base", seed=0)
+    for role in ("frozen", "reward", "prompter"):
+        task_models.train_task_model("phrasing", role, root / role, base_dir=root / "base", seed=0)
+    return root
+
+
+@pytest.mark.parametrize("kind", ["answer", "prompter"])
+def test_examples_are_tokenized_as_the_chat_template_renders_them(kind):
+    tokenizer = task_models.task_tokenizer()
+    prompt, answer = "Tally these up: owl fox cat", "3"
+    batch = task_models.chat_batch(tokenizer, kind, [(prompt, answer)])
+    conversation = prompter_conversation(prompt) if kind == "prompter" else [{"role": "user", "content": prompt}]
+    rendered = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    expected_prompt = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    expected_answer = tokenizer(answer + task_models.IM_END, add_special_tokens=False)["input_ids"]
+    assert list(batch.prefix) + batch.input_ids[0] == expected_prompt + expected_answer
+    labelled = [token for token in batch.labels[0] if token != -100]
+    assert labelled == expected_answer and batch.labels[0][: -len(expected_answer)] == [-100] * (len(batch.input_ids[0]) - len(expected_answer))
+
+
+def test_shared_prefix_loss_and_gradients_equal_the_plain_ones():
+    tokenizer = task_models.task_tokenizer()
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(task_models.base_config(tokenizer))
+    batch = task_models.prompter_batch(tokenizer, random.Random(0), 4)
+    shared = task_models.lm_loss(model, tokenizer, batch)
+    shared.backward()
+    shared_grad = model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+    model.zero_grad()
+    ids = [list(batch.prefix) + sequence for sequence in batch.input_ids]
+    labels = [[-100] * len(batch.prefix) + sequence for sequence in batch.labels]
+    plain = model(
+        input_ids=task_models.pad(ids, tokenizer.pad_token_id),
+        attention_mask=task_models.pad([[1] * len(sequence) for sequence in ids], 0),
+        labels=task_models.pad(labels, -100),
+    ).loss
+    plain.backward()
+    assert shared.item() == pytest.approx(plain.item(), rel=1e-5)
+    assert torch.allclose(shared_grad, model.model.layers[0].self_attn.q_proj.weight.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_saved_models_load_through_the_stages_loaders(trained):
+    """The frozen model and prompter answer through the generation backend, the reward model scores
+    through RewardScorer: the code paths hub models take."""
+    frozen = load_generator("transformers", str(trained / "frozen"), dtype="float32", batch_size=4)
+    answers = frozen.chat([[{"role": "user", "content": "Tally these up: owl fox cat"}]], Sampling(n=2, max_new_tokens=8))
+    assert len(answers[0]) == 2 and all(answer.num_tokens >= 1 for answer in answers[0])
+    prompter = load_generator("transformers", str(trained / "prompter"), dtype="float32", batch_size=4)
+    assert len(prompter.chat([prompter_conversation("Mirror these: ant bee cow")], Sampling(max_new_tokens=8))[0]) == 1
+    scorer = RewardScorer(str(trained / "reward"), dtype="float32", max_length=512)
+    scores = scorer.score(["Tally these up: owl fox cat"] * 2, ["3", "cat"])
+    assert len(scores) == 2 and all(isinstance(score, float) for score in scores)
+    for role in ("base", "frozen", "reward", "prompter"):
+        card = json.loads((trained / role / task_models.TRAINING_CARD).read_text())
+        assert card["role"] == role and card["steps"] == 3 and card["seed"] == 0
+    assert set(json.loads((trained / "reward" / task_models.TRAINING_CARD).read_text())) >= {
+        "pairwise_accuracy_vs_misread", "pairwise_accuracy_vs_wrong_words"
+    }
+    assert (trained / "base" / "tokenizer.json").read_text() == (trained / "prompter" / "tokenizer.json").read_text()
+
+
+def test_fine_tuned_models_start_from_the_base(trained, few_steps, tmp_path):
+    """A fine-tune with a learning rate of zero leaves the base's weights as they were."""
+    plans = {**task_models.PLANS, "frozen": dataclasses.replace(task_models.PLANS["frozen"], learning_rate=0.0)}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(task_models, "PLANS", plans)
+        task_models.train_task_model("phrasing", "frozen", tmp_path / "frozen", base_dir=trained / "base", seed=0)
+    base, frozen = load_file(trained / "base/model.safetensors"), load_file(tmp_path / "frozen/model.safetensors")
+    assert base.keys() == frozen.keys() and all(torch.equal(base[key], frozen[key]) for key in base)
+
+
+def test_training_is_seeded(few_steps, tmp_path):
+    for run in ("a", "b", "c"):
+        task_models.train_task_model("phrasing", "base", tmp_path / run, seed=1 if run == "c" else 0)
+    a, b, c = (load_file(tmp_path / run / "model.safetensors") for run in ("a", "b", "c"))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert not all(torch.equal(a[key], c[key]) for key in a)
+
+
+def test_unknown_task_role_or_missing_base_are_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown task 'arithmetic'"):
+        task_models.train_task_model("arithmetic", "base", tmp_path / "x")
+    with pytest.raises(ValueError, match="unknown task model role 'judge'"):
+        task_models.train_task_model("phrasing", "judge", tmp_path / "x")
+    with pytest.raises(ValueError, match="fine-tuned from the base model"):
+        task_models.train_task_model("phrasing", "frozen", tmp_path / "x")
+
+
+def test_the_schema_and_the_workflow_name_the_tasks_and_roles_defined_here():
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    assert schema["$defs"]["model"]["properties"]["task"]["enum"] == list(task_models.TASKS)
+    common = (ROOT / "rules/common.smk").read_text()
+    assert 'role="|".join(["base", *TINY_ROLES.values()])' in common
+    assert task_models.ROLES == ("base", "frozen", "reward", "prompter")
