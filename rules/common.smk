@@ -1,5 +1,6 @@
 # Config validation and the path/grid helpers every rule file uses.
 import os
+import re
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger

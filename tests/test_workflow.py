@@ -550,6 +550,20 @@ def test_paper_config_plans_the_whole_grid(tmp_path):
         assert all(expected <= request for request in requests[rule]), (rule, requests[rule][0])
 
 
+def test_spawned_jobs_replace_the_workflow_config_as_their_main_process_did(tmp_path, monkeypatch):
+    """A cluster job reruns the Snakefile with --configfiles but without --replace-workflow-config
+    (Snakemake drops it); the main process's flag reaches it through the environment. Without it the
+    job would merge config/tiny.yaml's models into config.yaml's and fail validation."""
+    workdir = copy_workflow(tmp_path / "workflow")
+    as_user_ran_it = planned_jobs(workdir, "--configfile", "config/tiny.yaml", "--replace-workflow-config")
+    assert as_user_ran_it["tiny_model"] == 3 and "task_model" not in as_user_ran_it
+    as_a_job_runs_it = ("--dry-run", "--configfile", "config/tiny.yaml")
+    merged = run_snakemake(workdir, *as_a_job_runs_it, check=False)
+    assert merged.returncode != 0 and "too many properties" in merged.stdout + merged.stderr
+    monkeypatch.setenv("ALIGNPRO_REPLACE_WORKFLOW_CONFIG", "1")
+    assert planned_jobs(workdir, "--configfile", "config/tiny.yaml") == as_user_ran_it
+
+
 def test_gpu_requests_follow_vllm_tensor_parallel_size(tmp_path):
     """GPU rules take one GPU each (config/tiny.yaml keeps the default), or the tensor-parallel size
     where they generate with vLLM."""
