@@ -7,6 +7,7 @@ from snakemake.logging import logger
 from snakemake.utils import validate
 
 from alignpro import hub
+from alignpro.systems import REFERENCE, split_system, system_names, system_pattern
 from alignpro.datasets import check_columns, is_bundled
 
 
@@ -25,8 +26,8 @@ TRAINING_GENERATION = {key: value for key, value in config["generation"].items()
 
 
 def check_local_datasets():
-    """Fail before any job runs when a local dataset file lacks its prompt or reference column, or a
-    hub dataset names a reference column (its adapter reads prompts only)."""
+    """Fail before any job runs when a local dataset file lacks its prompt or reference column or has
+    fewer rows than test_size, or a hub dataset names a reference column (its adapter reads prompts only)."""
     for name, spec in config["datasets"].items():
         if spec["source"] != "local":
             if "reference_column" in spec:
@@ -37,7 +38,7 @@ def check_local_datasets():
                 )
         else:
             try:
-                check_columns(spec["path"], spec["prompt_column"], spec.get("reference_column"))
+                check_columns(spec["path"], spec["prompt_column"], spec.get("reference_column"), spec["test_size"])
             except (OSError, ValueError) as error:
                 raise WorkflowError(f"config datasets.{name}: {error}") from None
 
@@ -45,12 +46,6 @@ def check_local_datasets():
 check_local_datasets()
 # The checker of every dataset with reference answers: the report scores those datasets' answers.
 REFERENCE_CHECKERS = {name: spec["checker"] for name, spec in config["datasets"].items() if "reference_column" in spec}
-
-
-# Methods that put a trained prompter in front of the frozen model.
-PROMPTER_METHODS = ("sft", "alignpro")
-# The systems a prompter rewrites for (every system but base and rlhf), as a wildcard pattern.
-PROMPTED_SYSTEM = "(sft|alignpro)/[^/]+|(alignpro|alignpro-star)/[^/]+/beta[^/]+"
 
 
 def beta_tags():
@@ -69,26 +64,23 @@ if "alignpro-star" in METHODS and not BETAS:
     raise WorkflowError("config methods has alignpro-star, but beta_sweep is empty: give rho* at least one beta")
 
 
+# Wildcard patterns of the systems (alignpro.systems): all of them, those judged against base, and
+# those whose rewrites come from a trained prompter's rewrite job.
+SYSTEM_PATTERN = system_pattern()
+JUDGED_SYSTEM_PATTERN = system_pattern(lambda method: method.name != REFERENCE)
+PROMPTER_SYSTEM_PATTERN = system_pattern(lambda method: method.rewrites == "prompter")
+
+
 def systems():
-    """What answers a prompt: `base` or `rlhf` (frozen model alone, as is or PPO-tuned),
-    `<method>/<prompter>` (a trained prompter rewrites, the frozen model answers),
-    `alignpro/<prompter>/beta<b>` (the PPO prompter of beta_sweep's b) or
-    `alignpro-star/<prompter>/beta<b>` (rho* at b rewrites)."""
-    names = [method for method in ("base", "rlhf") if method in METHODS]
-    for method in PROMPTER_METHODS:
-        if method in METHODS:
-            names += [f"{method}/{prompter}" for prompter in PROMPTERS]
-    for method in ("alignpro", "alignpro-star"):
-        if method in METHODS:
-            names += [f"{method}/{prompter}/beta{tag}" for prompter in PROMPTERS for tag in BETAS]
-    return names
+    """Every system of the config (see alignpro.systems): what answers a test prompt."""
+    return system_names(METHODS, PROMPTERS, list(BETAS))
 
 
 def parse_system(system):
     """`alignpro/p/beta0.2` -> ("alignpro", "p", 0.2); `alignpro/p` -> ("alignpro", "p", None);
     `base` -> ("base", None, None)."""
-    method, prompter, tag = (system.split("/") + [None, None])[:3]
-    return method, prompter, BETAS[tag.removeprefix("beta")] if tag else None
+    method, prompter, tag = split_system(system)
+    return method, prompter, None if tag is None else BETAS[tag]
 
 
 def ppo_run(beta):
@@ -364,7 +356,7 @@ wildcard_constraints:
     prompter="|".join(map(re.escape, PROMPTERS)),
     frozen="|".join(map(re.escape, FROZEN)),
     kind="prompters|frozen|reward",
-    system=f"base|rlhf|{PROMPTED_SYSTEM}",
+    system=SYSTEM_PATTERN,
     ppo_run="ppo|ppo-beta[^/]+",
     beta="[^/]+",
     task="[a-z_]+",  # the schema's model `task` enum names them

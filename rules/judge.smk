@@ -15,7 +15,7 @@ rule judge:
     benchmark:
         "results/benchmarks/judge/{dataset}/{frozen}/{system}.tsv"
     wildcard_constraints:
-        system=f"rlhf|{PROMPTED_SYSTEM}",
+        system=JUDGED_SYSTEM_PATTERN,
     localrule: True
     conda:
         "../envs/judge.yaml"

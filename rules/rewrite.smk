@@ -20,7 +20,7 @@ rule rewrite:
     benchmark:
         "results/benchmarks/rewrite/{dataset}/{frozen}/{system}.tsv"
     wildcard_constraints:
-        system="(sft|alignpro)/[^/]+|alignpro/[^/]+/beta[^/]+",
+        system=PROMPTER_SYSTEM_PATTERN,
     conda:
         "../envs/vllm.yaml"
     script:

@@ -373,3 +373,65 @@ def test_missing_reference_column_names_file_and_column(tmp_path, suffix):
 def test_reference_text():
     assert [stage.reference_text(value) for value in (7, 2.5, " a  b\r\n", True)] == ["7", "2.5", "a  b", "True"]
     assert [stage.reference_text(value) for value in (None, float("nan"), "", "  \n")] == [None] * 4
+
+
+def test_malformed_jsonl_line_names_file_and_line(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"prompt": "How do tides work?"}) + "\n\n" + json.dumps({"prompt": "Why is the sky blue?"}) + "\n{\"prompt\": \"cut off\n")
+    with pytest.raises(ValueError, match=rf"{path}: line 4 is not valid JSON"):
+        stage.prepare_dataset("mine", spec("local", path=str(path), test_size=1), seed=0)
+
+
+def test_jsonl_line_that_is_not_an_object_names_its_line(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"prompt": "How do tides work?"}) + "\n" + json.dumps(["a", "list"]) + "\n")
+    with pytest.raises(ValueError, match=r"line 2 is a JSON list, not an object"):
+        stage.prepare_dataset("mine", spec("local", path=str(path), test_size=1), seed=0)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_list_valued_prompt_column_names_the_row_not_empty_rows(tmp_path, suffix):
+    rows = [{"prompt": ["How do tides work?"]}, {"prompt": ["Hi", "Hello! How can I help?", "Tell me a joke"]}]
+    path = tmp_path / f"turns{suffix}"
+    if suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    with pytest.raises(ValueError) as error:
+        stage.prepare_dataset("chats", spec("local", path=str(path), test_size=1), seed=0)
+    message = str(error.value)
+    assert f"{path}: row 1: column 'prompt' holds a list" in message and "multi-turn" in message
+
+
+def test_hub_prompt_column_of_lists_is_named(monkeypatch):
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: datasets.Dataset.from_list([{"instruction": ["a", "b"]}]))
+    with pytest.raises(ValueError, match=r"openbmb/UltraFeedback@\w+: row 1: column 'instruction' holds a list"):
+        stage.prepare_dataset("uf", spec("ultrafeedback"), seed=0)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_check_columns_counts_rows_against_test_size(tmp_path, suffix):
+    path = write_local(tmp_path / f"prompts{suffix}")  # 5 rows
+    stage.check_columns(path, "text", test_size=5)
+    with pytest.raises(ValueError, match=r"has 5 rows, fewer than test_size=6"):
+        stage.check_columns(path, "text", test_size=6)
+
+
+def test_a_train_split_shorter_than_train_size_is_no_warning(caplog):
+    prompts = [{"prompt_id": f"{i:03d}", "prompt": f"prompt {i}", "source": "s", "reference": None} for i in range(30)]
+    with caplog.at_level("INFO"):
+        train, _ = stage.split_prompts("d", prompts, seed=0, test_size=10, train_size=2000)
+    assert len(train) == 20 and not [record for record in caplog.records if record.levelname == "WARNING"]
+
+
+def test_a_stage_warns_when_it_gets_fewer_training_prompts_than_max_prompts(tmp_path, caplog):
+    from alignpro import stages, tables
+
+    path = tmp_path / "train.parquet"
+    rows = [{"prompt_id": f"{i}", "prompt": f"prompt {i}", "source": "s", "reference": None} for i in range(3)]
+    tables.write_table(pa.Table.from_pylist(rows, schema=PROMPTS), path, PROMPTS)
+    with caplog.at_level("WARNING"):
+        assert len(stages._training_prompts(str(path), 2, "ppo")) == 2
+        assert not caplog.records
+        assert len(stages._training_prompts(str(path), 64, "sft.pairs")) == 3
+    assert caplog.records[0].getMessage() == f"sft.pairs.max_prompts is 64, but {path} has only 3 training prompts"

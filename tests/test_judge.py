@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -32,7 +31,6 @@ from alignpro.judge import (
     judge_pairs,
     pairs_from_scores,
     parse_verdict,
-    win_rates,
 )
 from alignpro.tables import SCORES, VERDICTS, SchemaError, read_table, write_table
 from openai_stub import MARKER, JudgeStub
@@ -337,26 +335,3 @@ def test_judge_stage_offline_then_through_the_api(stub, tmp_path):
     stages.judge(**paths, out_path=str(tmp_path / "again.parquet"), settings=settings)
     assert stub.total_requests == 8
     assert judgment(read_table(tmp_path / "again.parquet", VERDICTS)) == judgment(verdicts)
-
-
-def test_win_rates_per_method_with_seeded_bootstrap():
-    outcomes = {"alignpro": ["win"] * 6 + ["tie"] * 2 + ["loss"] * 2 + ["invalid"], "sft": ["win", "loss", "not_judged", "tie"]}
-    rows = []
-    for method, verdicts in outcomes.items():
-        for index, verdict in enumerate(verdicts):
-            rows.append(dict(
-                dataset="toy", prompt_id=f"p{index}", method=method, prompter="qwen", frozen="llama", sample_index=0,
-                judge="gpt-4 pairwise-v1", verdict=verdict, verdict_method_first=None, verdict_base_first=None,
-                inconsistent=index == 6, reason_method_first=None, reason_base_first=None, not_judged_reason=None,
-                p_method_wins=None, prompt_tokens=10, completion_tokens=5, cost_usd=0.001, calls=2, retries=0, cached_calls=0,
-            ))
-    table = pa.Table.from_pylist(rows, schema=VERDICTS)
-    rates = win_rates(table, n_bootstrap=500, seed=7)
-    assert rates.equals(win_rates(table, n_bootstrap=500, seed=7))
-    alignpro = rates.filter(pl.col("method") == "alignpro").row(0, named=True)
-    assert (alignpro["win_pct"], alignpro["tie_pct"], alignpro["loss_pct"]) == (60.0, 20.0, 20.0)
-    assert alignpro["win_ci_low"] < 60.0 < alignpro["win_ci_high"]
-    assert alignpro["inconsistent_pct"] == 10.0 and alignpro["invalid_pct"] == pytest.approx(100 / 11)
-    assert (alignpro["n_pairs"], alignpro["n_decided"], alignpro["calls"]) == (11, 10, 22)
-    sft = rates.filter(pl.col("method") == "sft").row(0, named=True)
-    assert sft["not_judged_pct"] == 25.0 and sft["win_pct"] == pytest.approx(100 / 3)

@@ -21,6 +21,7 @@ import torch
 
 from alignpro.ppo import (
     AdaptiveKLController,
+    CheckpointPastSteps,
     FixedKLController,
     PPOConfig,
     PPOTrainer,
@@ -265,8 +266,8 @@ def test_config_defaults_are_the_gpt2_sentiment_example():
     assert (config.temperature, config.top_p, config.top_k, config.gradient_checkpointing) == (1.0, 1.0, 0, False)
     lora = PPOConfig.from_config({"lora": {"enabled": True, "r": 4, "target_modules": ["q_proj"]}}).lora
     assert lora.enabled and lora.r == 4 and lora.target_modules == ("q_proj",)
-    with pytest.raises(ValueError, match="unknown PPO setting"):
-        PPOConfig.from_config({"target": 6.0})
+    with pytest.raises(ValueError, match=r"config rlhf.target: unknown key"):
+        PPOConfig.from_config({"target": 6.0}, "rlhf")
     with pytest.raises(ValueError, match="multiple of"):
         PPOConfig.from_config({"batch_size": 10, "mini_batch_size": 4})
 
@@ -434,21 +435,28 @@ def test_lora_trains_only_the_adapters_against_the_sft_reference(word_prompter, 
         assert torch.allclose(merged(input_ids=inputs).logits, policy_logits, atol=1e-4)
 
 
+def reward_failing_at_step_3():
+    """`spaces_reward`, until its third call (PPO step 3) raises as a reward server going down would."""
+    calls = 0
+
+    def reward(prompts, completions):
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("reward server down")
+        return spaces_reward(prompts, completions)
+
+    return reward
+
+
 def test_interrupted_run_resumes_in_process(word_prompter, tmp_path, caplog):
     """A run that fails at step 3 leaves the step-2 checkpoint; the rerun resumes from it and ends
     with the same weights and metrics as an uninterrupted run; another config starts from scratch."""
     caplog.set_level("INFO", logger="alignpro.ppo")
     config = small_config(steps=4, save_every=2, batch_size=8, mini_batch_size=4, ppo_epochs=2)
 
-    def failing_at_step_3(prompts, completions):
-        failing_at_step_3.calls += 1
-        if failing_at_step_3.calls == 3:
-            raise RuntimeError("reward server down")
-        return spaces_reward(prompts, completions)
-
-    failing_at_step_3.calls = 0
     with pytest.raises(RuntimeError, match="reward server down"):
-        make_trainer(word_prompter, tmp_path / "run", config, reward_fn=failing_at_step_3).train(PROMPTS)
+        make_trainer(word_prompter, tmp_path / "run", config, reward_fn=reward_failing_at_step_3()).train(PROMPTS)
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-000002"]
 
     resumed = make_trainer(word_prompter, tmp_path / "run", config)
@@ -463,14 +471,28 @@ def test_interrupted_run_resumes_in_process(word_prompter, tmp_path, caplog):
     assert all(torch.equal(value, other[name]) for name, value in uninterrupted.policy.lm.state_dict().items())
 
     # a checkpoint written with another config is not resumed
-    failing_at_step_3.calls = 0
     with pytest.raises(RuntimeError):
-        make_trainer(word_prompter, tmp_path / "changed", config, reward_fn=failing_at_step_3).train(PROMPTS)
+        make_trainer(word_prompter, tmp_path / "changed", config, reward_fn=reward_failing_at_step_3()).train(PROMPTS)
     caplog.clear()
     changed = make_trainer(word_prompter, tmp_path / "changed", small_config(steps=1, save_every=2, batch_size=8, mini_batch_size=4))
     changed.train(PROMPTS)
     assert "starting from step 0" in caplog.text and "resuming" not in caplog.text
     assert [row["step"] for row in changed.metrics] == [1]
+
+
+def test_a_checkpoint_past_the_configured_steps_is_refused_not_saved_as_the_shorter_run(word_prompter, tmp_path):
+    """Killed after step 2 of 4, rerun with steps lowered to 1: resuming would write the 2-step policy and
+    metrics as the 1-step run's, so the rerun refuses, naming both step counts, and writes nothing."""
+    config = small_config(steps=4, save_every=2, batch_size=8, mini_batch_size=4)
+
+    with pytest.raises(RuntimeError, match="reward server down"):
+        make_trainer(word_prompter, tmp_path / "run", config, reward_fn=reward_failing_at_step_3()).train(PROMPTS)
+    lowered = small_config(steps=1, save_every=2, batch_size=8, mini_batch_size=4)
+    with pytest.raises(CheckpointPastSteps, match=r"steps is 1, but .*step-000002 holds a run already at step 2"):
+        make_trainer(word_prompter, tmp_path / "run", lowered).train(PROMPTS)
+    assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "metrics.parquet").exists()
+    make_trainer(word_prompter, tmp_path / "run", config).train(PROMPTS)  # the original steps still resume
+    assert (tmp_path / "run" / "metrics.parquet").exists()
 
 
 def _run_script(model, out, *extra, delay=0.0):
@@ -518,3 +540,27 @@ def test_killed_run_resumes_with_identical_weights(word_prompter, tmp_path):
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
     generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert generated.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_the_stage_names_the_config_key_of_a_checkpoint_past_its_steps(tmp_path, monkeypatch):
+    import pyarrow as pa
+
+    from alignpro import ppo, stages, tables
+    from alignpro.tables import PROMPTS
+
+    class Refusing:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def train(self, prompts):
+            raise CheckpointPastSteps("steps is 1, but checkpoints/step-000002 holds a run already at step 2")
+
+    monkeypatch.setattr(ppo, "PPOTrainer", Refusing)
+    train = tmp_path / "train.parquet"
+    tables.write_table(pa.Table.from_pylist([{"prompt_id": "1", "prompt": "p", "source": "s", "reference": None}], schema=PROMPTS), train, PROMPTS)
+    model = {"path": "m", "revision": "main", "dtype": "auto", "trust_remote_code": False}
+    with pytest.raises(ValueError, match=r"^config rlhf.steps: steps is 1, but .* at step 2"):
+        stages._train_ppo(
+            section="rlhf", train_path=str(train), workdir=str(tmp_path), model=model, ppo={"steps": 1, "max_prompts": 1},
+            seed=0, query_fn=None, reward_fn=None,
+        )

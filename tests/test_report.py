@@ -12,18 +12,9 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from alignpro.report import (
-    _draw_dataset,
-    _series,
-    _series_styles,
-    _with_labels,
-    pick_examples,
-    ppo_kl,
-    star_kl,
-    summarize,
-    t_quantile,
-    write_report,
-)
+from alignpro.report import pick_examples, ppo_kl, star_kl, summarize, write_report
+from alignpro.report.plots import draw_dataset, method_series, series_styles, with_labels
+from alignpro.report.render import Heading, Paragraph, Quote, Table, html_page, markdown
 from alignpro.tables import PPO_METRICS, SCORES, SUMMARY, VERDICTS, SchemaError, conform
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -86,31 +77,6 @@ def _expected(rewards: dict) -> dict:
         ci_low=centre - half_width,
         ci_high=centre + half_width,
     )
-
-
-@pytest.mark.parametrize(
-    ("probability", "df", "table_value"),
-    [
-        (0.975, 1, 12.706),
-        (0.975, 2, 4.303),
-        (0.975, 3, 3.182),
-        (0.975, 10, 2.228),
-        (0.975, 30, 2.042),
-        (0.975, 10**6, 1.960),
-        (0.995, 5, 4.032),
-        (0.95, 20, 1.725),
-        (0.025, 10, -2.228),
-    ],
-)
-def test_t_quantile_matches_table(probability, df, table_value):
-    assert t_quantile(probability, df) == pytest.approx(table_value, abs=6e-4)
-
-
-def test_t_quantile_rejects_bad_arguments():
-    with pytest.raises(ValueError):
-        t_quantile(1.0, 5)
-    with pytest.raises(ValueError):
-        t_quantile(0.975, 0)
 
 
 def test_summarize_known_numbers(tables):
@@ -734,12 +700,12 @@ def test_gap_over_unpaired_prompts_is_refused(tables):
 
 
 def test_beta_variants_are_bars_of_their_own(frontier_summary):
-    rows = _with_labels(frontier_summary)
-    series = _series(frontier_summary)
-    styles = _series_styles(series)
+    rows = with_labels(frontier_summary)
+    series = method_series(frontier_summary)
+    styles = series_styles(series)
     assert len(set(styles.values())) == series.height  # no two bars look alike
     fig, ax = plt.subplots()
-    _draw_dataset(ax, rows, series["label"].to_list(), styles, "mean_reward", True)
+    draw_dataset(ax, rows, series["label"].to_list(), styles, "mean_reward", True)
     heights = sorted(round(bar.get_height(), 9) for bar in ax.patches)
     plt.close(fig)
     assert heights == sorted(round(value, 9) for value in frontier_summary["mean_reward"])
@@ -986,3 +952,13 @@ def test_report_stage_reads_the_reference_tables(tmp_path):
     summary = stage_tables.read_table(outputs["summary_path"], SUMMARY).to_pylist()
     assert sorted((row["method"], row["accuracy"]) for row in summary) == [("alignpro", 0.75), ("base", 0.5)]
     assert outputs["accuracy_plot"].read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_control_characters_are_shown_escaped_not_written_raw():
+    """Model outputs can hold NUL, escape sequences and the like: the report shows them as \\xNN."""
+    blocks = [Heading(2, "data\x00set"), Paragraph("note\x07"), Table(["h"], [["cell\x1b[31m"]]), Quote("answer", "a\x00b\nc\td")]
+    for text in (markdown(blocks), html_page("title\x0c", blocks)):
+        assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", text)
+        assert "data\\x00set" in text and "cell\\x1b[31m" in text and "a\\x00b" in text
+    assert "> a\\x00b\n> c\td" in markdown(blocks)  # newlines and tabs stay
+

@@ -1,5 +1,6 @@
 """rho_sft: best-of-K pairs, pairs read from files and the hub, and SFT with TRL's SFTTrainer."""
 
+import dataclasses
 import json
 import logging
 import math
@@ -253,6 +254,26 @@ def trained(tiny_prompter, tmp_path_factory):
         logger.removeHandler(records)
         logger.setLevel(level)
     return out, records.messages
+
+
+def test_pairs_trl_cuts_or_drops_at_max_length_are_counted_in_the_log(tiny_prompter, tmp_path, caplog):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_prompter)
+    pairs = TRAIN_PAIRS.slice(0, 4)
+    prompt_lengths = [
+        len(tokenizer.apply_chat_template(prompter_conversation(p), add_generation_prompt=True)["input_ids"])
+        for p in pairs.column("prompt").to_pylist()
+    ]
+    max_length = min(prompt_lengths) + 2  # every pair is cut; those with a longer prompt are dropped
+    dropped = sum(length >= max_length for length in prompt_lengths)
+    with caplog.at_level("INFO", logger="alignpro.sft"):
+        build_sft_trainer(str(tiny_prompter), pairs, tmp_path, dataclasses.replace(FAST, max_length=max_length))
+    assert f"TRL dropped {dropped} of 4 pairs" in caplog.text and f"and cut {4 - dropped} more" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="alignpro.sft"):
+        build_sft_trainer(str(tiny_prompter), pairs, tmp_path, dataclasses.replace(FAST, max_length=4096))
+    assert "sft.max_length=4096: all 4 pairs fit whole" in caplog.text
 
 
 def test_loss_is_on_the_completion_only(tiny_prompter, tmp_path):

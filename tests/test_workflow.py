@@ -258,7 +258,7 @@ def test_task_models_are_trained_and_loaded_like_hub_models(finished_run):
     assert cards["reward"]["pairwise_accuracy_vs_misread"] > 0.9
     assert 0.05 < cards["prompter"]["sampled_rewrites_clear"] < 0.35 and cards["prompter"]["sampled_rewrites_keeping_task"] > 0.5
     log = (workdir / f"logs/generate/{RUN}/base.log").read_text()
-    assert f"loading results/task_models/phrasing/frozen at revision main" in log
+    assert "loading results/task_models/phrasing/frozen at revision main" in log
 
 
 @pytest.mark.slow
@@ -517,6 +517,13 @@ def test_unknown_bundled_prompt_set_is_named(tmp_path):
     config["datasets"]["phrasing"]["path"] = "bundled:phrasing"
     message = dry_run_error(tmp_path, config)
     assert "datasets.phrasing" in message and "no bundled prompt set 'phrasing'" in message
+
+
+def test_test_size_larger_than_the_dataset_is_named_before_any_job(tmp_path):
+    config = default_config()
+    config["datasets"]["phrasing"]["test_size"] = 10_000  # the bundled task has 400 prompts
+    message = dry_run_error(tmp_path, config)
+    assert "datasets.phrasing" in message and "has 400 rows, fewer than test_size=10000" in message
 
 
 def test_paper_config_plans_the_whole_grid(tmp_path):

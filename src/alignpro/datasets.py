@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -125,6 +126,7 @@ def read_hub_prompts(adapter: HubDataset, system_prompt: str) -> list[tuple[obje
     if missing:
         raise ValueError(f"{adapter.repo}@{adapter.revision}: no column(s) {missing}; it has {rows.column_names}")
     prompts = list(rows[adapter.prompt_column])
+    check_prompt_texts(prompts, f"{adapter.repo}@{adapter.revision}", adapter.prompt_column)
     if adapter.system_column and system_prompt == "prepend":
         systems = rows[adapter.system_column]
         prompts = [prepend_system_prompt(system, prompt) for system, prompt in zip(systems, prompts)]
@@ -141,17 +143,31 @@ def prepend_system_prompt(system: object, question: object) -> str | None:
     return f"{system.strip()}\n\n{question.strip()}"
 
 
-def check_columns(path: str, prompt_column: str, reference_column: str | None = None) -> None:
-    """Raise ValueError unless the local file at `path` has `prompt_column` (and `reference_column`).
+def check_columns(path: str, prompt_column: str, reference_column: str | None = None, test_size: int | None = None) -> None:
+    """Raise ValueError unless the local file at `path` has `prompt_column` (and `reference_column`),
+    and at least `test_size` rows (the test split alone needs that many prompts).
 
-    Reads only the header (first jsonl line, csv header row, parquet schema), so the workflow can
-    check every local dataset at start-up, before any job runs.
+    Reads only the header (first jsonl line, csv header row, parquet schema) and at most `test_size`
+    rows, so the workflow can check every local dataset at start-up, before any job runs.
     """
     file = local_file(path)
     columns = header_columns(file)
     for role, column in (("prompt", prompt_column), ("reference", reference_column)):
         if column is not None and column not in columns:
             raise ValueError(f"{file}: no {role} column {column!r}; its columns are {columns}")
+    if test_size is not None and (rows := count_rows(file, test_size)) < test_size:
+        raise ValueError(f"{file} has {rows} rows, fewer than test_size={test_size}: the test split alone needs that many prompts")
+
+
+def count_rows(file: Path | Traversable, at_most: int) -> int:
+    """The number of rows of a jsonl, csv or parquet file, counting no further than `at_most`."""
+    suffix = file_suffix(file)
+    if suffix == ".parquet":
+        with file.open("rb") as stream:
+            return min(pq.read_metadata(stream).num_rows, at_most)
+    with file.open("r", encoding="utf-8-sig", newline="") as stream:
+        rows = csv.DictReader(stream) if suffix == ".csv" else (line for line in stream if line.strip())
+        return sum(1 for _ in itertools.islice(rows, at_most))
 
 
 def header_columns(file: Path | Traversable) -> list[str]:
@@ -166,10 +182,18 @@ def header_columns(file: Path | Traversable) -> list[str]:
         first = next((line for line in stream if line.strip()), None)
     if first is None:
         return []
-    record = json.loads(first)
+    return list(json_record(first, file, 1))
+
+
+def json_record(line: str, file: Path | Traversable, number: int) -> dict:
+    """One jsonl line as a dict; a line that is not a JSON object is an error naming the file and line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{file}: line {number} is not valid JSON: {error.msg} at column {error.colno}") from None
     if not isinstance(record, dict):
-        raise ValueError(f"{file}: the first jsonl line is not an object")
-    return list(record)
+        raise ValueError(f"{file}: line {number} is a JSON {type(record).__name__}, not an object with named fields")
+    return record
 
 
 def read_local_prompts(
@@ -182,10 +206,25 @@ def read_local_prompts(
     file = local_file(path)
     records = read_records(file, *filter(None, (column, reference_column)))
     log.info("read %d rows from %s", len(records), file)
+    check_prompt_texts([record.get(column) for record in records], f"{file}", column)
     references = [reference_text(record.get(reference_column)) if reference_column else None for record in records]
     if is_bundled(path):
         return [(record.get(column), f"{path}/{record['category']}", ref) for record, ref in zip(records, references)]
     return [(record.get(column), path, ref) for record, ref in zip(records, references)]
+
+
+def check_prompt_texts(values: list[object], where: str, column: str) -> None:
+    """Raise ValueError naming the first row (counted from 1) whose prompt is neither text nor missing:
+    a multi-turn set keeps a list of turns there, which cleaning would count as empty rows, hiding why
+    no prompt is left."""
+    for number, value in enumerate(values, start=1):
+        if value is not None and not isinstance(value, str):
+            shown = repr(value)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise ValueError(
+                f"{where}: row {number}: column {column!r} holds a {type(value).__name__} ({shown}), not a prompt text; "
+                "a multi-turn dataset stores a list of turns there: export one prompt per row (e.g. its first user turn)"
+            )
 
 
 def reference_text(value: object) -> str | None:
@@ -229,7 +268,7 @@ def read_records(file: Path | Traversable, *columns: str) -> list[dict]:
     with file.open("r", encoding="utf-8-sig", newline="") as stream:
         if suffix == ".csv":
             return list(csv.DictReader(stream))
-        return [json.loads(line) for line in stream if line.strip()]
+        return [json_record(line, file, number) for number, line in enumerate(stream, start=1) if line.strip()]
 
 
 def file_suffix(file: Path | Traversable) -> str:
@@ -283,9 +322,7 @@ def split_prompts(
     canonical = sorted(prompts, key=lambda row: row["prompt_id"])
     shuffled = [canonical[i] for i in np.random.default_rng(seed).permutation(len(canonical))]
     test = shuffled[:test_size]
-    train = shuffled[test_size : test_size + train_size]
-    if len(train) < train_size:
-        log.warning("dataset %r: only %d of train_size=%d train prompts", name, len(train), train_size)
+    train = shuffled[test_size : test_size + train_size]  # train_size is a cap; each stage warns if it gets too few
     return train, test
 
 

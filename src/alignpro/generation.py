@@ -15,6 +15,7 @@ from operator import attrgetter
 
 import pyarrow as pa
 
+from alignpro.modeling import eos_ids, inference_dtype, load_tokenizer
 from alignpro.progress import progress_bar
 from alignpro.tables import RESPONSES
 
@@ -134,22 +135,18 @@ class TransformersGenerator:
 
     def __init__(self, model: str, *, revision: str, dtype: str, trust_remote_code: bool, batch_size: int):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         on_gpu = torch.cuda.is_available()
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            model, revision=revision, trust_remote_code=trust_remote_code, padding_side="left"
-        )
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = load_tokenizer(model, revision=revision, trust_remote_code=trust_remote_code, padding_side="left")
         self.model = AutoModelForCausalLM.from_pretrained(
             model,
             revision=revision,
-            dtype=_torch_dtype(dtype, on_gpu),
+            dtype=inference_dtype(dtype, on_gpu),
             trust_remote_code=trust_remote_code,
             device_map="cuda" if on_gpu else None,
         ).eval()
-        self.eos_ids = _eos_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
+        self.eos_ids = eos_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
         self.batch_size = batch_size
 
     def chat(self, conversations: list[list[dict]], sampling: Sampling) -> list[list[Completion]]:
@@ -226,23 +223,6 @@ def _decoding_options(sampling: Sampling) -> dict:
         "top_k": 0,
         "repetition_penalty": 1.0,
     }
-
-
-def _torch_dtype(dtype: str, on_gpu: bool):
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if on_gpu else torch.float32
-    return getattr(torch, dtype)
-
-
-def _eos_ids(generation_eos: int | list[int] | None, tokenizer_eos: int | None) -> frozenset[int]:
-    """The generation config's end-of-sequence ids (chat models often list several), else the tokenizer's."""
-    if generation_eos is None:
-        generation_eos = tokenizer_eos
-    if isinstance(generation_eos, int):
-        return frozenset([generation_eos])
-    return frozenset(generation_eos or ())
 
 
 def generate_responses(

@@ -23,12 +23,12 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import openai
 import polars as pl
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from alignpro.settings import from_section
 from alignpro.tables import SCORES, VERDICTS, SchemaError, conform
 
 PAIRS = pa.schema(
@@ -99,7 +99,6 @@ OUTCOME_OF = {  # the method's outcome from the judge's raw verdict in each orde
     "base_first": {"A": "loss", "B": "win", "TIE": "tie"},
 }
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)  # timeouts included
-GROUP_KEYS = ["judge", "dataset", "prompter", "frozen", "method", "beta"]
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,7 @@ class JudgeSettings:
     @classmethod
     def from_config(cls, api: dict) -> "JudgeSettings":
         """From the config's `judge.api` section (its `cache` path is not a setting of the calls)."""
-        return cls(**{key: value for key, value in api.items() if key != "cache"})
+        return from_section(cls, api, "judge.api", elsewhere=("cache",))
 
     @property
     def judge_name(self) -> str:
@@ -528,56 +527,3 @@ def pairs_from_scores(method_scores: pa.Table, base_scores: pa.Table, samples_pe
         )
     joined = methods.join(base, on=keys, how="inner").rename({"response": "answer"})
     return conform(joined.to_arrow(), SCORED_PAIRS, "pairs from scores")
-
-
-# ---------------------------------------------------------------------------- win rates
-
-
-def _bootstrap_rates(counts: np.ndarray, n_bootstrap: int, seed: int, confidence: float) -> np.ndarray:
-    """Percentile CIs (rows low, high) of the win/tie/loss percentages, resampling prompts."""
-    rng = np.random.default_rng(seed)
-    resampled = counts[rng.integers(0, len(counts), size=(n_bootstrap, len(counts)))].sum(axis=1)
-    totals = resampled.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rates = 100.0 * resampled / totals
-    tail = 100.0 * (1.0 - confidence) / 2.0
-    if np.isnan(rates).all():
-        return np.full((2, 3), np.nan)
-    return np.nanpercentile(rates, [tail, 100.0 - tail], axis=0)
-
-
-def _group_row(group: pl.DataFrame, n_bootstrap: int, seed: int, confidence: float) -> dict:
-    per_prompt = (
-        group.group_by("prompt_id")
-        .agg([(pl.col("verdict") == outcome).sum().alias(outcome) for outcome in ("win", "tie", "loss")])
-        .sort("prompt_id")  # a fixed row order, so the seeded resampling is reproducible
-    )
-    counts = per_prompt.select("win", "tie", "loss").to_numpy().astype(float)
-    decided = counts.sum()
-    low, high = _bootstrap_rates(counts, n_bootstrap, seed, confidence)
-    row = {"n_pairs": group.height, "n_prompts": per_prompt.height, "n_decided": int(decided)}
-    for index, outcome in enumerate(("win", "tie", "loss")):
-        row[f"{outcome}_pct"] = 100.0 * counts[:, index].sum() / decided if decided else None
-        row[f"{outcome}_ci_low"], row[f"{outcome}_ci_high"] = (float(low[index]), float(high[index])) if decided else (None, None)
-    row["inconsistent_pct"] = 100.0 * group["inconsistent"].sum() / decided if decided else None
-    row["invalid_pct"] = 100.0 * (group["verdict"] == "invalid").sum() / group.height
-    row["not_judged_pct"] = 100.0 * (group["verdict"] == "not_judged").sum() / group.height
-    for name in ("calls", "retries", "cached_calls", "prompt_tokens", "completion_tokens", "cost_usd"):
-        row[name] = group[name].sum()
-    return row
-
-
-def win_rates(verdicts: pa.Table | pl.DataFrame, *, n_bootstrap: int = 2000, seed: int = 0, confidence: float = 0.95) -> pl.DataFrame:
-    """Win/tie/loss percentages of each method against base per (judge, dataset, prompter, frozen, method, beta).
-
-    Percentages are over decided pairs (win, tie or loss); their CIs are percentile bootstraps over
-    prompts (all of a prompt's samples move together), seeded so a rerun prints the same numbers.
-    inconsistent_pct is over decided pairs, invalid_pct and not_judged_pct over all pairs.
-    """
-    frame = verdicts if isinstance(verdicts, pl.DataFrame) else pl.from_arrow(conform(verdicts, VERDICTS, "verdicts"))
-    rows = [
-        dict(zip(GROUP_KEYS, keys)) | _group_row(group, n_bootstrap, seed, confidence)
-        for keys, group in frame.group_by(GROUP_KEYS, maintain_order=True)
-    ]
-    rates = pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.col("beta").cast(pl.Float64))
-    return rates.sort(GROUP_KEYS, nulls_last=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from alignpro.settings import from_section
+
 
 @dataclass(frozen=True)
 class LoraSettings:
@@ -16,11 +18,12 @@ class LoraSettings:
     target_modules: tuple[str, ...] = field(default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
 
     @classmethod
-    def from_config(cls, section: dict | None) -> "LoraSettings":
+    def from_config(cls, section: dict | None, name: str = "lora") -> "LoraSettings":
+        """From a config `lora` section; `name` is its place in the config (e.g. "sft.lora")."""
         section = dict(section or {})
         if "target_modules" in section:
             section["target_modules"] = tuple(section["target_modules"])
-        return cls(**section)
+        return from_section(cls, section, name)
 
     def peft_config(self):
         """A peft LoraConfig for causal LM training, or None when LoRA is off."""

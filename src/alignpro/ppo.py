@@ -57,6 +57,8 @@ import torch.nn as nn
 from alignpro.atomic import atomic_directory
 from alignpro.generation import Completion
 from alignpro.lora import LoraSettings
+from alignpro.modeling import checkpoint_dtype, eos_ids, load_tokenizer, named_dtype
+from alignpro.settings import from_section
 from alignpro.progress import nested, progress_bar
 from alignpro.tables import PPO_METRICS, read_table, write_table
 
@@ -528,16 +530,13 @@ class PPOConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     @classmethod
-    def from_config(cls, section: dict | None) -> "PPOConfig":
-        """From the config's PPO section (same key names; `lora` is a LoraSettings section)."""
+    def from_config(cls, section: dict | None, name: str = "ppo") -> "PPOConfig":
+        """From the config's section `name` (ppo or rlhf: same key names; `lora` is a LoraSettings
+        section; `max_prompts` is the stage's, not the trainer's)."""
         section = dict(section or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"unknown PPO setting(s) {unknown}; expected some of {sorted(known)}")
         if "lora" in section and not isinstance(section["lora"], LoraSettings):
-            section["lora"] = LoraSettings.from_config(section["lora"])
-        return cls(**section)
+            section["lora"] = LoraSettings.from_config(section["lora"], f"{name}.lora")
+        return from_section(cls, section, name, elsewhere=("max_prompts",))
 
     def kl_controller(self) -> AdaptiveKLController | FixedKLController:
         if self.adaptive_kl:
@@ -597,7 +596,7 @@ class PPOTrainer:
         dtype: str = "auto",
         trust_remote_code: bool = False,
     ):
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM
 
         self.config = config
         self.model_name = str(model)
@@ -609,18 +608,15 @@ class PPOTrainer:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         set_seed(config.seed)
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = load_tokenizer(model, revision=revision, trust_remote_code=trust_remote_code)
         model_config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
-        checkpoint_dtype = _config_dtype(model_config)
-        load_dtype = torch.float32 if dtype == "auto" else getattr(torch, dtype)
-        self.save_dtype = checkpoint_dtype if dtype == "auto" else load_dtype
+        load_dtype = torch.float32 if dtype == "auto" else named_dtype(dtype)
+        self.save_dtype = checkpoint_dtype(model_config) if dtype == "auto" else load_dtype
         self.autocast = self.device.type == "cuda" and load_dtype == torch.float32
         base = AutoModelForCausalLM.from_pretrained(
             model, revision=revision, dtype=load_dtype, trust_remote_code=trust_remote_code
         ).to(self.device)
-        self.eos_ids = _eos_ids(base.generation_config.eos_token_id, self.tokenizer.eos_token_id)
+        self.eos_ids = eos_ids(base.generation_config.eos_token_id, self.tokenizer.eos_token_id)
         if config.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
@@ -911,6 +907,12 @@ class PPOTrainer:
                 "checkpoint %s was written by a different config, model or prompt set: starting from step 0", checkpoint
             )
             return 0
+        if state["step"] > self.config.steps:
+            raise CheckpointPastSteps(
+                f"steps is {self.config.steps}, but {checkpoint} holds a run already at step {state['step']}, which "
+                "would be saved as the shorter run: raise steps to at least that, or delete the checkpoint's directory "
+                "to train a fresh run"
+            )
         # Loaded on the CPU: load_state_dict copies weights to their parameters' device, and moves the
         # optimizer's moments there while keeping Adam's step counts on the CPU, where torch wants them.
         self._load_trainable_weights(torch.load(checkpoint / "policy.pt", map_location="cpu"))
@@ -990,6 +992,10 @@ class PPOTrainer:
             yield self.reference
 
 
+class CheckpointPastSteps(ValueError):
+    """A checkpoint to resume from is further along than the configured number of steps."""
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     """The highest-step complete checkpoint (renamed into place, so it has state.json), or None."""
     if not root.is_dir():
@@ -1014,22 +1020,6 @@ def _model_fingerprint(model: str, revision: str) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def _config_dtype(config) -> torch.dtype:
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype, None)
-    return dtype if isinstance(dtype, torch.dtype) else torch.float32
-
-
-def _eos_ids(generation_eos, tokenizer_eos) -> frozenset[int]:
-    """The generation config's end-of-sequence ids (chat models often list several), else the tokenizer's."""
-    if generation_eos is None:
-        generation_eos = tokenizer_eos
-    if isinstance(generation_eos, int):
-        return frozenset([generation_eos])
-    return frozenset(generation_eos or ())
 
 
 def _optional_float(value) -> float | None:

@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from alignpro.modeling import inference_dtype, load_tokenizer
 
 from alignpro.progress import progress_bar
 from alignpro.tables import RESPONSES, SCORES, conform
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """`auto` means bfloat16 on a GPU (fast, what RMs are served in) and float32 on a CPU."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
 def adds_bos(tokenizer) -> bool:
@@ -67,14 +62,11 @@ class RewardScorer:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = batch_size
         self.max_length = max_length
-        self.tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
-        self.tokenizer.padding_side = "right"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = load_tokenizer(model, revision=revision, trust_remote_code=trust_remote_code, padding_side="right")
         self.model = AutoModelForSequenceClassification.from_pretrained(
             model,
             revision=revision,
-            dtype=resolve_dtype(dtype, self.device),
+            dtype=inference_dtype(dtype, on_gpu=self.device.type == "cuda"),
             trust_remote_code=trust_remote_code,
         )
         # The classifier reads the score at the last token that is not pad_token_id; without it,

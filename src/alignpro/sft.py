@@ -24,6 +24,8 @@ from alignpro.atomic import atomic_directory
 from alignpro.datasets import file_suffix, header_columns, normalise_whitespace, read_records
 from alignpro.generation import Sampling
 from alignpro.lora import LoraSettings
+from alignpro.modeling import checkpoint_dtype, named_dtype
+from alignpro.settings import from_section
 from alignpro.rewrite import Rewrite, prompter_conversation, sample_rewrites
 from alignpro.tables import SFT_PAIRS, prompt_id_of
 from alignpro.training import rewrite_rewards
@@ -165,8 +167,10 @@ class SFTSettings:
 
     @classmethod
     def from_config(cls, section: dict | None) -> "SFTSettings":
+        """From the config's `sft` section (its `pairs` are the sft_pairs stage's)."""
         section = dict(section or {})
-        return cls(**{**section, "lora": LoraSettings.from_config(section.get("lora"))})
+        section["lora"] = LoraSettings.from_config(section.get("lora"), "sft.lora")
+        return from_section(cls, section, "sft", elsewhere=("pairs",))
 
 
 def sft_dataset(pairs: pa.Table):
@@ -233,7 +237,23 @@ def build_sft_trainer(
         callbacks=[LogMetrics()],
     )
     trainer.remove_callback(PrinterCallback)  # LogMetrics reports through logging instead of print
+    log_truncation(pairs.num_rows, [len(ids) for ids in trainer.train_dataset["input_ids"]], settings.max_length)
     return trainer
+
+
+def log_truncation(pairs: int, lengths: list[int], max_length: int) -> None:
+    """Say how many pairs TRL's preparation cut to `max_length` tokens (their rewrite's end gets no loss)
+    or dropped (the prompt alone fills max_length, nothing is left to learn): it does so silently."""
+    dropped = pairs - len(lengths)
+    cut = sum(length >= max_length for length in lengths)
+    if dropped or cut:
+        log.warning(
+            "sft.max_length=%d: TRL dropped %d of %d pairs (their prompt alone fills max_length) and cut %d more "
+            "at max_length tokens (the end of their rewrite gets no loss); raise sft.max_length to keep them whole",
+            max_length, dropped, pairs, cut,
+        )
+    else:
+        log.info("sft.max_length=%d: all %d pairs fit whole (longest %d tokens)", max_length, pairs, max(lengths, default=0))
 
 
 class LogMetrics(TrainerCallback):
@@ -277,13 +297,11 @@ def train_sft(
 
 def _saved_dtype(model: str, dtype: str, *, revision: str, trust_remote_code: bool):
     """The torch dtype `dtype` names, resolved before training so that a bad name fails at once."""
-    import torch
     from transformers import AutoConfig
 
     if dtype == "auto":
-        config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
-        dtype = config.get_text_config().dtype or torch.float32
-    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        return checkpoint_dtype(AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code))
+    return named_dtype(dtype)
 
 
 def save_model(trainer, out_dir: Path, dtype) -> None:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from alignpro import tables
+from alignpro.systems import answers_original
 
 log = logging.getLogger("alignpro")
 
@@ -150,8 +151,7 @@ def generate(
     """
     from alignpro.generation import generate_responses
 
-    answers_original = method in ("base", "rlhf")
-    input_column, schema = ("prompt", tables.PROMPTS) if answers_original else ("rewrite", tables.REWRITES)
+    input_column, schema = ("prompt", tables.PROMPTS) if answers_original(method) else ("rewrite", tables.REWRITES)
     inputs = tables.read_table(inputs_path, schema)
     responses = generate_responses(
         _generator(model, params, seed=seed),
@@ -190,9 +190,13 @@ def score(*, responses_path: str, out_path: str, reward_model: str, model: dict,
     tables.write_table(scored, out_path, tables.SCORES)
 
 
-def _training_prompts(train_path: str, max_prompts: int):
-    """The first `max_prompts` training prompts (the split is already shuffled with the seed)."""
-    return tables.read_table(train_path, tables.PROMPTS).slice(0, max_prompts)
+def _training_prompts(train_path: str, max_prompts: int, section: str):
+    """The first `max_prompts` training prompts (the split is already shuffled with the seed); fewer
+    are there than the config's `section`.max_prompts asks for is worth a warning, not an error."""
+    prompts = tables.read_table(train_path, tables.PROMPTS)
+    if len(prompts) < max_prompts:
+        log.warning("%s.max_prompts is %d, but %s has only %d training prompts", section, max_prompts, train_path, len(prompts))
+    return prompts.slice(0, max_prompts)
 
 
 def sft_pairs(
@@ -216,7 +220,7 @@ def sft_pairs(
             _generator(prompter, rewrite, seed=seed),
             _generator(frozen, generation, seed=seed),
             _scorer(reward, scoring),
-            _training_prompts(train_path, pairs["max_prompts"]),
+            _training_prompts(train_path, pairs["max_prompts"], "sft.pairs"),
             k=pairs["k"],
             prompter_sampling=_sampling(rewrite, seed=seed),
             frozen_sampling=_sampling(generation, seed=seed, n=pairs["answers_per_rewrite"]),
@@ -244,12 +248,12 @@ def sft(*, pairs_path: str, out_dir: str, model: dict, settings: dict, seed: int
     )
 
 
-def _train_ppo(*, train_path: str, workdir: str, model: dict, ppo: dict, seed: int, query_fn, reward_fn) -> None:
-    from alignpro.ppo import PPOConfig, PPOTrainer
+def _train_ppo(*, section: str, train_path: str, workdir: str, model: dict, ppo: dict, seed: int, query_fn, reward_fn) -> None:
+    """PPO as configured by the config's `section` (ppo or rlhf)."""
+    from alignpro.ppo import CheckpointPastSteps, PPOConfig, PPOTrainer
 
-    settings = {key: value for key, value in ppo.items() if key != "max_prompts"}
     trainer = PPOTrainer(
-        PPOConfig.from_config({**settings, "seed": seed}),
+        PPOConfig.from_config({**ppo, "seed": seed}, section),
         model=model["path"],
         query_fn=query_fn,
         reward_fn=reward_fn,
@@ -258,7 +262,10 @@ def _train_ppo(*, train_path: str, workdir: str, model: dict, ppo: dict, seed: i
         dtype=model["dtype"],
         trust_remote_code=model["trust_remote_code"],
     )
-    trainer.train(_training_prompts(train_path, ppo["max_prompts"]).column("prompt").to_pylist())
+    try:
+        trainer.train(_training_prompts(train_path, ppo["max_prompts"], section).column("prompt").to_pylist())
+    except CheckpointPastSteps as error:
+        raise ValueError(f"config {section}.steps: {error}") from None
 
 
 def ppo(
@@ -290,7 +297,8 @@ def ppo(
         max_length_ratio=rewrite["max_length_ratio"],
     )
     _train_ppo(
-        train_path=train_path, workdir=workdir, model=model, ppo=ppo, seed=seed, query_fn=prompter_conversation, reward_fn=reward_fn
+        section="ppo", train_path=train_path, workdir=workdir, model=model, ppo=ppo, seed=seed,
+        query_fn=prompter_conversation, reward_fn=reward_fn,
     )
 
 
@@ -299,6 +307,7 @@ def rlhf(*, train_path: str, workdir: str, model: dict, reward: dict, ppo: dict,
     from alignpro.training import ResponseReward
 
     _train_ppo(
+        section="rlhf",
         train_path=train_path,
         workdir=workdir,
         model=model,

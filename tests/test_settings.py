@@ -1,0 +1,66 @@
+"""Typed config sections: unknown keys are named with their section, and each dataclass's defaults are
+the config schema's (the one source of defaults)."""
+
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alignpro.judge import JudgeSettings
+from alignpro.lora import LoraSettings
+from alignpro.ppo import PPOConfig
+from alignpro.sft import SFTSettings
+
+SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+SECTIONS = {  # dataclass -> its section's properties in the schema
+    PPOConfig: SCHEMA["$defs"]["ppo"]["properties"],
+    LoraSettings: SCHEMA["$defs"]["lora"]["properties"],
+    SFTSettings: SCHEMA["properties"]["sft"]["properties"],
+    JudgeSettings: SCHEMA["properties"]["judge"]["properties"]["api"]["properties"],
+}
+NOT_IN_THE_SECTION = {"seed"}  # the config's top-level seed, passed in by the stage
+
+
+def default_of(field):
+    if field.default is not MISSING:
+        return field.default
+    return field.default_factory() if field.default_factory is not MISSING else MISSING
+
+
+@pytest.mark.parametrize("cls", list(SECTIONS), ids=lambda cls: cls.__name__)
+def test_dataclass_defaults_are_the_schema_defaults(cls):
+    properties = SECTIONS[cls]
+    for field in fields(cls):
+        if field.name in NOT_IN_THE_SECTION:
+            continue
+        assert field.name in properties, f"{cls.__name__}.{field.name} is not in the schema"
+        default = default_of(field)
+        if field.name == "lora":
+            assert default == LoraSettings() and properties["lora"]["default"] == {}
+            continue
+        expected = properties[field.name].get("default", MISSING)
+        if isinstance(default, tuple):
+            default = list(default)
+        assert default == expected, f"{cls.__name__}.{field.name}: dataclass {default!r}, schema {expected!r}"
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: PPOConfig.from_config({"kl_target": 6.0}, "rlhf"), "config rlhf.kl_target: unknown key"),
+        (lambda: PPOConfig.from_config({"lora": {"rank": 4}}, "ppo"), "config ppo.lora.rank: unknown key"),
+        (lambda: SFTSettings.from_config({"epoch": 2}), "config sft.epoch: unknown key"),
+        (lambda: SFTSettings.from_config({"lora": {"alhpa": 2}}), "config sft.lora.alhpa: unknown key"),
+        (lambda: JudgeSettings.from_config({"model": "gpt-4", "max_token": 9}), "config judge.api.max_token: unknown key"),
+    ],
+)
+def test_unknown_keys_are_named_with_their_section(build, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        build()
+
+
+def test_keys_of_other_stages_are_left_out():
+    assert SFTSettings.from_config({"pairs": {"source": "best_of_k"}, "epochs": 2}).epochs == 2
+    assert PPOConfig.from_config({"max_prompts": 64, "steps": 3}).steps == 3
+    assert JudgeSettings.from_config({"cache": "judge.sqlite", "model": "m"}).model == "m"
