@@ -38,7 +38,7 @@ rule sft:
         directory("results/train/{dataset}/{frozen}/{prompter}/sft"),
     params:
         model=lambda wildcards: model_spec("prompters", wildcards.prompter),
-        settings={key: value for key, value in config["sft"].items() if key != "pairs"},
+        settings=config["sft"],  # SFTSettings leaves out pairs, the sft_pairs rule's
         seed=config["seed"],
     resources:
         gpu=gpus("sft"),

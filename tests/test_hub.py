@@ -146,7 +146,7 @@ def test_remote_code_check(tmp_path):
 
 
 def test_ppo_fingerprint_names_a_snapshot_without_reading_it(tmp_path):
-    from alignpro.ppo import _model_fingerprint
+    from alignpro.ppo.trainer import _model_fingerprint
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     snapshot = Path(hub.snapshot_dir(tmp_path, "org/name", commit))
