@@ -8,7 +8,7 @@ from snakemake.utils import validate
 
 from alignpro import hub
 from alignpro.systems import REFERENCE, split_system, system_names, system_pattern
-from alignpro.datasets import check_columns, is_bundled
+from alignpro.datasets import check_local_file, is_bundled
 
 
 validate(config, "../workflow/schemas/config.schema.yaml")
@@ -38,7 +38,7 @@ def check_local_datasets():
                 )
         else:
             try:
-                check_columns(spec["path"], spec["prompt_column"], spec.get("reference_column"), spec["test_size"])
+                check_local_file(spec["path"], spec["prompt_column"], spec.get("reference_column"), spec["test_size"])
             except (OSError, ValueError) as error:
                 raise WorkflowError(f"config datasets.{name}: {error}") from None
 

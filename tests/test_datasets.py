@@ -285,24 +285,24 @@ def test_bundled_prompt_set():
 def test_missing_prompt_column_names_file_and_column(tmp_path, suffix):
     path = write_local(tmp_path / f"prompts{suffix}")
     with pytest.raises(ValueError) as error:
-        stage.check_columns(path, "question")
+        stage.check_local_file(path, "question")
     message = str(error.value)
     assert path in message
     assert "'question'" in message
     assert "['text', 'id']" in message
 
 
-def test_check_columns_reads_only_the_header(tmp_path):
+def test_check_local_file_reads_only_the_header(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text(json.dumps({"prompt": "fine", "answer": 1}) + "\n{not json at all\n")
-    stage.check_columns(str(path), "prompt", "answer")  # the broken second line is never read
+    stage.check_local_file(str(path), "prompt", "answer")  # the broken second line is never read
 
 
 def test_unsupported_suffix_is_an_error(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_text("hello\n")
     with pytest.raises(ValueError, match=r"prompts\.txt.*'\.txt'"):
-        stage.check_columns(str(path), "prompt")
+        stage.check_local_file(str(path), "prompt")
 
 
 # Rows with int reference answers (an int64 column in parquet), and an empty prompt without one
@@ -365,7 +365,7 @@ def test_kept_prompt_without_reference_names_file_and_row(tmp_path, suffix):
 def test_missing_reference_column_names_file_and_column(tmp_path, suffix):
     path = write_local(tmp_path / f"prompts{suffix}")
     with pytest.raises(ValueError) as error:
-        stage.check_columns(path, "text", "answer")
+        stage.check_local_file(path, "text", "answer")
     message = str(error.value)
     assert path in message and "reference column 'answer'" in message and "['text', 'id']" in message
 
@@ -410,11 +410,11 @@ def test_hub_prompt_column_of_lists_is_named(monkeypatch):
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
-def test_check_columns_counts_rows_against_test_size(tmp_path, suffix):
+def test_check_local_file_counts_rows_against_test_size(tmp_path, suffix):
     path = write_local(tmp_path / f"prompts{suffix}")  # 5 rows
-    stage.check_columns(path, "text", test_size=5)
+    stage.check_local_file(path, "text", test_size=5)
     with pytest.raises(ValueError, match=r"has 5 rows, fewer than test_size=6"):
-        stage.check_columns(path, "text", test_size=6)
+        stage.check_local_file(path, "text", test_size=6)
 
 
 def test_a_train_split_shorter_than_train_size_is_no_warning(caplog):

@@ -77,7 +77,7 @@ def test_the_dataset_stage_reads_the_bundled_task_with_its_references():
 
 def test_an_unknown_bundled_set_is_named():
     with pytest.raises(ValueError, match="no bundled prompt set 'nope'.*phrasing_task"):
-        datasets.check_columns("bundled:nope", "prompt")
+        datasets.check_local_file("bundled:nope", "prompt")
 
 
 def test_frozen_answers_misread_vague_phrasings_at_the_set_rate():

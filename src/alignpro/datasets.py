@@ -143,7 +143,7 @@ def prepend_system_prompt(system: object, question: object) -> str | None:
     return f"{system.strip()}\n\n{question.strip()}"
 
 
-def check_columns(path: str, prompt_column: str, reference_column: str | None = None, test_size: int | None = None) -> None:
+def check_local_file(path: str, prompt_column: str, reference_column: str | None = None, test_size: int | None = None) -> None:
     """Raise ValueError unless the local file at `path` has `prompt_column` (and `reference_column`),
     and at least `test_size` rows (the test split alone needs that many prompts).
 
@@ -202,7 +202,7 @@ def read_local_prompts(
     """(prompt, source, reference) rows from a local file in file order; source is the path, or
     "<path>/<category>" for a bundled set; reference is the row's `reference_column` as text (None
     without one)."""
-    check_columns(path, column, reference_column)
+    check_local_file(path, column, reference_column)
     file = local_file(path)
     records = read_records(file, *filter(None, (column, reference_column)))
     log.info("read %d rows from %s", len(records), file)

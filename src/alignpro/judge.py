@@ -1,4 +1,5 @@
-"""Pairwise win rates of a method's answers against base's, judged by an LLM or offline by reward.
+"""Pairwise verdicts on a method's answers against base's, by an LLM or offline by reward (the win
+rates over them are alignpro.report.statistics').
 
 The paper's headline metric: a GPT-4 judge compares the method's answer (A) with base's answer (B)
 to the same original prompt x. Here each pair is judged twice, method first and base first, and a

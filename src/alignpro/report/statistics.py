@@ -17,8 +17,10 @@ from scipy import stats
 from alignpro.tables import VERDICTS, conform
 
 OUTCOMES = ("win", "tie", "loss")
-# A win rate's groups: one judge's verdicts on one system against base.
-WIN_RATE_KEYS = ["judge", "dataset", "prompter", "frozen", "method", "beta"]
+# One summary row: a (method, beta) of one prompter and frozen model on one dataset.
+GROUP_KEYS = ["dataset", "prompter", "frozen", "method", "beta"]
+# A win rate's groups: one judge's verdicts on one such row's answers against base.
+WIN_RATE_KEYS = ["judge", *GROUP_KEYS]
 
 
 def t_interval(

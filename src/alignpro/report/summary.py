@@ -14,12 +14,11 @@ import polars as pl
 import pyarrow as pa
 
 from alignpro.checkers import CHECKERS
-from alignpro.report.statistics import bootstrap_interval, resample_means, t_interval, win_rates
+from alignpro.report.statistics import GROUP_KEYS, bootstrap_interval, resample_means, t_interval, win_rates
 from alignpro.systems import label as method_label
 from alignpro.systems import METHODS, answers_original, method_rank
 from alignpro.tables import SCORES, SUMMARY, VERDICTS, conform
 
-GROUP_KEYS = ["dataset", "prompter", "frozen", "method", "beta"]
 NAME_KEYS = ["dataset", "prompter", "frozen", "method"]  # the string columns of GROUP_KEYS
 SUMMARY_TYPES = {"string": pl.String, "int64": pl.Int64, "double": pl.Float64}
 EXAMPLE_PRIORITY = ("win", "loss", "tie", "invalid", "not_judged")
