@@ -7,7 +7,8 @@ from snakemake.logging import logger
 from snakemake.utils import validate
 
 from alignpro import hub
-from alignpro.systems import REFERENCE, split_system, system_names, system_pattern
+from alignpro.generation import GenerationSettings
+from alignpro.systems import REFERENCE, System, grid, system_pattern, systems, training_runs
 from alignpro.datasets import check_local_file, is_bundled
 
 
@@ -20,9 +21,8 @@ FROZEN = list(config["models"]["frozen"])
 REWARD_MODEL = next(iter(config["models"]["reward"]))
 DATASETS = list(config["datasets"])
 METHODS = config["methods"]
-# The frozen model's sampling inside training (one answer per rewrite there): everything but the
-# evaluation's number of samples, so changing n_samples retrains nothing.
-TRAINING_GENERATION = {key: value for key, value in config["generation"].items() if key != "n_samples"}
+# The frozen model's sampling inside training (see GenerationSettings.for_training).
+TRAINING_GENERATION = GenerationSettings.for_training(config["generation"])
 
 
 def check_local_datasets():
@@ -71,21 +71,19 @@ JUDGED_SYSTEM_PATTERN = system_pattern(lambda method: method.name != REFERENCE)
 PROMPTER_SYSTEM_PATTERN = system_pattern(lambda method: method.rewrites == "prompter")
 
 
-def systems():
-    """Every system of the config (see alignpro.systems): what answers a test prompt."""
-    return system_names(METHODS, PROMPTERS, list(BETAS))
+# Every system of the config (alignpro.systems), and every (dataset, frozen, system) cell evaluated.
+SYSTEMS = systems(METHODS, PROMPTERS, list(BETAS))
+GRID = grid(DATASETS, FROZEN, SYSTEMS)
 
 
-def parse_system(system):
-    """`alignpro/p/beta0.2` -> ("alignpro", "p", 0.2); `alignpro/p` -> ("alignpro", "p", None);
-    `base` -> ("base", None, None)."""
-    method, prompter, tag = split_system(system)
-    return method, prompter, None if tag is None else BETAS[tag]
+def system_of(wildcards):
+    """The System a job's `system` wildcard names."""
+    return System.parse(wildcards.system)
 
 
-def ppo_run(beta):
-    """The PPO run directory name: `ppo` for the run configured in `ppo`, `ppo-beta<b>` for the sweep's."""
-    return "ppo" if beta is None else f"ppo-beta{beta:g}"
+def beta_of(system):
+    """The beta of a system, as configured (its tag only prints it)."""
+    return None if system.beta_tag is None else BETAS[system.beta_tag]
 
 
 def ppo_settings(wildcards):
@@ -200,15 +198,13 @@ def train_dir(wildcards):
     return f"results/train/{wildcards.dataset}/{wildcards.frozen}/{wildcards.prompter}"
 
 
-def trained_prompter(wildcards):
-    """The prompter model directory a trained-prompter system (sft, alignpro, alignpro's sweep) rewrites with."""
-    method, prompter, beta = parse_system(wildcards.system)
-    run = f"results/train/{wildcards.dataset}/{wildcards.frozen}/{prompter}"
-    return f"{run}/sft" if method == "sft" else f"{run}/{ppo_run(beta)}/model"
-
-
-def rlhf_model(wildcards):
-    return f"results/train/{wildcards.dataset}/{wildcards.frozen}/rlhf/model"
+def trained_model(wildcards):
+    """The model directory a system answers (rlhf) or rewrites (sft, alignpro, its sweep) with."""
+    system = system_of(wildcards)
+    trained = f"results/train/{wildcards.dataset}/{wildcards.frozen}"
+    if system.training_run is None:  # sft: rho_sft itself
+        return f"{trained}/{system.prompter}/sft"
+    return f"{trained}/{system.training_run}/model"
 
 
 def dataset_settings(wildcards):
@@ -228,58 +224,42 @@ def dataset_input(wildcards):
 
 
 def generation_input(wildcards):
-    method = parse_system(wildcards.system)[0]
-    test = f"results/data/{wildcards.dataset}/test.parquet"
-    if method == "base":
-        return {"prompts": test, "model": model_input("frozen", wildcards.frozen)}
-    if method == "rlhf":
-        return {"prompts": test, "model": rlhf_model(wildcards)}
-    return {
-        "prompts": f"results/rewrites/{wildcards.dataset}/{wildcards.frozen}/{wildcards.system}.parquet",
-        "model": model_input("frozen", wildcards.frozen),
-    }
+    """The prompts a system's frozen model answers (x, or its rewrites x'), and the model it loads."""
+    system = system_of(wildcards)
+    prompts = (
+        f"results/data/{wildcards.dataset}/test.parquet"
+        if system.kind.rewrites is None
+        else f"results/rewrites/{wildcards.dataset}/{wildcards.frozen}/{wildcards.system}.parquet"
+    )
+    trained = system.kind.answered_by == "trained"
+    return {"prompts": prompts, "model": trained_model(wildcards) if trained else model_input("frozen", wildcards.frozen)}
 
 
 def generation_model(wildcards):
-    if parse_system(wildcards.system)[0] == "rlhf":
-        return trained_spec("frozen", wildcards.frozen, rlhf_model(wildcards))
+    if system_of(wildcards).kind.answered_by == "trained":
+        return trained_spec("frozen", wildcards.frozen, trained_model(wildcards))
     return model_spec("frozen", wildcards.frozen)
 
 
-def training_runs():
-    """Every PPO run the report plots and takes the KL of: its metrics path, a label, and the
-    (dataset, frozen, prompter, method, beta) of the system it trained."""
-    runs = []
-    for dataset in DATASETS:
-        for frozen in FROZEN:
-            if "alignpro" in METHODS:
-                for prompter in PROMPTERS:
-                    for beta in [None, *BETAS.values()]:
-                        name = "alignpro" if beta is None else f"alignpro β={beta:g}"
-                        runs.append({
-                            "path": f"results/train/{dataset}/{frozen}/{prompter}/{ppo_run(beta)}/metrics.parquet",
-                            "label": f"{name} {prompter} → {frozen} ({dataset})",
-                            "dataset": dataset, "frozen": frozen, "prompter": prompter, "method": "alignpro", "beta": beta,
-                        })
-            if "rlhf" in METHODS:
-                runs.append({
-                    "path": f"results/train/{dataset}/{frozen}/rlhf/metrics.parquet",
-                    "label": f"rlhf {frozen} ({dataset})",
-                    "dataset": dataset, "frozen": frozen, "prompter": None, "method": "rlhf", "beta": None,
-                })
-    return runs
+def system_keys(cell):
+    """The summary's keys of a cell's rows."""
+    system = cell.system
+    return {"dataset": cell.dataset, "frozen": cell.frozen, "prompter": system.prompter, "method": system.method, "beta": beta_of(system)}
+
+
+def ppo_runs():
+    """Every PPO run the report plots and takes the KL of: its metrics path, a label, and its system's keys."""
+    return [
+        {"path": f"results/train/{cell.dataset}/{cell.frozen}/{cell.system.training_run}/metrics.parquet", "label": cell.label}
+        | system_keys(cell)
+        for cell in training_runs(GRID)
+    ]
 
 
 def star_runs():
     """Every rho* rewrite table the report takes the KL estimates of, with its system's keys."""
-    if "alignpro-star" not in METHODS:
-        return []
     return [
-        {
-            "path": f"results/rewrites/{dataset}/{frozen}/alignpro-star/{prompter}/beta{tag}.parquet",
-            "dataset": dataset, "frozen": frozen, "prompter": prompter, "method": "alignpro-star", "beta": beta,
-        }
-        for dataset in DATASETS for frozen in FROZEN for prompter in PROMPTERS for tag, beta in BETAS.items()
+        {"path": f"results/rewrites/{cell.path}.parquet"} | system_keys(cell) for cell in GRID if cell.system.kind.kl == "rho*"
     ]
 
 
@@ -323,24 +303,13 @@ warn_missing_api_key()
 
 def verdict_files():
     """One verdict table per judged system: every method but base, compared with base."""
-    if "base" not in METHODS:
+    if REFERENCE not in METHODS:
         return []
-    return [
-        f"results/judgments/{dataset}/{frozen}/{system}.parquet"
-        for dataset in DATASETS
-        for frozen in FROZEN
-        for system in systems()
-        if system != "base"
-    ]
+    return [f"results/judgments/{cell.path}.parquet" for cell in GRID if cell.system.method != REFERENCE]
 
 
 def score_files():
-    return [
-        f"results/scores/{dataset}/{frozen}/{system}.parquet"
-        for dataset in DATASETS
-        for frozen in FROZEN
-        for system in systems()
-    ]
+    return [f"results/scores/{cell.path}.parquet" for cell in GRID]
 
 
 def final_outputs():

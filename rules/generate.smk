@@ -7,9 +7,9 @@ rule generate:
     output:
         "results/responses/{dataset}/{frozen}/{system}.parquet",
     params:
-        method=lambda wildcards: parse_system(wildcards.system)[0],
-        prompter=lambda wildcards: parse_system(wildcards.system)[1],
-        beta=lambda wildcards: parse_system(wildcards.system)[2],
+        method=lambda wildcards: system_of(wildcards).method,
+        prompter=lambda wildcards: system_of(wildcards).prompter,
+        beta=lambda wildcards: beta_of(system_of(wildcards)),
         model=generation_model,
         sampling=config["generation"],
         seed=config["seed"],

@@ -5,7 +5,7 @@ rule report:
     input:
         scores=score_files(),
         verdicts=verdict_files(),
-        metrics=[run["path"] for run in training_runs()],
+        metrics=[run["path"] for run in ppo_runs()],
         star=[run["path"] for run in star_runs()],
         references=reference_tables(),
     output:
@@ -51,7 +51,7 @@ rule report:
             labels={"figure": "reward against KL"},
         ),
     params:
-        training_runs=without_path(training_runs()),
+        training_runs=without_path(ppo_runs()),
         star_runs=without_path(star_runs()),
         checkers=REFERENCE_CHECKERS,
         prompters=PROMPTERS,

@@ -3,12 +3,12 @@ rule rewrite:
     into x' (falling back to x when it fails)."""
     input:
         prompts="results/data/{dataset}/test.parquet",
-        model=trained_prompter,
+        model=trained_model,
     output:
         "results/rewrites/{dataset}/{frozen}/{system}.parquet",
     params:
-        prompter=lambda wildcards: parse_system(wildcards.system)[1],
-        model=lambda wildcards: trained_spec("prompters", parse_system(wildcards.system)[1], trained_prompter(wildcards)),
+        prompter=lambda wildcards: system_of(wildcards).prompter,
+        model=lambda wildcards: trained_spec("prompters", system_of(wildcards).prompter, trained_model(wildcards)),
         sampling=config["rewrite"],
         seed=config["seed"],
     resources:

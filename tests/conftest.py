@@ -35,3 +35,17 @@ def tiny_reward(tmp_path_factory):
     from alignpro.tinymodels import build_tiny_model
 
     return build_tiny_model("reward", tmp_path_factory.mktemp("tiny_reward"))
+
+
+@pytest.fixture(scope="session")
+def short_context_frozen(tiny_frozen, tmp_path_factory):
+    """The tiny frozen model with a context of 96 tokens, so that ordinary prompts overflow it."""
+    import json
+    import shutil
+
+    path = tmp_path_factory.mktemp("short_context") / "model"
+    shutil.copytree(tiny_frozen, path)
+    config = json.loads((path / "config.json").read_text())
+    config["max_position_embeddings"] = 96
+    (path / "config.json").write_text(json.dumps(config))
+    return path

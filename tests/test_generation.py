@@ -161,6 +161,16 @@ def test_generate_responses_for_alignpro_answers_the_rewrite(generator):
     assert [row["response"] for row in rows] == [c.text for completions in answers_to_rewrites for c in completions]
 
 
+def test_transformers_fits_over_long_prompts_to_the_models_context(short_context_frozen, caplog):
+    """A prompt past the model's 96 positions is cut to fit rather than run past them."""
+    generator = load_generator("transformers", str(short_context_frozen), batch_size=4)
+    with caplog.at_level("WARNING", logger="alignpro.modeling"):
+        answers = generator.chat(chats(["hi", "tell me about bread " * 60]), GREEDY)
+    assert [len(completions) for completions in answers] == [GREEDY.n, GREEDY.n]
+    assert "1 of 2 prompts are longer than its context of 96 tokens less max_new_tokens=12" in caplog.text
+    assert "Rows, in input order: 2" in caplog.text
+
+
 @pytest.fixture(scope="module")
 def vllm_runs(early_stop_model, tmp_path_factory):
     """The outputs of two engine runs with the same seed, each in its own interpreter."""
@@ -191,6 +201,12 @@ def test_vllm_returns_n_completions_per_prompt_within_max_tokens(vllm_runs):
             if completion["finish_reason"] == "length":
                 assert completion["num_tokens"] == sampling.max_new_tokens
     assert {c["finish_reason"] for completions in result["greedy"] for c in completions} == {"stop", "length"}
+
+
+@pytest.mark.vllm
+def test_vllm_fits_a_prompt_longer_than_max_model_len(vllm_runs):
+    """vLLM refuses a prompt longer than max_model_len, failing the whole call; the generator cuts it."""
+    assert [len(completions) for completions in vllm_runs[0]["too_long"]] == [vllm_run.GREEDY.n] * 2
 
 
 @pytest.mark.vllm

@@ -389,6 +389,18 @@ def test_outputs_and_metrics(word_prompter, tmp_path):
     assert all(torch.equal(value, trained[name]) for name, value in model.state_dict().items())
 
 
+def test_queries_longer_than_the_context_are_cut_to_fit(short_context_frozen, tmp_path, caplog):
+    """rlhf's policy is the frozen model: a training prompt past its context is cut, not run past it."""
+    trainer = make_trainer(short_context_frozen, tmp_path, small_config(steps=1, batch_size=2, mini_batch_size=2))
+    seen = []
+    step = trainer.step
+    trainer.step = lambda number, prompts, queries: seen.extend(queries) or step(number, prompts, queries)
+    with caplog.at_level("WARNING", logger="alignpro.modeling"):
+        trainer.train(["hi", "tell me about bread " * 60])
+    assert sorted(len(query) for query in seen)[-1] <= 96 - 8
+    assert "1 of 2 prompts are longer than its context of 96 tokens less max_new_tokens=8" in caplog.text
+
+
 def _initial_weights(model, lora):
     trainer = make_trainer(model, "unused", small_config(lora={"enabled": lora, "r": 4}))
     return list(trainer.policy.state_dict().values())

@@ -62,6 +62,19 @@ def test_long_response_is_truncated_to_max_length(tiny_reward):
     assert math.isfinite(score)
 
 
+def test_max_length_past_the_models_context_is_lowered_to_it(tiny_reward, tmp_path, caplog):
+    import json
+    import shutil
+
+    shutil.copytree(tiny_reward, tmp_path / "model")
+    config = json.loads((tmp_path / "model/config.json").read_text())
+    (tmp_path / "model/config.json").write_text(json.dumps(config | {"max_position_embeddings": 64}))
+    with caplog.at_level("WARNING", logger="alignpro.reward"):
+        scorer = RewardScorer(str(tmp_path / "model"), max_length=2048)
+    assert scorer.max_length == 64 and len(scorer.encode("why? " * 50, "because " * 50)) == 64
+    assert "reward.max_length=2048 is past its context of 64 tokens" in caplog.text
+
+
 def test_default_max_length_caps_tokens(scorer):
     ids = scorer.encode("Tell me a story", "word " * 10000)
     assert len(ids) == 2048

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from alignpro.generation import GenerationSettings
 from alignpro.judge import JudgeSettings
 from alignpro.lora import LoraSettings
 from alignpro.ppo import PPOConfig
+from alignpro.rewrite import RewriteSettings
 from alignpro.sft import SFTSettings
 
 SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
@@ -18,6 +20,8 @@ SECTIONS = {  # dataclass -> its section's properties in the schema
     LoraSettings: SCHEMA["$defs"]["lora"]["properties"],
     SFTSettings: SCHEMA["properties"]["sft"]["properties"],
     JudgeSettings: SCHEMA["properties"]["judge"]["properties"]["api"]["properties"],
+    RewriteSettings: SCHEMA["$defs"]["sampling"]["properties"] | SCHEMA["properties"]["rewrite"]["allOf"][1]["properties"],
+    GenerationSettings: SCHEMA["$defs"]["sampling"]["properties"] | SCHEMA["properties"]["generation"]["allOf"][1]["properties"],
 }
 NOT_IN_THE_SECTION = {"seed"}  # the config's top-level seed, passed in by the stage
 
@@ -53,6 +57,8 @@ def test_dataclass_defaults_are_the_schema_defaults(cls):
         (lambda: SFTSettings.from_config({"epoch": 2}), "config sft.epoch: unknown key"),
         (lambda: SFTSettings.from_config({"lora": {"alhpa": 2}}), "config sft.lora.alhpa: unknown key"),
         (lambda: JudgeSettings.from_config({"model": "gpt-4", "max_token": 9}), "config judge.api.max_token: unknown key"),
+        (lambda: RewriteSettings.from_config({"n_samples": 2}), "config rewrite.n_samples: unknown key"),
+        (lambda: GenerationSettings.from_config({"max_tokens": 9}), "config generation.max_tokens: unknown key"),
     ],
 )
 def test_unknown_keys_are_named_with_their_section(build, message):
@@ -64,3 +70,11 @@ def test_keys_of_other_stages_are_left_out():
     assert SFTSettings.from_config({"pairs": {"source": "best_of_k"}, "epochs": 2}).epochs == 2
     assert PPOConfig.from_config({"max_prompts": 64, "steps": 3}).steps == 3
     assert JudgeSettings.from_config({"cache": "judge.sqlite", "model": "m"}).model == "m"
+
+
+def test_training_stages_take_the_generation_section_without_n_samples():
+    """So that changing the evaluation's number of samples retrains nothing."""
+    section = {"backend": "transformers", "n_samples": 4, "temperature": 0.7, "max_new_tokens": 32}
+    training = GenerationSettings.for_training(section)
+    assert training == {"backend": "transformers", "temperature": 0.7, "max_new_tokens": 32}
+    assert GenerationSettings.from_config(training).sampling(seed=3).temperature == 0.7

@@ -6,7 +6,9 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from alignpro.systems import METHODS, REFERENCE, answers_original, label, method_rank, split_system, system_names, system_pattern
+from alignpro.systems import (
+    METHODS, REFERENCE, Cell, System, answers_original, grid, label, method_rank, system_pattern, systems, training_runs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EVERY_METHOD = list(METHODS)
@@ -15,6 +17,10 @@ EVERY_METHOD = list(METHODS)
 def test_the_config_schema_lists_the_registry_methods():
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
     assert schema["properties"]["methods"]["items"]["enum"] == EVERY_METHOD
+
+
+def system_names(methods, prompters, beta_tags):
+    return [system.path for system in systems(methods, prompters, beta_tags)]
 
 
 def test_system_names_cover_every_method_prompter_and_beta():
@@ -31,10 +37,38 @@ def test_system_names_follow_the_chosen_methods_not_their_order_in_the_config():
     assert system_names(["sft"], ["p"], []) == ["sft/p"]
 
 
-def test_split_system():
-    assert split_system("alignpro/p/beta0.2") == ("alignpro", "p", "0.2")
-    assert split_system("sft/p") == ("sft", "p", None)
-    assert split_system("rlhf") == ("rlhf", None, None)
+def test_a_system_parses_back_from_its_path():
+    assert System.parse("alignpro/p/beta0.2") == System("alignpro", "p", "0.2")
+    assert System.parse("sft/p") == System("sft", "p") and System.parse("rlhf") == System("rlhf")
+    for system in systems(EVERY_METHOD, ["p", "q"], ["0.1", "1"]):
+        assert System.parse(system.path) == system
+
+
+def test_labels_and_training_runs_of_systems():
+    assert System("alignpro", "p", "0.1").label == "alignpro β=0.1" == label("alignpro", 0.1)
+    assert System("base").label == "base"
+    runs = {system.path: system.training_run for system in systems(EVERY_METHOD, ["p"], ["0.1"])}
+    assert runs == {
+        "base": None, "rlhf": "rlhf", "sft/p": None, "alignpro/p": "p/ppo", "alignpro/p/beta0.1": "p/ppo-beta0.1",
+        "alignpro-star/p/beta0.1": None,
+    }
+
+
+def test_the_grid_has_every_dataset_frozen_and_system_once():
+    chosen = systems(["base", "alignpro"], ["p"], ["0.1"])
+    cells = grid(["d1", "d2"], ["f1", "f2"], chosen)
+    assert len(cells) == len(set(cells)) == 2 * 2 * 3
+    assert [cell.path for cell in cells[:3]] == ["d1/f1/base", "d1/f1/alignpro/p", "d1/f1/alignpro/p/beta0.1"]
+    assert cells[3].path == "d1/f2/base" and cells[-1].path == "d2/f2/alignpro/p/beta0.1"
+    assert Cell("d", "f", System("alignpro", "p", "0.1")).label == "alignpro β=0.1 p → f (d)"
+    assert Cell("d", "f", System("rlhf")).label == "rlhf f (d)"
+
+
+def test_training_runs_in_the_order_the_report_draws_them():
+    cells = grid(["d"], ["f"], systems(EVERY_METHOD, ["p", "q"], ["0.1", "1"]))
+    assert [cell.system.path for cell in training_runs(cells)] == [
+        "alignpro/p", "alignpro/p/beta0.1", "alignpro/p/beta1", "alignpro/q", "alignpro/q/beta0.1", "alignpro/q/beta1", "rlhf",
+    ]
 
 
 def full_match(pattern: str, name: str) -> bool:
@@ -54,6 +88,7 @@ def test_patterns_match_exactly_their_systems():
 
 def test_what_each_method_answers():
     assert [name for name in METHODS if answers_original(name)] == ["base", "rlhf"]
+    assert [name for name, method in METHODS.items() if method.answered_by == "trained"] == ["rlhf"]
 
 
 def test_display_order_and_labels():

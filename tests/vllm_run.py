@@ -38,6 +38,9 @@ def main(model: str, out_path: str) -> None:
     for name, sampling in [("sampled", SAMPLED), ("greedy", GREEDY)]:
         completions = generator.chat(conversations(), sampling)
         results[name] = [[asdict(completion) for completion in of_prompt] for of_prompt in completions]
+    # About 1,300 tokens against the engine's max_model_len of 512.
+    too_long = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "tell me about bread " * 300}]]
+    results["too_long"] = [[asdict(c) for c in of_prompt] for of_prompt in generator.chat(too_long, GREEDY)]
     with open(out_path, "w") as out:
         json.dump(results, out)
 

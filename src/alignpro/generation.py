@@ -10,13 +10,14 @@ transformers path works where vLLM is not installed.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import attrgetter
 
 import pyarrow as pa
 
-from alignpro.modeling import eos_ids, inference_dtype, load_tokenizer
+from alignpro.modeling import context_length, eos_ids, fit_to_context, inference_dtype, load_tokenizer
 from alignpro.progress import progress_bar
+from alignpro.settings import from_section
 from alignpro.tables import RESPONSES
 
 BACKENDS = ("vllm", "transformers")
@@ -31,6 +32,52 @@ class Sampling:
     top_p: float = 1.0
     max_new_tokens: int = 256
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """A sampling section of the config (`rewrite`, `generation`): the backend that generates and how
+    it decodes. Its defaults are the schema's `$defs/sampling`."""
+
+    backend: str = "vllm"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    batch_size: int = 64
+    vllm: dict = field(default_factory=dict)
+
+    def sampling(self, *, seed: int, n: int = 1) -> Sampling:
+        return Sampling(n=n, temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens, seed=seed)
+
+    def generator(self, model: dict, *, seed: int) -> VLLMGenerator | TransformersGenerator:
+        """`model` (a stage's model spec: path, revision, dtype, trust_remote_code) loaded with this backend."""
+        return load_generator(
+            self.backend,
+            model["path"],
+            revision=model["revision"],
+            dtype=model["dtype"],
+            trust_remote_code=model["trust_remote_code"],
+            batch_size=self.batch_size,
+            seed=seed,
+            vllm_options=self.vllm,
+        )
+
+
+@dataclass(frozen=True)
+class GenerationSettings(SamplingSettings):
+    """The `generation` section: the frozen model's sampling, `n_samples` answers per prompt in evaluation."""
+
+    n_samples: int = 4
+
+    @classmethod
+    def from_config(cls, section: dict | None) -> GenerationSettings:
+        return from_section(cls, section, "generation")
+
+    @staticmethod
+    def for_training(section: dict) -> dict:
+        """The section as training stages take it (one answer per rewrite there): without n_samples, so
+        changing the evaluation's number of samples retrains nothing."""
+        return {key: value for key, value in section.items() if key != "n_samples"}
 
 
 @dataclass(frozen=True)
@@ -99,10 +146,22 @@ class VLLMGenerator:
         self.llm = LLM(
             model=model, revision=revision, seed=seed, dtype=dtype, trust_remote_code=trust_remote_code, **vllm_options
         )
+        self.model = model
+        self.tokenizer = load_tokenizer(model, revision=revision, trust_remote_code=trust_remote_code)
         self.batch_size = batch_size
 
     def chat(self, conversations: list[list[dict]], sampling: Sampling) -> list[list[Completion]]:
+        """Prompts that leave less than max_new_tokens of the engine's max_model_len are cut to fit
+        first: vLLM refuses a prompt longer than that, failing the whole call."""
         from vllm import SamplingParams
+
+        conversations, _ = fit_to_context(
+            self.tokenizer,
+            conversations,
+            context=self.llm.model_config.max_model_len,
+            max_new_tokens=sampling.max_new_tokens,
+            model=self.model,
+        )
 
         params = SamplingParams(
             n=_sequences_per_prompt(sampling),
@@ -146,27 +205,31 @@ class TransformersGenerator:
             trust_remote_code=trust_remote_code,
             device_map="cuda" if on_gpu else None,
         ).eval()
+        self.model_name = model
         self.eos_ids = eos_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
         self.batch_size = batch_size
 
     def chat(self, conversations: list[list[dict]], sampling: Sampling) -> list[list[Completion]]:
         """Batches of similar-length prompts keep padding small; the longest go first, so that running
-        out of memory happens in the first batch rather than at the end.
+        out of memory happens in the first batch rather than at the end. Prompts that leave less than
+        max_new_tokens of the model's context are cut to fit first.
 
         Seeded with `sampling.seed` at the start of every call, so a call's output depends only on
         its inputs and the seed.
         """
         import torch
 
-        texts = [
-            self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-            for conversation in conversations
-        ]
-        token_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        longest_first = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))
-        results: list[list[Completion]] = [[] for _ in texts]
+        _, token_ids = fit_to_context(
+            self.tokenizer,
+            conversations,
+            context=context_length(self.model.config),
+            max_new_tokens=sampling.max_new_tokens,
+            model=self.model_name,
+        )
+        longest_first = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
+        results: list[list[Completion]] = [[] for _ in token_ids]
         torch.manual_seed(sampling.seed)
-        with torch.inference_mode(), progress_bar(total=len(texts), desc="generate (transformers)", unit="prompt") as progress:
+        with torch.inference_mode(), progress_bar(total=len(token_ids), desc="generate (transformers)", unit="prompt") as progress:
             for batch in _chunks(longest_first, self.batch_size):
                 completions = self._generate([token_ids[i] for i in batch], sampling)
                 for i, completions_of_one in zip(batch, completions):

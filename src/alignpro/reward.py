@@ -6,14 +6,17 @@ saw: Align-Pro is judged by how well the answer serves what the user actually as
 
 from __future__ import annotations
 
+import logging
+
 import pyarrow as pa
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from alignpro.modeling import inference_dtype, load_tokenizer
-
+from alignpro.modeling import context_length, inference_dtype, load_tokenizer
 from alignpro.progress import progress_bar
 from alignpro.tables import RESPONSES, SCORES, conform
+
+log = logging.getLogger(__name__)
 
 
 def adds_bos(tokenizer) -> bool:
@@ -61,6 +64,13 @@ class RewardScorer:
             )
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = batch_size
+        context = context_length(config)
+        if context is not None and max_length > context:
+            log.warning(
+                "%s: reward.max_length=%d is past its context of %d tokens; (x, y) pairs are cut at %d tokens",
+                model, max_length, context, context,
+            )
+            max_length = context
         self.max_length = max_length
         self.tokenizer = load_tokenizer(model, revision=revision, trust_remote_code=trust_remote_code, padding_side="right")
         self.model = AutoModelForSequenceClassification.from_pretrained(

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from alignpro.generation import Completion, Sampling
+from alignpro.generation import Completion, Sampling, SamplingSettings
+from alignpro.settings import from_section
 from alignpro.tables import REWRITES
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,18 @@ def _echoes_instructions(raw: str) -> bool:
 
 def _normalized(text: str) -> str:
     return " ".join(text.split()).casefold()
+
+
+@dataclass(frozen=True)
+class RewriteSettings(SamplingSettings):
+    """The `rewrite` section: the prompter's sampling, and when its rewrite falls back to x."""
+
+    fallback_on_truncation: bool = True
+    max_length_ratio: float = 8.0
+
+    @classmethod
+    def from_config(cls, section: dict | None) -> RewriteSettings:
+        return from_section(cls, section, "rewrite")
 
 
 @dataclass(frozen=True)

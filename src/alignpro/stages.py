@@ -86,46 +86,36 @@ def prepare_dataset(*, name: str, spec: dict, seed: int, train_path: str, test_p
     log.info("%s: %d train and %d test prompts", name, train.num_rows, test.num_rows)
 
 
-def _sampling(params: dict, *, seed: int, n: int = 1):
-    from alignpro.generation import Sampling
+def _generation(section: dict):
+    from alignpro.generation import GenerationSettings
 
-    return Sampling(
-        n=n,
-        temperature=params["temperature"],
-        top_p=params["top_p"],
-        max_new_tokens=params["max_new_tokens"],
-        seed=seed,
-    )
+    return GenerationSettings.from_config(section)
 
 
-def _generator(model: dict, params: dict, *, seed: int):
-    from alignpro.generation import load_generator
+def _rewriting(section: dict):
+    from alignpro.rewrite import RewriteSettings
 
-    log.info("loading %s at revision %s for %s generation", model["path"], model["revision"], params["backend"])
-    return load_generator(
-        params["backend"],
-        model["path"],
-        revision=model["revision"],
-        dtype=model["dtype"],
-        trust_remote_code=model["trust_remote_code"],
-        batch_size=params["batch_size"],
-        seed=seed,
-        vllm_options=params.get("vllm"),
-    )
+    return RewriteSettings.from_config(section)
+
+
+def _generator(model: dict, settings, *, seed: int):
+    log.info("loading %s at revision %s for %s generation", model["path"], model["revision"], settings.backend)
+    return settings.generator(model, seed=seed)
 
 
 def rewrite(*, prompts_path: str, out_path: str, prompter: str, model: dict, params: dict, seed: int) -> None:
     """The rewrite stage: x -> x' for every test prompt with the prompter and the meta-prompt."""
     from alignpro.rewrite import rewrite_prompts
 
+    settings = _rewriting(params)
     prompts = tables.read_table(prompts_path, tables.PROMPTS)
     rewrites = rewrite_prompts(
-        _generator(model, params, seed=seed),
+        _generator(model, settings, seed=seed),
         prompts,
-        sampling=_sampling(params, seed=seed),
+        sampling=settings.sampling(seed=seed),
         prompter=prompter,
-        fallback_on_truncation=params["fallback_on_truncation"],
-        max_length_ratio=params["max_length_ratio"],
+        fallback_on_truncation=settings.fallback_on_truncation,
+        max_length_ratio=settings.max_length_ratio,
     )
     tables.write_table(rewrites, out_path, tables.REWRITES)
 
@@ -153,11 +143,12 @@ def generate(
 
     input_column, schema = ("prompt", tables.PROMPTS) if answers_original(method) else ("rewrite", tables.REWRITES)
     inputs = tables.read_table(inputs_path, schema)
+    settings = _generation(params)
     responses = generate_responses(
-        _generator(model, params, seed=seed),
+        _generator(model, settings, seed=seed),
         inputs,
         input_column=input_column,
-        sampling=_sampling(params, seed=seed, n=params["n_samples"]),
+        sampling=settings.sampling(seed=seed, n=settings.n_samples),
         dataset=dataset,
         method=method,
         frozen=frozen,
@@ -216,16 +207,17 @@ def sft_pairs(
     from alignpro.sft import best_of_k_pairs, read_pairs
 
     if pairs["source"] == "best_of_k":
+        rewriting, answering = _rewriting(rewrite), _generation(generation)
         table = best_of_k_pairs(
-            _generator(prompter, rewrite, seed=seed),
-            _generator(frozen, generation, seed=seed),
+            _generator(prompter, rewriting, seed=seed),
+            _generator(frozen, answering, seed=seed),
             _scorer(reward, scoring),
             _training_prompts(train_path, pairs["max_prompts"], "sft.pairs"),
             k=pairs["k"],
-            prompter_sampling=_sampling(rewrite, seed=seed),
-            frozen_sampling=_sampling(generation, seed=seed, n=pairs["answers_per_rewrite"]),
-            fallback_on_truncation=rewrite["fallback_on_truncation"],
-            max_length_ratio=rewrite["max_length_ratio"],
+            prompter_sampling=rewriting.sampling(seed=seed),
+            frozen_sampling=answering.sampling(seed=seed, n=pairs["answers_per_rewrite"]),
+            fallback_on_truncation=rewriting.fallback_on_truncation,
+            max_length_ratio=rewriting.max_length_ratio,
         )
     else:
         table = read_pairs(pairs)
@@ -289,12 +281,13 @@ def ppo(
     from alignpro.rewrite import prompter_conversation
     from alignpro.training import RewriteReward
 
+    rewriting, answering = _rewriting(rewrite), _generation(generation)
     reward_fn = RewriteReward(
-        _generator(frozen, generation, seed=seed),
+        _generator(frozen, answering, seed=seed),
         _scorer(reward, scoring),
-        _sampling(generation, seed=seed),
-        fallback_on_truncation=rewrite["fallback_on_truncation"],
-        max_length_ratio=rewrite["max_length_ratio"],
+        answering.sampling(seed=seed),
+        fallback_on_truncation=rewriting.fallback_on_truncation,
+        max_length_ratio=rewriting.max_length_ratio,
     )
     _train_ppo(
         section="ppo", train_path=train_path, workdir=workdir, model=model, ppo=ppo, seed=seed,
@@ -336,18 +329,19 @@ def star_candidates(
     estimated from M frozen-model answers (`settings` is the config's alignpro_star section)."""
     from alignpro.star import candidate_rewrites
 
+    rewriting, answering = _rewriting(rewrite), _generation(generation)
     table = candidate_rewrites(
-        _generator(prompter, rewrite, seed=seed),
-        _generator(frozen, generation, seed=seed),
+        _generator(prompter, rewriting, seed=seed),
+        _generator(frozen, answering, seed=seed),
         _scorer(reward, scoring),
         tables.read_table(prompts_path, tables.PROMPTS),
         prompter_name=prompter_name,
         k=settings["k"],
         m=settings["m"],
-        prompter_sampling=_sampling(rewrite, seed=seed),
-        frozen_sampling=_sampling(generation, seed=seed),
-        fallback_on_truncation=rewrite["fallback_on_truncation"],
-        max_length_ratio=rewrite["max_length_ratio"],
+        prompter_sampling=rewriting.sampling(seed=seed),
+        frozen_sampling=answering.sampling(seed=seed),
+        fallback_on_truncation=rewriting.fallback_on_truncation,
+        max_length_ratio=rewriting.max_length_ratio,
     )
     tables.write_table(table, out_path, tables.STAR_CANDIDATES)
 

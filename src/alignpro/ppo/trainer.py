@@ -22,7 +22,7 @@ import torch
 
 from alignpro.atomic import atomic_directory
 from alignpro.generation import Completion
-from alignpro.modeling import checkpoint_dtype, eos_ids, load_tokenizer, named_dtype
+from alignpro.modeling import checkpoint_dtype, context_length, eos_ids, fit_to_context, load_tokenizer, named_dtype
 from alignpro.ppo.config import PPOConfig
 from alignpro.ppo.maths import (
     adjust_scores,
@@ -148,6 +148,7 @@ class PPOTrainer:
 
         self.tokenizer = load_tokenizer(model, revision=revision, trust_remote_code=trust_remote_code)
         model_config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
+        self.context = context_length(model_config)
         load_dtype = torch.float32 if dtype == "auto" else named_dtype(dtype)
         self.save_dtype = checkpoint_dtype(model_config) if dtype == "auto" else load_dtype
         self.autocast = self.device.type == "cuda" and load_dtype == torch.float32
@@ -192,7 +193,13 @@ class PPOTrainer:
         self._trained = True
         prompts = list(prompts)
         config = self.config
-        queries = [self._encode_query(prompt) for prompt in prompts]
+        _, queries = fit_to_context(
+            self.tokenizer,
+            [self.query_fn(prompt) for prompt in prompts],
+            context=self.context,
+            max_new_tokens=config.max_new_tokens,
+            model=self.model_name,
+        )
         fingerprint = self.fingerprint(queries)
         sampler = PromptSampler(len(prompts), config.seed)
         start = self._resume(fingerprint, sampler)
@@ -506,10 +513,6 @@ class PPOTrainer:
         return pa.Table.from_pylist(self.metrics, schema=PPO_METRICS)
 
     # ---------------------------------------------------------------- helpers
-
-    def _encode_query(self, prompt: str) -> list[int]:
-        text = self.tokenizer.apply_chat_template(self.query_fn(prompt), tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _completion(self, response: list[int], ended: bool) -> Completion:
         """As the project's generators report it: text without EOS, num_tokens with it."""

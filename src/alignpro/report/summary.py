@@ -16,7 +16,7 @@ import pyarrow as pa
 from alignpro.checkers import CHECKERS
 from alignpro.report.statistics import GROUP_KEYS, bootstrap_interval, resample_means, t_interval, win_rates
 from alignpro.systems import label as method_label
-from alignpro.systems import METHODS, answers_original, method_rank
+from alignpro.systems import METHODS, ORACLE, answers_original, method_rank
 from alignpro.tables import SCORES, SUMMARY, VERDICTS, conform
 
 NAME_KEYS = ["dataset", "prompter", "frozen", "method"]  # the string columns of GROUP_KEYS
@@ -119,7 +119,7 @@ def _paired_gaps(per_prompt: pl.DataFrame, confidence: float, bootstrap_samples:
     itself; a method answered on other prompts than rlhf has no paired gap, so that is an error.
     """
     pair_keys = ["dataset", "frozen", "prompt_id"]
-    rlhf = per_prompt.filter(pl.col("method") == "rlhf").select(*pair_keys, rlhf_mean="prompt_mean")
+    rlhf = per_prompt.filter(pl.col("method") == ORACLE).select(*pair_keys, rlhf_mean="prompt_mean")
     compared = per_prompt.join(rlhf.select("dataset", "frozen").unique(), on=["dataset", "frozen"]).sort(
         "dataset", "frozen", "prompter", method_rank(), "method", "beta"
     )
@@ -131,9 +131,9 @@ def _paired_gaps(per_prompt: pl.DataFrame, confidence: float, bootstrap_samples:
         unpaired = paired.filter(pl.col("prompt_mean").is_null() | pl.col("rlhf_mean").is_null())
         if unpaired.height:
             missing = unpaired.row(0, named=True)
-            side = row["method"] if missing["prompt_mean"] is None else "rlhf"
+            side = row["method"] if missing["prompt_mean"] is None else ORACLE
             raise ValueError(
-                f"gap of {method_label(row['method'], row['beta'])} against rlhf on {row['dataset']} / {row['frozen']}: "
+                f"gap of {method_label(row['method'], row['beta'])} against {ORACLE} on {row['dataset']} / {row['frozen']}: "
                 f"prompt {missing['prompt_id']} has no {side} answers, so the gap would not be paired"
             )
         differences = (paired["rlhf_mean"] - paired["prompt_mean"]).to_numpy()
@@ -144,7 +144,8 @@ def _paired_gaps(per_prompt: pl.DataFrame, confidence: float, bootstrap_samples:
 
 
 def _with_kl(stats: pl.DataFrame, kl: pl.DataFrame | None, prompters: list[str]) -> pl.DataFrame:
-    """`stats` with each row's measured KL to its reference; sft's is 0 by definition (rho_sft is the reference)."""
+    """`stats` with each row's measured KL to its reference; 0 by definition for a method that is its own
+    reference (sft: rho_sft)."""
     if kl is None:
         measured = stats.with_columns(kl=pl.lit(None, pl.Float64))
     else:
@@ -153,7 +154,8 @@ def _with_kl(stats: pl.DataFrame, kl: pl.DataFrame | None, prompters: list[str])
         if repeated.height:
             raise ValueError(f"more than one kl for {repeated.row(0, named=True)}")
         measured = stats.join(repeat_base_rows(frame, prompters), on=GROUP_KEYS, how="left", nulls_equal=True)
-    return measured.with_columns(kl=pl.when(pl.col("method") == "sft").then(0.0).otherwise(pl.col("kl")))
+    own_reference = [method.name for method in METHODS.values() if method.kl == "zero"]
+    return measured.with_columns(kl=pl.when(pl.col("method").is_in(own_reference)).then(0.0).otherwise(pl.col("kl")))
 
 
 def ppo_kl(metrics: pl.DataFrame, tail_fraction: float = 0.1) -> float:
