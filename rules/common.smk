@@ -107,11 +107,15 @@ def task_model_dir(task, role):
 HUB_CACHE = hub.cache_root(config["models"]["cache_dir"])
 
 
-def model_source(kind, name):
+def model_source(kind, name, weights=False):
     """`tiny` (built here with random weights), `task` (trained here on a bundled task), `local` (an
     existing directory), `pinned` (a hub id at a commit: fetched once into HUB_CACHE by the fetch_model
-    job) or `hub` (a hub id at a branch or tag: each job resolves and loads it itself)."""
+    job), `hub` (a hub id at a branch or tag: each job resolves and loads it itself) or `api` (a frozen
+    model behind an API). With `weights`, an API model's is that of the local weights its `path`
+    names (what rlhf trains)."""
     spec = config["models"][kind][name]
+    if "api" in spec and not weights:
+        return "api"
     if spec.get("tiny"):
         return "tiny"
     if "task" in spec:
@@ -137,11 +141,14 @@ def fetch_marker(kind, name):
     return f"results/hub/{kind}/{name}.json"
 
 
-def model_spec(kind, name):
-    """The model as the stage scripts load it: path, revision, dtype, trust_remote_code. A pinned hub
-    model is loaded from its snapshot directory in the cache, so jobs need no hub access."""
+def model_spec(kind, name, weights=False):
+    """The model as the stage scripts load it: path, revision, dtype, trust_remote_code (or, for an API
+    model, its `api` settings and name). A pinned hub model is loaded from its snapshot directory in the
+    cache, so jobs need no hub access. `weights` as in model_source."""
     spec = config["models"][kind][name]
-    source = model_source(kind, name)
+    source = model_source(kind, name, weights)
+    if source == "api":
+        return {"api": spec["api"], "name": name}
     if source in ("tiny", "task"):
         return {"path": built_model_dir(kind, name), "revision": "main", "dtype": "float32", "trust_remote_code": False}
     model = {key: spec[key] for key in ("path", "revision", "dtype", "trust_remote_code")}
@@ -152,13 +159,13 @@ def model_spec(kind, name):
 
 def trained_spec(kind, name, path):
     """A model the workflow trained from model `name`: its directory, loaded like its origin."""
-    return {**model_spec(kind, name), "path": path, "revision": "main"}
+    return {**model_spec(kind, name, weights=True), "path": path, "revision": "main"}
 
 
-def model_input(kind, name):
+def model_input(kind, name, weights=False):
     """What a job that loads the model waits for: the built directory of a tiny model, the fetch record
-    of a pinned hub model; nothing for local directories and unpinned hub models."""
-    source = model_source(kind, name)
+    of a pinned hub model; nothing for local directories, unpinned hub models and API models."""
+    source = model_source(kind, name, weights)
     if source in ("tiny", "task"):
         return [built_model_dir(kind, name)]
     if source == "pinned":
@@ -166,11 +173,34 @@ def model_input(kind, name):
     return []
 
 
+def check_api_models():
+    """Only a frozen model can be an API; rlhf trains the frozen model, so it needs local weights."""
+    for kind in ("prompters", "reward"):
+        for name, spec in config["models"][kind].items():
+            if "api" in spec:
+                raise WorkflowError(
+                    f"config models.{kind}.{name}.api: only a frozen model can be called through an API; the "
+                    f"{TINY_ROLES[kind]} needs local weights"
+                )
+    for name, spec in config["models"]["frozen"].items():
+        if "api" in spec and "rlhf" in METHODS and "path" not in spec:
+            raise WorkflowError(
+                f"config models.frozen.{name}: methods has rlhf, which PPO-tunes the frozen model's weights, but "
+                f"{name} is an API model ({spec['api']['model']}); give its local weights as `path` (and revision) "
+                "beside `api`, or drop rlhf from methods"
+            )
+
+
+check_api_models()
+
+
 def check_hub_models():
     """Say at start which hub models are not fetched ahead, and which fetched ones left the cache."""
     for kind in TINY_ROLES:
         for name, spec in config["models"][kind].items():
-            source = model_source(kind, name)
+            if "api" in spec and "path" not in spec:
+                continue
+            source = model_source(kind, name, weights=True)
             if source == "hub":
                 logger.warning(
                     f"config models.{kind}.{name}: revision {spec['revision']!r} of {spec['path']} is not a commit, so it "
@@ -179,7 +209,7 @@ def check_hub_models():
                     f"fetch it once into {HUB_CACHE}."
                 )
             elif source == "pinned" and os.path.isfile(fetch_marker(kind, name)):
-                snapshot = model_spec(kind, name)["path"]
+                snapshot = model_spec(kind, name, weights=True)["path"]
                 if not os.path.isfile(os.path.join(snapshot, "config.json")):
                     logger.warning(
                         f"config models.{kind}.{name}: {spec['path']}@{spec['revision']} was fetched "
@@ -277,6 +307,13 @@ def gpus(rule, *sampling_sections):
         [config["resources"][rule]["gpu"]]
         + [config[section]["vllm"]["tensor_parallel_size"] for section in sampling_sections if config[section]["backend"] == "vllm"]
     )
+
+
+def generation_gpus(wildcards):
+    """GPUs of a generate job: none when an API model answers (the job only sends requests)."""
+    if system_of(wildcards).kind.answered_by == "frozen" and model_source("frozen", wildcards.frozen) == "api":
+        return 0
+    return gpus("generate", "generation")
 
 
 def judge_settings():

@@ -14,7 +14,7 @@ rule generate:
         sampling=config["generation"],
         seed=config["seed"],
     resources:
-        gpu=gpus("generate", "generation"),
+        gpu=generation_gpus,
         mem_mb=config["resources"]["generate"]["mem_mb"],
         runtime=config["resources"]["generate"]["runtime"],
     log:

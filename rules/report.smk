@@ -56,6 +56,9 @@ rule report:
         checkers=REFERENCE_CHECKERS,
         prompters=PROMPTERS,
         settings=config["report"],
+        # What judged the verdicts: with it here, judge jobs that failed after a judge change (their
+        # outputs deleted) are still planned by a plain rerun, the report being out of date too.
+        judge=judge_settings(),
         seed=config["seed"],
     log:
         "logs/report/report.log",

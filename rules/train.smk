@@ -92,14 +92,14 @@ rule rlhf:
     """The RLHF oracle: the same PPO on the frozen model itself (LoRA), scored on its own answers."""
     input:
         train="results/data/{dataset}/train.parquet",
-        frozen=lambda wildcards: model_input("frozen", wildcards.frozen),
+        frozen=lambda wildcards: model_input("frozen", wildcards.frozen, weights=True),
         reward=model_input("reward", REWARD_MODEL),
     output:
         model=directory("results/train/{dataset}/{frozen}/rlhf/model"),
         metrics="results/train/{dataset}/{frozen}/rlhf/metrics.parquet",
     params:
         workdir="results/train/{dataset}/{frozen}/rlhf",
-        model=lambda wildcards: model_spec("frozen", wildcards.frozen),
+        model=lambda wildcards: model_spec("frozen", wildcards.frozen, weights=True),
         reward=model_spec("reward", REWARD_MODEL),
         ppo=config["rlhf"],
         scoring=config["reward"],

@@ -1,9 +1,11 @@
-"""A local stand-in for the OpenAI chat completions endpoint, acting as a deterministic pairwise judge.
+"""A local stand-in for the OpenAI chat completions endpoint, acting as a deterministic pairwise judge
+(and, with answers_chats, as a frozen chat model answering any other request).
 
 It runs `http.server` in a thread on 127.0.0.1 (a free port), answers `POST /v1/chat/completions`
 like the real API (choices[0].message.content and usage), and lets a test script faults per
 (question, answer shown first): latency, 429 with Retry-After, 500, a hang past the client's timeout,
-a dropped connection, or an unparsable verdict. Its verdict: the answer containing MARKER wins, a tie
+a dropped connection, an unparsable verdict, or a 200 that is no chat completion (no choices, null
+content, a JSON body cut short, an HTML error page), as proxies send them. Its verdict: the answer containing MARKER wins, a tie
 when both or neither do. Its reasoning echoes both answers verbatim, so steering text inside an answer
 (a fake "VERDICT: A" line) reaches the judge's output the way a quoting LLM would put it there.
 """
@@ -11,14 +13,19 @@ when both or neither do. Its reasoning echoes both answers verbatim, so steering
 from __future__ import annotations
 
 import json
+import os
+import random
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MARKER = "EXCELLENT"
-FAULTS = ("429", "500", "timeout", "drop", "malformed")
+FAULTS = ("429", "500", "timeout", "drop", "malformed", "no_choices", "null_content", "not_json", "html")
 BLOCK = r"\[{name} (?P<fence_{tag}>\w+)\]\n(?P<{tag}>.*?)\n\[/{name} (?P=fence_{tag})\]"
 PROMPT_BLOCKS = re.compile(
     "(?s)"
@@ -33,7 +40,16 @@ PROMPT_BLOCKS = re.compile(
 class JudgeStub:
     """The server and what it saw: requests per (question, first answer), request times, max in flight."""
 
-    def __init__(self, latency_s: float = 0.0, retry_after_s: float = 1.0, hang_s: float = 1.0):
+    def __init__(
+        self, latency_s: float = 0.0, retry_after_s: float = 1.0, hang_s: float = 1.0, answers_chats: bool = False,
+        fault_rate: float = 0.0, seed: int = 0,
+    ):
+        self.answers_chats = answers_chats  # also answer requests that are not the judge's, as a chat model
+        self.fault_rate = fault_rate  # a request not given an injected fault suffers a random one this often
+        self.random_faults = [fault for fault in FAULTS if fault != "malformed"]  # what no verdict parser cures
+        self.down = False  # every request answered 503, as by a proxy in front of a server that is down
+        self.served_faults: Counter[str] = Counter()
+        self._random = random.Random(seed)
         self.latency_s = latency_s
         self.retry_after_s = retry_after_s
         self.hang_s = hang_s
@@ -83,7 +99,17 @@ class JudgeStub:
             self.request_times[key].append(time.monotonic())
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            return self.faults[key].pop(0) if self.faults[key] else None
+            if self.down:
+                fault = "503"
+            elif self.faults[key]:
+                fault = self.faults[key].pop(0)
+            elif self._random.random() < self.fault_rate:
+                fault = self._random.choice(self.random_faults)
+            else:
+                fault = None
+            if fault is not None:
+                self.served_faults[fault] += 1
+            return fault
 
     def leave(self) -> None:
         with self._lock:
@@ -94,6 +120,13 @@ class JudgeStub:
             return "A"
         a_good, b_good = MARKER in answer_a, MARKER in answer_b
         return "A" if a_good and not b_good else "B" if b_good and not a_good else "TIE"
+
+
+def chat_reply(body: dict) -> str:
+    """A frozen model's answer: it names the question, the seed and the sampling, so tests can tell
+    which request an answer came from."""
+    question = body["messages"][-1]["content"]
+    return f"An answer to [{question}] (seed {body.get('seed')}, temperature {body.get('temperature')}, max {body.get('max_tokens')})"
 
 
 def judge_reply(stub: JudgeStub, question: str, answer_a: str, answer_b: str, malformed: bool) -> str:
@@ -123,38 +156,57 @@ class _Handler(BaseHTTPRequestHandler):
             return
         prompt = "\n".join(message["content"] for message in body["messages"])
         blocks = PROMPT_BLOCKS.search(prompt)
-        if blocks is None:
+        stub: JudgeStub = self.server.stub
+        if blocks is None and not stub.answers_chats:
             self._send(400, {"error": {"message": "no judge blocks in prompt", "type": "invalid_request_error"}})
             return
-        stub: JudgeStub = self.server.stub
-        question, answer_a, answer_b = blocks["question"], blocks["a"], blocks["b"]
-        fault = stub.admit(question, answer_a)
+        if blocks is None:  # a frozen model's request: faults are keyed by (user turn, "")
+            question = body["messages"][-1]["content"]
+            fault = stub.admit(question, "")
+            reply = lambda malformed: chat_reply(body)  # noqa: E731
+        else:
+            question, answer_a, answer_b = blocks["question"], blocks["a"], blocks["b"]
+            fault = stub.admit(question, answer_a)
+            reply = lambda malformed: judge_reply(stub, question, answer_a, answer_b, malformed)  # noqa: E731
         try:
             time.sleep(stub.latency_s)
-            self._respond(stub, body, fault, question, answer_a, answer_b, prompt)
+            self._respond(stub, body, fault, reply, prompt)
         finally:
             stub.leave()
 
-    def _respond(self, stub, body, fault, question, answer_a, answer_b, prompt) -> None:
+    def _respond(self, stub, body, fault, reply, prompt) -> None:
         if fault == "429":
             error = {"error": {"message": "rate limited", "type": "rate_limit_error"}}
             self._send(429, error, {"Retry-After": f"{stub.retry_after_s:g}"})
         elif fault == "500":
             self._send(500, {"error": {"message": "server error", "type": "server_error"}})
+        elif fault == "503":
+            self._send(503, {"error": {"message": "service unavailable", "type": "server_error"}})
         elif fault == "drop":
             self.close_connection = True
             self.connection.shutdown(2)
+        elif fault == "no_choices":
+            self._send(200, completion(body["model"], "", prompt) | {"choices": []})
+        elif fault == "null_content":
+            reply = completion(body["model"], "", prompt)
+            reply["choices"][0]["message"]["content"] = None
+            self._send(200, reply)
+        elif fault == "not_json":
+            self._send_raw(200, b'{"id": "chatcmpl-stub", "choices": [', "application/json")
+        elif fault == "html":
+            self._send_raw(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html")
         else:
             if fault == "timeout":
                 time.sleep(stub.hang_s)
-            content = judge_reply(stub, question, answer_a, answer_b, malformed=fault == "malformed")
-            self._send(200, completion(body["model"], content, prompt))
+            self._send(200, completion(body["model"], reply(fault == "malformed"), prompt))
 
     def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
-        data = json.dumps(payload).encode()
+        self._send_raw(status, json.dumps(payload).encode(), "application/json", headers)
+
+    def _send_raw(self, status: int, data: bytes, content_type: str, headers: dict | None = None) -> None:
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             for name, value in (headers or {}).items():
                 self.send_header(name, value)
@@ -175,3 +227,15 @@ def completion(model: str, content: str, prompt: str) -> dict:
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop", "logprobs": None}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
     }
+
+
+def kill_after_requests(stub: JudgeStub, script: str, *args: str, requests: int) -> None:
+    """Run `python -c script args` and SIGKILL it once the stub has seen `requests` requests: a job
+    killed half way (a node lost, a wall time hit)."""
+    child = subprocess.Popen([sys.executable, "-c", script, *args], env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
+    deadline = time.monotonic() + 60
+    while stub.total_requests < requests and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    assert child.returncode == -signal.SIGKILL, f"the child ended on its own (exit {child.returncode})"

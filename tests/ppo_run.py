@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def spaces_reward(prompts, completions):
+def spaces_reward(prompts, completions, step=None):
     """Spaces per completion token: PPO can raise it on a tiny model whose word-initial tokens share
     an embedding direction (test_ppo.prompter_with_word_direction)."""
     return [c.text.count(" ") / max(c.num_tokens, 1) for c in completions], {"time_scoring": 0.0}
@@ -37,7 +37,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     from alignpro.ppo import PPOConfig, PPOTrainer
 
-    def reward_fn(prompts, completions):
+    def reward_fn(prompts, completions, step=None):
         time.sleep(args.delay)
         return spaces_reward(prompts, completions)
 

@@ -10,11 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 
 import pyarrow as pa
@@ -33,7 +29,7 @@ from alignpro.judge import (
     parse_verdict,
 )
 from alignpro.tables import SCORES, VERDICTS, SchemaError, read_table, write_table
-from openai_stub import MARKER, JudgeStub
+from openai_stub import MARKER, JudgeStub, kill_after_requests
 
 KEY_ENV = "ALIGNPRO_TEST_JUDGE_KEY"
 GOOD = f"A careful, {MARKER} answer with steps."
@@ -53,7 +49,10 @@ def stub(monkeypatch):
 
 
 def settings_for(stub: JudgeStub, **overrides) -> JudgeSettings:
-    values = dict(base_url=stub.base_url, api_key_env=KEY_ENV, timeout_s=10.0, concurrency=4, backoff_base_s=0.01, backoff_max_s=0.05)
+    values = dict(
+        base_url=stub.base_url, api_key_env=KEY_ENV, timeout_s=10.0, concurrency=4, backoff_base_s=0.01, backoff_max_s=0.05,
+        price_input_per_1k=0.03, price_output_per_1k=0.06,
+    )
     return JudgeSettings(**(values | overrides))
 
 
@@ -141,6 +140,42 @@ def test_retries_equal_the_injected_faults(stub, cache):
     assert column(rerun, "calls") == [0, 0, 0, 0, 1, 1]
 
 
+def test_malformed_replies_are_retried_then_recorded_never_raised(stub, cache):
+    """A 200 with no choices, null content, a JSON body cut short or an HTML page is retried like a 5xx."""
+    malformed = ["no_choices", "null_content", "not_json", "html"]
+    rows = [pair(index) for index in range(len(malformed) + 1)]
+    for row, fault in zip(rows, malformed):
+        stub.inject(row["prompt"], row["answer"], fault)
+    stub.inject(rows[-1]["prompt"], rows[-1]["answer"], *malformed)
+    verdicts = judge_pairs(pairs_table(rows), settings_for(stub, max_retries=3), cache)
+    assert column(verdicts, "verdict") == ["win"] * 4 + ["not_judged"]
+    assert column(verdicts, "retries") == [1, 1, 1, 1, 3]
+    assert column(verdicts, "not_judged_reason")[-1].startswith("error: MalformedReply: a reply with no choices")
+
+
+def test_cached_calls_cost_nothing_and_a_judge_without_prices_costs_nothing(stub, cache):
+    rows = [pair(index) for index in range(3)]
+    priced = judge_pairs(pairs_table(rows), settings_for(stub), cache)
+    assert all(cost > 0 for cost in column(priced, "cost_usd")) and sum(column(priced, "prompt_tokens")) > 0
+    again = judge_pairs(pairs_table(rows), settings_for(stub), cache)
+    assert column(again, "cost_usd") == [0.0] * 3 and column(again, "prompt_tokens") == [0] * 3
+    assert column(again, "cached_calls") == [2] * 3
+    unpriced = judge_pairs(pairs_table(rows), settings_for(stub, price_input_per_1k=None, price_output_per_1k=None), cache)
+    assert column(unpriced, "cost_usd") == [None] * 3
+    with pytest.raises(ValueError, match="max_cost_usd=1.0 needs price_input_per_1k and price_output_per_1k"):
+        settings_for(stub, price_input_per_1k=None, max_cost_usd=1.0)
+
+
+def test_calls_cached_by_an_earlier_version_are_kept(stub, cache):
+    rows = [pair(0)]
+    judge_pairs(pairs_table(rows), settings_for(stub), cache)
+    with sqlite3.connect(cache) as db:  # the judge's cache table before the shared API client
+        db.execute("ALTER TABLE completions RENAME TO calls")
+    before = stub.total_requests
+    again = judge_pairs(pairs_table(rows), settings_for(stub), cache)
+    assert stub.total_requests == before and column(again, "cached_calls") == [2]
+
+
 def test_rerun_makes_no_new_calls(stub, cache):
     rows = [pair(index, GOOD if index % 2 else PLAIN, PLAIN if index % 2 else "Plain too.") for index in range(6)]
     settings = settings_for(stub)
@@ -167,18 +202,13 @@ def test_killed_run_resumes_paying_only_for_missing_calls(stub, cache, tmp_path)
     rows = [pair(index, GOOD if index % 3 else PLAIN, PLAIN if index % 3 else "Plain too.") for index in range(16)]
     pq.write_table(pairs_table(rows), tmp_path / "pairs.parquet")
     settings = settings_for(stub, concurrency=2)
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLABLE_RUN, str(tmp_path / "pairs.parquet"), json.dumps(settings.__dict__), cache, str(tmp_path / "never.parquet")],
-        env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)},
+    kill_after_requests(
+        stub, KILLABLE_RUN, str(tmp_path / "pairs.parquet"), json.dumps(settings.__dict__), cache, str(tmp_path / "never.parquet"),
+        requests=10,
     )
-    deadline = time.monotonic() + 60
-    while stub.total_requests < 10 and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=10)
-    assert child.returncode == -signal.SIGKILL and not (tmp_path / "never.parquet").exists()
+    assert not (tmp_path / "never.parquet").exists()
     with sqlite3.connect(cache) as db:
-        answered = db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+        answered = db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
     assert 0 < answered < 32
 
     before = stub.total_requests
@@ -335,3 +365,19 @@ def test_judge_stage_offline_then_through_the_api(stub, tmp_path):
     stages.judge(**paths, out_path=str(tmp_path / "again.parquet"), settings=settings)
     assert stub.total_requests == 8
     assert judgment(read_table(tmp_path / "again.parquet", VERDICTS)) == judgment(verdicts)
+
+
+def test_an_outage_fails_the_judge_job_and_a_plain_rerun_judges_only_the_rest(stub, tmp_path):
+    answers = [(f"p{i}", 0, GOOD, 1.0) for i in range(4)]
+    write_table(scores("alignpro", "qwen", answers), tmp_path / "method.parquet", SCORES)
+    write_table(scores("base", None, [(f"p{i}", 0, PLAIN, 1.0) for i in range(4)]), tmp_path / "base.parquet", SCORES)
+    paths = dict(scores_path=str(tmp_path / "method.parquet"), base_scores_path=str(tmp_path / "base.parquet"))
+    api = dataclasses.asdict(settings_for(stub, max_retries=1)) | {"cache": str(tmp_path / "cache.sqlite")}
+    settings = {"backend": "api", "samples_per_prompt": None, "api": api}
+    stub.inject("Q p2", GOOD, "500", "500")  # down for one call, past its one retry
+    out = tmp_path / "verdicts.parquet"
+    with pytest.raises(RuntimeError, match="1 of 4 pairs were not judged.*InternalServerError.*rerun to judge the rest"):
+        stages.judge(**paths, out_path=str(out), settings=settings)
+    assert not out.exists() and stub.total_requests == 9  # 7 answered, 2 failed
+    stages.judge(**paths, out_path=str(out), settings=settings)
+    assert stub.total_requests == 10 and column(read_table(out, VERDICTS), "verdict") == ["win"] * 4

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from alignpro.modeling import encode_chat
 from alignpro.ppo import (
     AdaptiveKLController,
     CheckpointPastSteps,
@@ -286,7 +287,7 @@ def test_logprobs_align_with_generation_and_training_forward(tiny_prompter, tmp_
     """The response log-probs of the PPO forward pass are those generate sampled from, and the
     training-mode forward of a minibatch reproduces them (ratio 1 before the first update)."""
     trainer = make_trainer(tiny_prompter, tmp_path, small_config(batch_size=4, mini_batch_size=2))
-    queries = [trainer._encode_query(p) for p in PROMPTS[:3]] + [trainer._encode_query("Hi")]
+    queries = [encode_chat(trainer.tokenizer, trainer.query_fn(p)) for p in [*PROMPTS[:3], "Hi"]]
     torch.manual_seed(0)
     responses, ended = trainer.generate(queries)
     assert all(len(r) == 8 for r, e in zip(responses, ended) if not e)
@@ -322,7 +323,7 @@ def test_logprobs_align_with_generation_and_training_forward(tiny_prompter, tmp_
 
 def assert_reference_is(trainer, base):
     """The reference log-probs the trainer uses equal `base`'s, and the trained policy's differ."""
-    queries = [trainer._encode_query(p) for p in PROMPTS[:4]]
+    queries = [encode_chat(trainer.tokenizer, trainer.query_fn(p)) for p in PROMPTS[:4]]
     torch.manual_seed(5)
     responses, _ = trainer.generate(queries)
     batch = build_rollout_batch(queries, responses, trainer.tokenizer.pad_token_id)
@@ -437,7 +438,7 @@ def test_lora_trains_only_the_adapters_against_the_sft_reference(word_prompter, 
     # the reference (adapters off) is still the SFT model, and the trained policy is not
     assert_reference_is(trainer, base)
 
-    inputs = torch.tensor([trainer._encode_query(PROMPTS[0])])
+    inputs = torch.tensor([encode_chat(trainer.tokenizer, trainer.query_fn(PROMPTS[0]))])
     merged = AutoModelForCausalLM.from_pretrained(path)
     assert not any("lora" in name for name in merged.state_dict())
     base_weights = base.state_dict()
@@ -451,7 +452,7 @@ def reward_failing_at_step_3():
     """`spaces_reward`, until its third call (PPO step 3) raises as a reward server going down would."""
     calls = 0
 
-    def reward(prompts, completions):
+    def reward(prompts, completions, step=None):
         nonlocal calls
         calls += 1
         if calls == 3:

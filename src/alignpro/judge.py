@@ -4,10 +4,10 @@ rates over them are alignpro.report.statistics').
 The paper's headline metric: a GPT-4 judge compares the method's answer (A) with base's answer (B)
 to the same original prompt x. Here each pair is judged twice, method first and base first, and a
 win or loss counts only when both orders agree (otherwise a tie, flagged inconsistent), so the
-judge's position bias cannot make a method look better. Every API call is cached in SQLite as soon as
-it returns, keyed by everything that determines its answer, so a rerun or a run killed half way
-never pays twice. Budgets on calls and on estimated spend stop new calls; pairs left over are kept
-as "not_judged", never dropped. Machines with no API use `bradley_terry_pairs`, which decides from
+judge's position bias cannot make a method look better. The calls go through alignpro.api's client
+(retries, budgets, malformed replies survived) and its cache, keyed by everything that determines the
+judge's answer, so a rerun or a run killed half way never pays twice. Budgets on calls and on
+estimated spend stop new calls; pairs left over are kept as "not_judged", never dropped. Machines with no API use `bradley_terry_pairs`, which decides from
 the reward scores alone and says so in its `judge` column.
 """
 
@@ -18,17 +18,14 @@ import hashlib
 import json
 import math
 import os
-import random
 import re
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 
-import openai
 import polars as pl
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from alignpro.api import APISettings, Budget, CallCache, ChatClient, CompletedCall
 from alignpro.settings import from_section
 from alignpro.tables import SCORES, VERDICTS, SchemaError, conform
 
@@ -53,7 +50,9 @@ SCORED_PAIRS = pa.schema(
     metadata={"doc": "PAIRS with r(x, answer) and r(x, base_answer), for the offline Bradley-Terry judge"},
 )
 
-JUDGMENT_COLUMNS = [name for name in VERDICTS.names if name not in ("calls", "retries", "cached_calls")]
+# What describes a run rather than its verdicts: the requests sent now and their tokens and cost.
+RUN_USAGE = ("prompt_tokens", "completion_tokens", "cost_usd", "calls", "retries", "cached_calls")
+JUDGMENT_COLUMNS = [name for name in VERDICTS.names if name not in RUN_USAGE]
 """The columns a run's outcome is compared on: the same whether the calls were made now or cached."""
 
 PROMPT_VERSION = "pairwise-v1"
@@ -99,28 +98,14 @@ OUTCOME_OF = {  # the method's outcome from the judge's raw verdict in each orde
     "method_first": {"A": "win", "B": "loss", "TIE": "tie"},
     "base_first": {"A": "loss", "B": "win", "TIE": "tie"},
 }
-RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)  # timeouts included
 
 
 @dataclass(frozen=True)
-class JudgeSettings:
-    """How to reach the judge and how much it may cost; prices are USD per 1,000 tokens."""
+class JudgeSettings(APISettings):
+    """The API judge: where and how to reach it (APISettings) and how it decodes."""
 
-    model: str = "gpt-4"
-    base_url: str = "https://api.openai.com/v1"
-    api_key_env: str = "OPENAI_API_KEY"
     temperature: float = 0.0
     max_tokens: int = 256
-    timeout_s: float = 60.0
-    concurrency: int = 8
-    max_retries: int = 6
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 60.0
-    max_retry_after_s: float = 120.0
-    max_calls: int | None = None
-    max_cost_usd: float | None = None
-    price_input_per_1k: float = 0.03
-    price_output_per_1k: float = 0.06
 
     @classmethod
     def from_config(cls, api: dict) -> "JudgeSettings":
@@ -130,9 +115,6 @@ class JudgeSettings:
     @property
     def judge_name(self) -> str:
         return f"{self.model} {PROMPT_VERSION}"
-
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.price_input_per_1k + completion_tokens * self.price_output_per_1k) / 1000.0
 
 
 # ---------------------------------------------------------------------------- prompt and verdict
@@ -171,15 +153,7 @@ def reason_of(text: str) -> str:
     return re.sub(r"^\W*REASON\W*:\s*", "", body, flags=re.IGNORECASE)
 
 
-# ---------------------------------------------------------------------------- cache
-
-
-@dataclass(frozen=True)
-class CompletedCall:
-    content: str
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
+# ---------------------------------------------------------------------------- cache keys
 
 
 def call_key(settings: JudgeSettings, question: str, answer_a: str, answer_b: str, order: str, attempt: int) -> str:
@@ -199,161 +173,13 @@ def call_key(settings: JudgeSettings, question: str, answer_a: str, answer_b: st
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-class CallCache:
-    """Completed calls in SQLite (WAL), one row each, committed the moment the call returns."""
-
-    def __init__(self, path: str | os.PathLike):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, model TEXT NOT NULL, order_label TEXT NOT NULL, "
-            "attempt INTEGER NOT NULL, content TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, "
-            "completion_tokens INTEGER NOT NULL, cost_usd REAL NOT NULL, created REAL NOT NULL DEFAULT (julianday('now')))"
-        )
-        self.db.commit()
-
-    def get(self, key: str) -> CompletedCall | None:
-        row = self.db.execute(
-            "SELECT content, prompt_tokens, completion_tokens, cost_usd FROM calls WHERE key = ?", (key,)
-        ).fetchone()
-        return CompletedCall(*row) if row else None
-
-    def put(self, key: str, model: str, order: str, attempt: int, call: CompletedCall) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO calls (key, model, order_label, attempt, content, prompt_tokens, completion_tokens, cost_usd) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (key, model, order, attempt, call.content, call.prompt_tokens, call.completion_tokens, call.cost_usd),
-        )
-        self.db.commit()
-
-    def close(self) -> None:
-        self.db.close()
-
-
-# ---------------------------------------------------------------------------- budget and client
-
-
-class Budget:
-    """Hard caps on requests and spend: a request starts only if its worst-case cost still fits.
-
-    Each started request reserves its estimated cost (input estimated at 3 characters a token,
-    output at max_tokens) until it returns; then the reservation is replaced by its real cost.
-    The first refusal exhausts the budget, so no call starts after it, even if a reservation frees.
-    """
-
-    def __init__(self, settings: JudgeSettings):
-        self.settings = settings
-        self.started = 0
-        self.committed_usd = 0.0
-        self.exhausted = False
-
-    def estimate(self, messages: list[dict]) -> float:
-        characters = sum(len(message["content"]) for message in messages)
-        return self.settings.cost(math.ceil(characters / 3), self.settings.max_tokens)
-
-    def try_start(self, estimate: float) -> bool:
-        over_calls = self.settings.max_calls is not None and self.started >= self.settings.max_calls
-        over_cost = self.settings.max_cost_usd is not None and self.committed_usd + estimate > self.settings.max_cost_usd
-        self.exhausted = self.exhausted or over_calls or over_cost
-        if self.exhausted:
-            return False
-        self.started += 1
-        self.committed_usd += estimate
-        return True
-
-    def finish(self, estimate: float, actual: float) -> None:
-        self.committed_usd += actual - estimate
-
-
-@dataclass
-class Attempted:
-    """What one logical call came to: the completion (None if refused or failed) and requests sent."""
-
-    call: CompletedCall | None
-    requests: int
-    failure: str | None = None
-
-
-def retry_after_seconds(error: Exception) -> float | None:
-    response = getattr(error, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-class JudgeClient:
-    """Chat completions with a concurrency limit, the budget, and our own retries (the SDK's are off)."""
-
-    def __init__(self, settings: JudgeSettings, budget: Budget):
-        try:
-            api_key = os.environ[settings.api_key_env]
-        except KeyError:
-            raise RuntimeError(f"the judge's API key is read from ${settings.api_key_env}, which is not set") from None
-        self.settings = settings
-        self.budget = budget
-        self.semaphore = asyncio.Semaphore(settings.concurrency)
-        self.openai = openai.AsyncOpenAI(base_url=settings.base_url, api_key=api_key, max_retries=0, timeout=settings.timeout_s)
-
-    async def close(self) -> None:
-        await self.openai.close()
-
-    def retry_delay(self, retry: int, error: Exception) -> float:
-        """Retry-After when the server sent one, else exponential backoff with full jitter."""
-        retry_after = retry_after_seconds(error)
-        if retry_after is not None:
-            return min(retry_after, self.settings.max_retry_after_s)
-        return random.uniform(0.0, min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2**retry))
-
-    async def complete(self, messages: list[dict]) -> Attempted:
-        """One logical call, retried on 429/5xx/timeouts/connection errors; none starts once the budget is spent."""
-        estimate = self.budget.estimate(messages)
-        for retry in range(self.settings.max_retries + 1):
-            async with self.semaphore:
-                if not self.budget.try_start(estimate):
-                    return Attempted(None, retry, "budget")
-                try:
-                    response = await self.openai.chat.completions.create(
-                        model=self.settings.model,
-                        messages=messages,
-                        temperature=self.settings.temperature,
-                        max_tokens=self.settings.max_tokens,
-                    )
-                except RETRYABLE as error:
-                    self.budget.finish(estimate, 0.0)
-                    last_error = error
-                except openai.APIError as error:
-                    self.budget.finish(estimate, 0.0)
-                    return Attempted(None, retry + 1, f"error: {type(error).__name__}: {error}")
-                else:
-                    call = self.completed_call(response, messages)
-                    self.budget.finish(estimate, call.cost_usd)
-                    return Attempted(call, retry + 1)
-            if retry < self.settings.max_retries:
-                await asyncio.sleep(self.retry_delay(retry, last_error))
-        return Attempted(None, self.settings.max_retries + 1, f"error: {type(last_error).__name__}: {last_error}")
-
-    def completed_call(self, response, messages: list[dict]) -> CompletedCall:
-        """Content, usage and cost; usage is estimated at 4 characters a token if the server sent none."""
-        content = response.choices[0].message.content or ""
-        usage = response.usage
-        if usage is None:
-            prompt_tokens = math.ceil(sum(len(message["content"]) for message in messages) / 4)
-            completion_tokens = math.ceil(len(content) / 4)
-        else:
-            prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
-        return CompletedCall(content, prompt_tokens, completion_tokens, self.settings.cost(prompt_tokens, completion_tokens))
-
-
 # ---------------------------------------------------------------------------- judging pairs
 
 
 @dataclass
 class OrderOutcome:
-    """One order's raw verdict (A/B/TIE/invalid, None if not judged) with its calls' accounting."""
+    """One order's raw verdict (A/B/TIE/invalid, None if not judged) with its calls' accounting:
+    tokens and cost of the calls made now (cached ones are counted in cached_calls alone)."""
 
     raw: str | None = None
     reason: str | None = None
@@ -368,14 +194,14 @@ class OrderOutcome:
     def count(self, call: CompletedCall) -> None:
         self.prompt_tokens += call.prompt_tokens
         self.completion_tokens += call.completion_tokens
-        self.cost_usd += call.cost_usd
+        self.cost_usd += call.cost_usd or 0.0
 
 
 @dataclass
 class JudgingRun:
     settings: JudgeSettings
     cache: CallCache
-    client: JudgeClient
+    client: ChatClient
 
     async def judge_order(self, question: str, answer_a: str, answer_b: str, order: str) -> OrderOutcome:
         """Judge one order; an unparsable verdict is asked again once (with a format reminder), then invalid."""
@@ -384,7 +210,6 @@ class JudgingRun:
             call = await self.cached_or_called(question, answer_a, answer_b, order, attempt, outcome)
             if call is None:
                 return outcome
-            outcome.count(call)
             verdict = parse_verdict(call.content)
             if verdict is not None:
                 outcome.raw, outcome.reason = verdict, reason_of(call.content)
@@ -398,13 +223,18 @@ class JudgingRun:
         if call is not None:
             outcome.cached_calls += 1
             return call
-        attempted = await self.client.complete(judge_messages(question, answer_a, answer_b, remind=attempt > 0))
+        attempted = await self.client.complete(
+            judge_messages(question, answer_a, answer_b, remind=attempt > 0),
+            max_tokens=self.settings.max_tokens,
+            temperature=self.settings.temperature,
+        )
         outcome.calls += attempted.requests
         outcome.retries += max(attempted.requests - 1, 0)
         if attempted.call is None:
             outcome.not_judged_reason = attempted.failure
             return None
-        self.cache.put(key, self.settings.model, order, attempt, attempted.call)
+        self.cache.put(key, self.settings.model, attempted.call)
+        outcome.count(attempted.call)
         return attempted.call
 
     async def judge_pair(self, pair: dict) -> dict:
@@ -415,7 +245,7 @@ class JudgingRun:
             self.judge_order(question, answer, base, "method_first"),
             self.judge_order(question, base, answer, "base_first"),
         )
-        return verdict_row(pair, self.settings.judge_name, method_first, base_first)
+        return verdict_row(pair, self.settings.judge_name, method_first, base_first, priced=self.settings.priced)
 
 
 def combined_verdict(method_first: OrderOutcome, base_first: OrderOutcome) -> tuple[str, bool]:
@@ -433,10 +263,11 @@ def _pair_keys(pair: dict) -> dict:
     return {name: pair[name] for name in ("dataset", "prompt_id", "method", "prompter", "beta", "frozen", "sample_index")}
 
 
-def verdict_row(pair: dict, judge: str, method_first: OrderOutcome, base_first: OrderOutcome) -> dict:
+def verdict_row(pair: dict, judge: str, method_first: OrderOutcome, base_first: OrderOutcome, priced: bool = True) -> dict:
+    """A VERDICTS row; cost_usd is null for a judge with no prices."""
     verdict, inconsistent = combined_verdict(method_first, base_first)
     both = (method_first, base_first)
-    return {
+    row = {
         **_pair_keys(pair),
         "judge": judge,
         "verdict": verdict,
@@ -447,9 +278,9 @@ def verdict_row(pair: dict, judge: str, method_first: OrderOutcome, base_first: 
         "reason_base_first": base_first.reason,
         "not_judged_reason": method_first.not_judged_reason or base_first.not_judged_reason,
         "p_method_wins": None,
-        **{name: sum(getattr(outcome, name) for outcome in both) for name in
-           ("prompt_tokens", "completion_tokens", "cost_usd", "calls", "retries", "cached_calls")},
+        **{name: sum(getattr(outcome, name) for outcome in both) for name in RUN_USAGE},
     }
+    return row if priced else row | {"cost_usd": None}
 
 
 def identical_answers_row(pair: dict, judge: str) -> dict:
@@ -460,7 +291,7 @@ def identical_answers_row(pair: dict, judge: str) -> dict:
 
 async def _judge_all(pairs: list[dict], settings: JudgeSettings, cache_path) -> list[dict]:
     cache = CallCache(cache_path)
-    client = JudgeClient(settings, Budget(settings))
+    client = ChatClient(settings, Budget(settings), who="the judge")
     progress = tqdm(total=len(pairs), desc=f"judging with {settings.model}", unit="pair", mininterval=5.0)
 
     async def judged(pair: dict) -> dict:

@@ -99,7 +99,10 @@ def _rewriting(section: dict):
 
 
 def _generator(model: dict, settings, *, seed: int):
-    log.info("loading %s at revision %s for %s generation", model["path"], model["revision"], settings.backend)
+    if "api" in model:
+        log.info("frozen model %s: %s at %s, through its API", model["name"], model["api"]["model"], model["api"]["base_url"])
+    else:
+        log.info("loading %s at revision %s for %s generation", model["path"], model["revision"], settings.backend)
     return settings.generator(model, seed=seed)
 
 
@@ -372,6 +375,7 @@ def judge(*, scores_path: str, base_scores_path: str, out_path: str, settings: d
         verdicts = bradley_terry_pairs(pairs, margin=settings["margin"])
     else:
         verdicts = judge_pairs(pairs, JudgeSettings.from_config(settings["api"]), settings["api"]["cache"])
+        _check_not_judged(verdicts, settings["api"]["cache"])
     tables.write_table(verdicts, out_path, tables.VERDICTS)
     counts = verdicts.group_by("verdict").aggregate([("verdict", "count")]).to_pylist()
     log.info(
@@ -382,6 +386,26 @@ def judge(*, scores_path: str, base_scores_path: str, out_path: str, settings: d
         sum(verdicts.column("calls").to_pylist()),
         sum(verdicts.column("cached_calls").to_pylist()),
     )
+
+
+def _check_not_judged(verdicts, cache: str) -> None:
+    """Pairs the API failed on (after every retry) fail the job, so that a plain rerun retries them and
+    pays for them alone (the answered calls are in the cache); pairs the budget left are kept
+    `not_judged`, with a warning: the budget is the user's choice."""
+    reasons = [reason for reason in verdicts.column("not_judged_reason").to_pylist() if reason is not None]
+    failed = [reason for reason in reasons if reason != "budget"]
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} of {verdicts.num_rows} pairs were not judged, the API failing after every retry "
+            f"(first: {failed[0]}). The calls answered so far are cached in {cache}: rerun to judge the rest, "
+            "paying only for them"
+        )
+    if reasons:
+        log.warning(
+            "%d of %d pairs were not judged: the judge's budget (judge.api.max_calls / max_cost_usd) is spent; they "
+            "stay not_judged in the table. Raise the budget and rerun to judge them, paying only for them",
+            len(reasons), verdicts.num_rows,
+        )
 
 
 def _kl_frame(training_runs: list[dict], training: dict, star_runs: list[dict]):

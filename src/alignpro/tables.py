@@ -187,7 +187,7 @@ VERDICTS = pa.schema(
         pa.field("p_method_wins", pa.float64(), nullable=True),
         pa.field("prompt_tokens", pa.int64(), nullable=False),
         pa.field("completion_tokens", pa.int64(), nullable=False),
-        pa.field("cost_usd", pa.float64(), nullable=False),
+        pa.field("cost_usd", pa.float64(), nullable=True),
         pa.field("calls", pa.int64(), nullable=False),
         pa.field("retries", pa.int64(), nullable=False),
         pa.field("cached_calls", pa.int64(), nullable=False),
@@ -197,9 +197,9 @@ VERDICTS = pa.schema(
         "win/tie/loss/invalid/not_judged; verdict_<order> is the judge's raw A/B/TIE/invalid in that order (null: not judged; A is the "
         "answer shown first); inconsistent: both orders valid but disagreeing (counted a tie); "
         "not_judged_reason is 'budget' or 'error: ...'; p_method_wins only from the offline judge; "
-        "tokens and cost are those of the calls behind the verdict (cached ones included); calls, "
-        "retries and cached_calls describe this run: HTTP requests sent, of which retries after "
-        "429/5xx/timeout/connection errors, and calls answered from the cache"
+        "tokens, cost, calls, retries and cached_calls describe this run: the tokens and cost of the calls "
+        "made now (cost null for a judge without prices), HTTP requests sent, of which retries after "
+        "429/5xx/timeout/connection errors or malformed replies, and calls answered from the cache (not costed)"
     },
 )
 

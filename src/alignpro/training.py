@@ -1,4 +1,4 @@
-"""The rewards PPO maximises, as callables `(prompts, completions) -> (scores, timings)`.
+"""The rewards PPO maximises, as callables `(prompts, completions, step) -> (scores, timings)`.
 
 For the Align-Pro prompter a completion is a rewrite x': its reward needs the frozen model to answer
 x' and the reward model to score the ORIGINAL x with that answer. For the RLHF oracle the completion
@@ -16,16 +16,18 @@ from alignpro.rewrite import extract_rewrite
 
 
 def rewrite_rewards(
-    frozen, scorer, prompts: Sequence[str], candidates: Sequence[Sequence[str]], sampling: Sampling
+    frozen, scorer, prompts: Sequence[str], candidates: Sequence[Sequence[str]], sampling: Sampling, keys=None
 ) -> tuple[list[list[float]], dict[str, float]]:
     """Per prompt x, each candidate rewrite's reward: the mean of r(x, y) over the frozen model's
     `sampling.n` answers y to it (an estimate of E_y r(x, y)), as in the evaluation.
 
-    One batched call to each model; also returns the seconds spent answering and scoring.
+    One batched call to each model; also returns the seconds spent answering and scoring. `keys`, one
+    per candidate, name the frozen model's calls for an API model's cache (PPO: step and rollout).
     """
     flat = [(prompt, candidate) for prompt, row in zip(prompts, candidates) for candidate in row]
+    conversations = [[{"role": "user", "content": candidate}] for _, candidate in flat]
     started = time.perf_counter()
-    answers = frozen.chat([[{"role": "user", "content": candidate}] for _, candidate in flat], sampling)
+    answers = frozen.chat(conversations, sampling) if keys is None else frozen.chat(conversations, sampling, keys=keys)
     generated = time.perf_counter()
     pairs = [(prompt, answer.text) for (prompt, _), answers_of_one in zip(flat, answers) for answer in answers_of_one]
     scores = iter(scorer.score([prompt for prompt, _ in pairs], [answer for _, answer in pairs]))
@@ -45,7 +47,11 @@ class RewriteReward:
         self.fallback_on_truncation = fallback_on_truncation
         self.max_length_ratio = max_length_ratio
 
-    def __call__(self, prompts: Sequence[str], completions: Sequence[Completion]) -> tuple[list[float], dict[str, float]]:
+    def __call__(
+        self, prompts: Sequence[str], completions: Sequence[Completion], step: int | None = None
+    ) -> tuple[list[float], dict[str, float]]:
+        """The rewards of one PPO step's rollouts; with `step`, the frozen model's calls are named by
+        step and rollout, so an API model's cache gives a resumed run the answers it had."""
         rewrites = [
             extract_rewrite(
                 completion.text,
@@ -56,7 +62,10 @@ class RewriteReward:
             )[0]
             for prompt, completion in zip(prompts, completions)
         ]
-        rewards, timings = rewrite_rewards(self.frozen, self.scorer, prompts, [[rewrite] for rewrite in rewrites], self.sampling)
+        keys = None if step is None else [f"ppo step {step} rollout {index}" for index in range(len(rewrites))]
+        rewards, timings = rewrite_rewards(
+            self.frozen, self.scorer, prompts, [[rewrite] for rewrite in rewrites], self.sampling, keys=keys
+        )
         return [row[0] for row in rewards], timings
 
 
@@ -66,7 +75,9 @@ class ResponseReward:
     def __init__(self, scorer):
         self.scorer = scorer
 
-    def __call__(self, prompts: Sequence[str], completions: Sequence[Completion]) -> tuple[list[float], dict[str, float]]:
+    def __call__(
+        self, prompts: Sequence[str], completions: Sequence[Completion], step: int | None = None
+    ) -> tuple[list[float], dict[str, float]]:
         started = time.perf_counter()
         scores = self.scorer.score(list(prompts), [completion.text for completion in completions])
         return list(scores), {"time_scoring": time.perf_counter() - started}

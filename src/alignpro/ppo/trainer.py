@@ -47,7 +47,9 @@ from alignpro.tables import PPO_METRICS, read_table, write_table
 
 log = logging.getLogger(__name__)
 
-RewardFn = Callable[[list[str], list[Completion]], tuple[list[float], dict[str, float]]]
+# reward_fn(prompts, completions, step=step) -> (scores, timings), as TRL hands its reward functions
+# the trainer's state: the step names an API frozen model's calls in its cache.
+RewardFn = Callable[..., tuple[list[float], dict[str, float]]]
 
 CHECKPOINTS = "checkpoints"
 MODEL = "model"
@@ -235,7 +237,7 @@ class PPOTrainer:
 
         completions = [self._completion(response, end) for response, end in zip(responses, ended)]
         reward_started = time.perf_counter()
-        raw_scores, info = self.reward_fn(prompts, completions)
+        raw_scores, info = self.reward_fn(prompts, completions, step=step)
         info = info or {}
         time_reward = time.perf_counter() - reward_started
         if len(raw_scores) != len(prompts):

@@ -164,7 +164,13 @@ FRONTIER_NOTE = (
 
 
 JUDGE_HEADER = ["prompter", "frozen", "method", "pairs", "win %", "tie %", "loss %", "inconsistent %", "invalid %", "not judged %"]
-USAGE_HEADER = ["prompter", "frozen", "method", "requests", "retries", "cached calls", "tokens in / out", "cost (USD)"]
+USAGE_HEADER = [
+    "prompter", "frozen", "method", "requests", "retries", "cached calls", "tokens in / out (requests)", "cost of requests (USD)"
+]
+USAGE_NOTE = (
+    "Requests are the calls sent in the judge's last run, retries included; cached calls were answered from the cache "
+    "and cost nothing again. Tokens and cost are the requests' alone; a judge without prices shows no cost."
+)
 EXAMPLE_CHARACTERS = 1200  # texts longer than this are cut in the report (the tables keep them whole)
 
 
@@ -222,7 +228,7 @@ USAGE_COLUMNS = ("judge_requests", "judge_retries", "judge_cached_calls", "judge
 def _usage_cells(label: list[str], row: dict) -> list[str]:
     return label + [
         str(row["judge_requests"]), str(row["judge_retries"]), str(row["judge_cached_calls"]),
-        f"{row['judge_prompt_tokens']} / {row['judge_completion_tokens']}", f"{row['judge_cost_usd']:.4f}",
+        f"{row['judge_prompt_tokens']} / {row['judge_completion_tokens']}", _format(row["judge_cost_usd"], "{:.4f}"),
     ]
 
 
@@ -235,7 +241,9 @@ def _usage_rows(summary: pl.DataFrame) -> list[list[str]]:
         )
         for row in jobs.iter_rows(named=True)
     ]
-    totals = jobs.select(pl.col(name).sum() for name in USAGE_COLUMNS).row(0, named=True)
+    totals = jobs.select(
+        pl.when(pl.col(name).is_not_null().any()).then(pl.col(name).sum()).alias(name) for name in USAGE_COLUMNS
+    ).row(0, named=True)
     return rows + [_usage_cells(["all", "", ""], totals)]
 
 
@@ -329,7 +337,7 @@ def _judge_blocks(summary: pl.DataFrame, confidence: float, plot: Image, example
     blocks += _per_dataset(datasets, 3, lambda dataset: Table(JUDGE_HEADER, _judge_rows(summary, dataset)))
     blocks.append(plot)
     if _calls_an_api(summary):
-        blocks += [Heading(3, "Judge usage"), Table(USAGE_HEADER, _usage_rows(summary))]
+        blocks += [Heading(3, "Judge usage"), Paragraph(USAGE_NOTE), Table(USAGE_HEADER, _usage_rows(summary))]
     if examples:
         blocks.append(Heading(3, "Examples"))
         for example in examples:

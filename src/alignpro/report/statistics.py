@@ -80,8 +80,9 @@ def _win_rate_row(group: pl.DataFrame, n_bootstrap: int, seed: int, confidence: 
     row["inconsistent_pct"] = 100.0 * group["inconsistent"].sum() / decided if decided else None
     row["invalid_pct"] = 100.0 * (group["verdict"] == "invalid").sum() / group.height
     row["not_judged_pct"] = 100.0 * (group["verdict"] == "not_judged").sum() / group.height
-    for name in ("calls", "retries", "cached_calls", "prompt_tokens", "completion_tokens", "cost_usd"):
+    for name in ("calls", "retries", "cached_calls", "prompt_tokens", "completion_tokens"):
         row[name] = group[name].sum()
+    row["cost_usd"] = None if group["cost_usd"].null_count() == group.height else group["cost_usd"].sum()
     return row
 
 

@@ -1,0 +1,252 @@
+"""One client for every OpenAI-compatible chat API the workflow calls: the judge, and a frozen model
+reachable only as a black box.
+
+No server fault ends a job: 429s, 5xx, timeouts and dropped connections are retried with backoff
+(Retry-After honoured), and so is a reply that is malformed in any way (an HTML page where JSON was
+due, no choices, no message, null content), because proxies and overloaded servers send all of
+these with a 200. What still fails after the retries comes back as an `Attempted` with its failure
+named, for the caller to record. Every completed call is stored in a `CallCache` (SQLite) the moment
+it returns, so a killed job resumes without paying twice. A `Budget` caps requests and estimated
+spend; with no prices given nothing is costed. The judge (alignpro.judge) and the frozen model's
+API generator (alignpro.frozen_api) are built on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import random
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+
+
+# Faults worth another try: rate limits, server errors, timeouts and dropped connections (the
+# SDK's APITimeoutError is an APIConnectionError).
+RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)
+
+
+class MalformedReply(Exception):
+    """A 200 whose body is not a usable chat completion."""
+
+
+@dataclass(frozen=True)
+class APISettings:
+    """How to reach an OpenAI-compatible chat endpoint and how much it may cost. Prices are USD per
+    1,000 tokens; None (the default) costs nothing, and then `max_cost_usd` cannot be used."""
+
+    model: str = "gpt-4"
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 60.0
+    concurrency: int = 8
+    max_retries: int = 6
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    max_retry_after_s: float = 120.0
+    max_calls: int | None = None
+    max_cost_usd: float | None = None
+    price_input_per_1k: float | None = None
+    price_output_per_1k: float | None = None
+
+    def __post_init__(self):
+        if self.max_cost_usd is not None and not self.priced:
+            raise ValueError(
+                f"max_cost_usd={self.max_cost_usd} needs price_input_per_1k and price_output_per_1k: without "
+                f"prices the spend on {self.model} is not known"
+            )
+
+    @property
+    def priced(self) -> bool:
+        return self.price_input_per_1k is not None and self.price_output_per_1k is not None
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        if not self.priced:
+            return None
+        return (prompt_tokens * self.price_input_per_1k + completion_tokens * self.price_output_per_1k) / 1000.0
+
+
+@dataclass(frozen=True)
+class CompletedCall:
+    """One answered call, as stored in the cache."""
+
+    content: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+
+
+@dataclass
+class Attempted:
+    """What one logical call came to: the completion (None if refused or failed), the requests sent,
+    and, without a completion, why ("budget", or the last error)."""
+
+    call: CompletedCall | None
+    requests: int
+    failure: str | None = None
+
+
+class CallCache:
+    """Completed calls in SQLite (WAL), one row each, committed the moment the call returns.
+
+    Rows of the judge's earlier `calls` table (the same keys) are carried over when the file is opened.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=60.0)  # jobs running at once share one file
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, model TEXT NOT NULL, content TEXT NOT NULL, "
+            "finish_reason TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, "
+            "cost_usd REAL, created REAL NOT NULL DEFAULT (julianday('now')))"
+        )
+        tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "calls" in tables:
+            self.db.execute(
+                "INSERT OR IGNORE INTO completions (key, model, content, finish_reason, prompt_tokens, completion_tokens, "
+                "cost_usd, created) SELECT key, model, content, 'stop', prompt_tokens, completion_tokens, cost_usd, created "
+                "FROM calls"
+            )
+            self.db.execute("DROP TABLE calls")
+        self.db.commit()
+
+    def get(self, key: str) -> CompletedCall | None:
+        row = self.db.execute(
+            "SELECT content, finish_reason, prompt_tokens, completion_tokens, cost_usd FROM completions WHERE key = ?", (key,)
+        ).fetchone()
+        return CompletedCall(*row) if row else None
+
+    def put(self, key: str, model: str, call: CompletedCall) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO completions (key, model, content, finish_reason, prompt_tokens, completion_tokens, cost_usd) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key, model, call.content, call.finish_reason, call.prompt_tokens, call.completion_tokens, call.cost_usd),
+        )
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class Budget:
+    """Hard caps on requests and spend: a request starts only if its worst-case cost still fits.
+
+    Each started request reserves its estimated cost (input estimated at 3 characters a token,
+    output at max_tokens) until it returns; then the reservation is replaced by its real cost.
+    The first refusal exhausts the budget, so no call starts after it, even if a reservation frees.
+    """
+
+    def __init__(self, settings: APISettings):
+        self.settings = settings
+        self.started = 0
+        self.committed_usd = 0.0
+        self.exhausted = False
+
+    def estimate(self, messages: list[dict], max_tokens: int) -> float:
+        characters = sum(len(message["content"]) for message in messages)
+        return self.settings.cost(math.ceil(characters / 3), max_tokens) or 0.0
+
+    def try_start(self, estimate: float) -> bool:
+        over_calls = self.settings.max_calls is not None and self.started >= self.settings.max_calls
+        over_cost = self.settings.max_cost_usd is not None and self.committed_usd + estimate > self.settings.max_cost_usd
+        self.exhausted = self.exhausted or over_calls or over_cost
+        if self.exhausted:
+            return False
+        self.started += 1
+        self.committed_usd += estimate
+        return True
+
+    def finish(self, estimate: float, actual: float | None) -> None:
+        self.committed_usd += (actual or 0.0) - estimate
+
+
+def retry_after_seconds(error: Exception) -> float | None:
+    response = getattr(error, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def api_key(settings: APISettings, who: str) -> str:
+    """The key from the environment variable the settings name; a missing one is an error naming it."""
+    try:
+        return os.environ[settings.api_key_env]
+    except KeyError:
+        raise RuntimeError(f"{who}'s API key is read from ${settings.api_key_env}, which is not set") from None
+
+
+class ChatClient:
+    """Chat completions with a concurrency limit, the budget, and our own retries (the SDK's are off)."""
+
+    def __init__(self, settings: APISettings, budget: Budget, *, who: str):
+        self.settings = settings
+        self.budget = budget
+        self.semaphore = asyncio.Semaphore(settings.concurrency)
+        self.openai = openai.AsyncOpenAI(
+            base_url=settings.base_url, api_key=api_key(settings, who), max_retries=0, timeout=settings.timeout_s
+        )
+
+    async def close(self) -> None:
+        await self.openai.close()
+
+    def retry_delay(self, retry: int, error: Exception) -> float:
+        """Retry-After when the server sent one, else exponential backoff with full jitter."""
+        retry_after = retry_after_seconds(error)
+        if retry_after is not None:
+            return min(retry_after, self.settings.max_retry_after_s)
+        return random.uniform(0.0, min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2**retry))
+
+    async def complete(self, messages: list[dict], *, max_tokens: int, **sampling) -> Attempted:
+        """One logical call (`sampling`: temperature, top_p, seed, ... as the API names them), retried on
+        429/5xx/timeouts/connection errors and malformed replies; none starts once the budget is spent."""
+        estimate = self.budget.estimate(messages, max_tokens)
+        last_error: Exception | None = None
+        for retry in range(self.settings.max_retries + 1):
+            async with self.semaphore:
+                if not self.budget.try_start(estimate):
+                    return Attempted(None, retry, "budget")
+                try:
+                    response = await self.openai.chat.completions.create(
+                        model=self.settings.model, messages=messages, max_tokens=max_tokens, **sampling
+                    )
+                    call = self.completed_call(response, messages)
+                except (*RETRYABLE, MalformedReply, openai.APIResponseValidationError, json.JSONDecodeError) as error:
+                    self.budget.finish(estimate, 0.0)
+                    last_error = error
+                except openai.APIError as error:
+                    self.budget.finish(estimate, 0.0)
+                    return Attempted(None, retry + 1, f"error: {type(error).__name__}: {error}")
+                else:
+                    self.budget.finish(estimate, call.cost_usd)
+                    return Attempted(call, retry + 1)
+            if retry < self.settings.max_retries:
+                await asyncio.sleep(self.retry_delay(retry, last_error))
+        return Attempted(None, self.settings.max_retries + 1, f"error: {type(last_error).__name__}: {last_error}")
+
+    def completed_call(self, response, messages: list[dict]) -> CompletedCall:
+        """Content, finish reason, usage and cost; usage is estimated at 4 characters a token if the
+        server sent none. A reply with no choice, message or content is MalformedReply."""
+        choices = getattr(response, "choices", None)
+        if not choices:
+            raise MalformedReply(f"a reply with no choices: {str(response)[:200]!r}")
+        message = getattr(choices[0], "message", None)
+        content = getattr(message, "content", None)
+        if not isinstance(content, str):
+            raise MalformedReply(f"a reply whose first choice has no text content: {str(choices[0])[:200]!r}")
+        usage = getattr(response, "usage", None)
+        if usage is None or usage.prompt_tokens is None or usage.completion_tokens is None:
+            prompt_tokens = math.ceil(sum(len(message["content"]) for message in messages) / 4)
+            completion_tokens = math.ceil(len(content) / 4)
+        else:
+            prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        finish_reason = choices[0].finish_reason or "stop"
+        return CompletedCall(content, finish_reason, prompt_tokens, completion_tokens, self.settings.cost(prompt_tokens, completion_tokens))
