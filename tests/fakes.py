@@ -19,7 +19,7 @@ class ScriptedPrompter:
         self.outputs = outputs
         self.calls = []
 
-    def chat(self, conversations, sampling):
+    def chat(self, conversations, sampling, keys=None):
         self.calls.append((conversations, sampling))
         return [
             [Completion(text, finish, 5) for text, finish in outputs[: sampling.n]]
@@ -33,7 +33,7 @@ class EchoFrozen:
     def __init__(self):
         self.calls = []
 
-    def chat(self, conversations, sampling):
+    def chat(self, conversations, sampling, keys=None):
         self.calls.append((conversations, sampling))
         return [
             [Completion(f"{conversation[0]['content']}|{j}", "stop", 3) for j in range(sampling.n)]

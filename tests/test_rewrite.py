@@ -120,7 +120,7 @@ class ScriptedGenerator:
         self.completions = completions
         self.calls = []
 
-    def chat(self, conversations, sampling):
+    def chat(self, conversations, sampling, keys=None):
         self.calls.append((conversations, sampling))
         return [[completion] * sampling.n for completion in self.completions[: len(conversations)]]
 

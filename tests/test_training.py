@@ -10,7 +10,7 @@ class EchoFrozen:
     def __init__(self):
         self.calls = []
 
-    def chat(self, conversations, sampling):
+    def chat(self, conversations, sampling, keys=None):
         self.calls.append(conversations)
         return [
             [Completion(f"answer to {c[-1]['content']} #{i}", "stop", 3) for i in range(sampling.n)] for c in conversations

@@ -14,6 +14,7 @@ API generator (alignpro.frozen_api) are built on it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import os
@@ -165,6 +166,11 @@ class Budget:
 
     def finish(self, estimate: float, actual: float | None) -> None:
         self.committed_usd += (actual or 0.0) - estimate
+
+
+def cache_key(fields: dict) -> str:
+    """sha256 of the JSON of everything that determines a call's answer: a CallCache key."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def retry_after_seconds(error: Exception) -> float | None:

@@ -4,13 +4,11 @@ the local generators' `.chat(conversations, sampling)`, through alignpro.api's c
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import weakref
 from dataclasses import dataclass
 
-from alignpro.api import APISettings, Budget, CallCache, ChatClient
+from alignpro.api import APISettings, Budget, CallCache, ChatClient, cache_key
 from alignpro.generation import Completion, Sampling
 from alignpro.progress import progress_bar
 from alignpro.settings import from_section
@@ -51,7 +49,7 @@ def answer_key(settings: FrozenAPISettings, messages: list[dict], sampling: Samp
         "sample_index": sample_index,
         "extra": extra,
     }
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode("utf-8")).hexdigest()
+    return cache_key(fields)
 
 
 class APIAnswersMissing(RuntimeError):

@@ -3,8 +3,9 @@
 Both the prompter (rewrite stage) and the frozen LLM (generation stage) go through `load_generator`,
 whose result has `.chat(conversations, sampling)`: one list of `sampling.n` completions per
 conversation, in input order. A frozen model behind an API has the same interface
-(alignpro.api.APIGenerator); `SamplingSettings.generator` picks it for a model spec with `api`. vLLM is the fast path; transformers' `generate` needs no engine and is
-the reference the vLLM path is compared with. vLLM is imported only by its backend, so the
+(alignpro.frozen_api.APIGenerator); `SamplingSettings.generator` picks it for a model spec with
+`api`. vLLM is the fast path; transformers' `generate` needs no engine and is the reference the vLLM
+path is compared with. vLLM is imported only by its backend, so the
 transformers path works where vLLM is not installed.
 """
 

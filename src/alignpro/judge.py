@@ -7,15 +7,15 @@ win or loss counts only when both orders agree (otherwise a tie, flagged inconsi
 judge's position bias cannot make a method look better. The calls go through alignpro.api's client
 (retries, budgets, malformed replies survived) and its cache, keyed by everything that determines the
 judge's answer, so a rerun or a run killed half way never pays twice. Budgets on calls and on
-estimated spend stop new calls; pairs left over are kept as "not_judged", never dropped. Machines with no API use `bradley_terry_pairs`, which decides from
-the reward scores alone and says so in its `judge` column.
+estimated spend stop new calls; pairs left over are kept as "not_judged", never dropped. Machines
+with no API use `bradley_terry_pairs`, which decides from the reward scores alone and says so in its
+`judge` column.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import math
 import os
 import re
@@ -25,7 +25,7 @@ import polars as pl
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from alignpro.api import APISettings, Budget, CallCache, ChatClient, CompletedCall
+from alignpro.api import APISettings, Budget, CallCache, ChatClient, CompletedCall, cache_key
 from alignpro.settings import from_section
 from alignpro.tables import SCORES, VERDICTS, SchemaError, conform
 
@@ -170,7 +170,7 @@ def call_key(settings: JudgeSettings, question: str, answer_a: str, answer_b: st
         "temperature": settings.temperature,
         "max_tokens": settings.max_tokens,
     }
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode("utf-8")).hexdigest()
+    return cache_key(fields)
 
 
 # ---------------------------------------------------------------------------- judging pairs

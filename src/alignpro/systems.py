@@ -52,7 +52,7 @@ REFERENCE = "base"
 ORACLE = "rlhf"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class System:
     """One thing that answers a test prompt: a method, with its prompter and beta tag where it has them."""
 

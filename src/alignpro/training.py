@@ -27,7 +27,7 @@ def rewrite_rewards(
     flat = [(prompt, candidate) for prompt, row in zip(prompts, candidates) for candidate in row]
     conversations = [[{"role": "user", "content": candidate}] for _, candidate in flat]
     started = time.perf_counter()
-    answers = frozen.chat(conversations, sampling) if keys is None else frozen.chat(conversations, sampling, keys=keys)
+    answers = frozen.chat(conversations, sampling, keys=keys)
     generated = time.perf_counter()
     pairs = [(prompt, answer.text) for (prompt, _), answers_of_one in zip(flat, answers) for answer in answers_of_one]
     scores = iter(scorer.score([prompt for prompt, _ in pairs], [answer for _, answer in pairs]))
