@@ -40,7 +40,7 @@ def benchmark_pairs(n: int) -> pa.Table:
         dict(dataset="bench", prompt_id=f"p{i}", prompt=f"Benchmark question {i}: explain topic {i} in detail.",
              method="alignpro", prompter="qwen", frozen="llama", sample_index=0,
              answer=f"Answer {i}: {MARKER if i % 2 else 'an ordinary'} explanation with three steps.",
-             base_answer=f"Answer {i}: a plain explanation.")
+             base_answer=f"Answer {i}: a plain explanation.", answer_tokens=10, base_answer_tokens=6)
         for i in range(n)
     ]
     return pa.Table.from_pylist(rows, schema=PAIRS)
@@ -67,7 +67,7 @@ def timed_run(pairs: pa.Table, settings: JudgeSettings, ideal: float, stub, cach
     stub.send("count")
     before = len(stub.recv()["arrivals"])
     started = time.perf_counter()
-    verdicts = judge_pairs(pairs, settings, cache)
+    verdicts = judge_pairs(pairs, settings, cache, name="bench")
     seconds = time.perf_counter() - started
     stub.send("count")
     counts = stub.recv()

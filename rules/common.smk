@@ -8,10 +8,16 @@ from snakemake.utils import validate
 
 from alignpro import hub
 from alignpro.generation import GenerationSettings
+from alignpro.judge_prompts import judge_prompt
 from alignpro.systems import REFERENCE, System, grid, system_pattern, systems, training_runs
-from alignpro.datasets import check_local_file, is_bundled
+from alignpro.datasets import category_column, check_local_file, is_bundled
 
 
+if "judge" in config:  # the one-judge section of earlier versions: say where it went, not only "unknown key"
+    raise WorkflowError(
+        "config judge: the judge section is now judges, judges by name; move it under a name, e.g. "
+        "judges: {gpt4: {backend: api, api: {...}}} (the name is the verdicts' judge column)"
+    )
 validate(config, "../workflow/schemas/config.schema.yaml")
 
 # The role of a tiny or task model follows from the config section it is declared in.
@@ -26,19 +32,22 @@ TRAINING_GENERATION = GenerationSettings.for_training(config["generation"])
 
 
 def check_local_datasets():
-    """Fail before any job runs when a local dataset file lacks its prompt or reference column or has
-    fewer rows than test_size, or a hub dataset names a reference column (its adapter reads prompts only)."""
+    """Fail before any job runs when a local dataset file lacks its prompt, reference or category column
+    or has fewer rows than test_size, or a hub dataset names one (its adapter reads prompts only)."""
     for name, spec in config["datasets"].items():
         if spec["source"] != "local":
-            if "reference_column" in spec:
-                raise WorkflowError(
-                    f"config datasets.{name}.reference_column: reference answers are read from local files only, "
-                    f"and this dataset's source is {spec['source']!r}; drop the key, or export the dataset to a "
-                    "jsonl, csv or parquet file and use source: local"
-                )
+            for key, what in (("reference_column", "reference answers"), ("category_column", "categories")):
+                if key in spec:
+                    raise WorkflowError(
+                        f"config datasets.{name}.{key}: {what} are read from local files only, and this dataset's "
+                        f"source is {spec['source']!r}; drop the key, or export the dataset to a jsonl, csv or "
+                        "parquet file and use source: local"
+                    )
         else:
             try:
-                check_local_file(spec["path"], spec["prompt_column"], spec.get("reference_column"), spec["test_size"])
+                check_local_file(
+                    spec["path"], spec["prompt_column"], spec.get("reference_column"), spec["test_size"], category_column(spec)
+                )
             except (OSError, ValueError) as error:
                 raise WorkflowError(f"config datasets.{name}: {error}") from None
 
@@ -243,9 +252,10 @@ def dataset_settings(wildcards):
     return {key: value for key, value in config["datasets"][wildcards.dataset].items() if key != "checker"}
 
 
-def reference_tables():
-    """The test prompts of every dataset with reference answers, in REFERENCE_CHECKERS order."""
-    return [f"results/data/{dataset}/test.parquet" for dataset in REFERENCE_CHECKERS]
+def test_prompt_tables():
+    """The test prompts of every dataset, in DATASETS order: the report reads their reference answers and
+    categories."""
+    return [f"results/data/{dataset}/test.parquet" for dataset in DATASETS]
 
 
 def dataset_input(wildcards):
@@ -316,33 +326,50 @@ def generation_gpus(wildcards):
     return gpus("generate", "generation")
 
 
-def judge_settings():
-    """The judge section as the judge job uses it: only the chosen backend's settings, so changing a
-    setting of the other backend reruns nothing."""
-    judge = config["judge"]
+JUDGES = config["judges"]
+JUDGE_PATTERN = "|".join(re.escape(name) for name in JUDGES)
+
+
+def judge_settings(name):
+    """Judge `name` as its judge jobs use it: only the chosen backend's settings, so changing a setting
+    of the other backend reruns nothing."""
+    judge = JUDGES[name]
     if judge["backend"] == "offline":
         return {key: judge[key] for key in ("backend", "margin", "samples_per_prompt")}
     return {key: judge[key] for key in ("backend", "samples_per_prompt", "api")}
 
 
-def warn_missing_api_key():
-    """The API judge reads its key from the environment at run time: say so now, not hours later."""
-    api = config["judge"]["api"]
-    if config["judge"]["backend"] == "api" and not os.environ.get(api["api_key_env"]):
-        logger.warning(
-            f"config judge.backend is 'api' but ${api['api_key_env']} is not set: the judge jobs will fail "
-            f"until it holds the key for {api['base_url']}"
-        )
+def check_api_judges():
+    """An API judge reads its key from the environment at run time: say so now, not hours later. An
+    unknown judge prompt stops the run at start, naming the prompts there are."""
+    for name, judge in JUDGES.items():
+        if judge["backend"] != "api":
+            continue
+        api = judge["api"]
+        if not os.environ.get(api["api_key_env"]):
+            logger.warning(
+                f"config judges.{name} asks an API but ${api['api_key_env']} is not set: its judge jobs will fail "
+                f"until it holds the key for {api['base_url']}"
+            )
+        try:
+            judge_prompt(api["prompt"])
+        except ValueError as error:
+            raise WorkflowError(f"config judges.{name}.api.prompt: {error}") from None
 
 
-warn_missing_api_key()
+check_api_judges()
 
 
 def verdict_files():
-    """One verdict table per judged system: every method but base, compared with base."""
+    """One verdict table per judge and judged system: every method but base, compared with base."""
     if REFERENCE not in METHODS:
         return []
-    return [f"results/judgments/{cell.path}.parquet" for cell in GRID if cell.system.method != REFERENCE]
+    return [f"results/judgments/{judge}/{cell.path}.parquet" for judge in JUDGES for cell in GRID if cell.system.method != REFERENCE]
+
+
+def judge_resources(wildcards):
+    """An API judge's job takes one unit of openai_api (the profiles cap how many run at once)."""
+    return int(JUDGES[wildcards.judge]["backend"] == "api")
 
 
 def score_files():

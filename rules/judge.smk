@@ -1,20 +1,21 @@
 rule judge:
-    """Pairwise verdicts: each answer of one method against base's answer to the same prompt and sample.
+    """Pairwise verdicts of one judge: each answer of one method against base's answer to the same prompt and sample.
     Local: the API judge needs the internet, which cluster nodes may lack."""
     input:
         scores="results/scores/{dataset}/{frozen}/{system}.parquet",
         base="results/scores/{dataset}/{frozen}/base.parquet",
     output:
-        "results/judgments/{dataset}/{frozen}/{system}.parquet",
+        "results/judgments/{judge}/{dataset}/{frozen}/{system}.parquet",
     params:
-        settings=judge_settings(),
+        settings=lambda wildcards: judge_settings(wildcards.judge),
     resources:
-        openai_api=int(config["judge"]["backend"] == "api"),
+        openai_api=judge_resources,
     log:
-        "logs/judge/{dataset}/{frozen}/{system}.log",
+        "logs/judge/{judge}/{dataset}/{frozen}/{system}.log",
     benchmark:
-        "results/benchmarks/judge/{dataset}/{frozen}/{system}.tsv"
+        "results/benchmarks/judge/{judge}/{dataset}/{frozen}/{system}.tsv"
     wildcard_constraints:
+        judge=JUDGE_PATTERN,
         system=JUDGED_SYSTEM_PATTERN,
     localrule: True
     conda:

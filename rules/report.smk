@@ -1,15 +1,16 @@
 rule report:
-    """Reward mean, variance and CI, task accuracy where a dataset has reference answers, win rates
-    against base, the suboptimality gap to rlhf and the reward-KL frontier per (dataset, prompter,
+    """Reward mean, variance, CI and answer length, task accuracy where a dataset has reference answers,
+    win rates against base per judge (raw and length-controlled, position bias, agreement between judges), the suboptimality gap to rlhf and the reward-KL frontier per (dataset, prompter,
     frozen, method, beta), as tables and plots, with judged examples and the training curves."""
     input:
         scores=score_files(),
         verdicts=verdict_files(),
         metrics=[run["path"] for run in ppo_runs()],
         star=[run["path"] for run in star_runs()],
-        references=reference_tables(),
+        test_prompts=test_prompt_tables(),
     output:
         summary="results/report/summary.parquet",
+        win_rates="results/report/win_rates.parquet",
         markdown=report(
             "results/report/report.md", category="Summary", labels={"file": "report (Markdown)"}
         ),
@@ -50,15 +51,22 @@ rule report:
             caption="../workflow/report/frontier.rst",
             labels={"figure": "reward against KL"},
         ),
+        length_plot=report(
+            "results/report/answer_length.png",
+            category="Reward",
+            caption="../workflow/report/answer_length.rst",
+            labels={"figure": "reward against answer length"},
+        ),
     params:
         training_runs=without_path(ppo_runs()),
         star_runs=without_path(star_runs()),
+        datasets=DATASETS,
         checkers=REFERENCE_CHECKERS,
         prompters=PROMPTERS,
         settings=config["report"],
         # What judged the verdicts: with it here, judge jobs that failed after a judge change (their
         # outputs deleted) are still planned by a plain rerun, the report being out of date too.
-        judge=judge_settings(),
+        judges={name: judge_settings(name) for name in JUDGES},
         seed=config["seed"],
     log:
         "logs/report/report.log",

@@ -1,16 +1,36 @@
-"""Shared pytest fixtures: offline Hugging Face settings and tiny random models.
+"""Shared pytest fixtures: offline Hugging Face settings, no SLURM controller probe, tiny random models.
 
 The environment variables are set at import time, before any test module
 imports transformers/datasets/vllm, so nothing ever tries to reach the hub.
 """
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
+
+
+def _skip_the_slurm_controller_probe() -> None:
+    """Every Snakemake process imports the SLURM executor plugin, which at import runs `scontrol show
+    config`; where SLURM's tools are installed but no controller runs (a machine .ci/slurm set up, its
+    daemons stopped), that waits 9 s, in each of the hundreds of Snakemake processes the tests start
+    (every job is one). The tests run Snakemake locally and never submit: an `scontrol` that fails at
+    once, first on the PATH the tests and their subprocesses see, answers the probe instead."""
+    if shutil.which("scontrol") is None:
+        return
+    folder = Path(tempfile.mkdtemp(prefix="alignpro-tests-no-slurm-"))
+    (folder / "scontrol").write_text("#!/bin/sh\n# the tests submit nothing to SLURM\nexit 1\n")
+    (folder / "scontrol").chmod(0o755)
+    os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ['PATH']}"
+
+
+_skip_the_slurm_controller_probe()
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,29 @@
-"""Stand-ins for the models, scripted so a test knows every output: a prompter, a frozen model and a reward model."""
+"""Stand-ins for the models, scripted so a test knows every output: a prompter, a frozen model and a reward model;
+and whole table rows with defaults, so a test states only the columns it is about."""
 
 import pyarrow as pa
 
 from alignpro.generation import Completion
 from alignpro.tables import PROMPTS, prompt_id_of
 
+LLM_JUDGE = "gpt4"
+
 
 def prompts_table(prompts):
     return pa.Table.from_pylist(
         [{"prompt_id": prompt_id_of(p), "prompt": p, "source": "test", "reference": None} for p in prompts], schema=PROMPTS
     )
+
+
+def verdict_record(**columns) -> dict:
+    """A VERDICTS row: by default an LLM judge's tie on a pair of 10-token answers, with no calls."""
+    return dict(
+        dataset="toy", prompt_id="p0", method="alignpro", prompter="qwen", beta=None, frozen="llama", sample_index=0,
+        judge=LLM_JUDGE, judged_by="gpt-4 with prompt pairwise-v1", judge_kind="llm", judge_prompt="pairwise-v1", answer_tokens=10, base_answer_tokens=10,
+        verdict="tie", verdict_method_first="TIE", verdict_base_first="TIE", inconsistent=False, reason_method_first=None,
+        reason_base_first=None, not_judged_reason=None, p_method_wins=None, prompt_tokens=0, completion_tokens=0,
+        cost_usd=None, calls=0, retries=0, cached_calls=0,
+    ) | columns
 
 
 class ScriptedPrompter:

@@ -6,13 +6,15 @@ like the real API (choices[0].message.content and usage), and lets a test script
 (question, answer shown first): latency, 429 with Retry-After, 500, a hang past the client's timeout,
 a dropped connection, an unparsable verdict, or a 200 that is no chat completion (no choices, null
 content, a JSON body cut short, an HTML error page), as proxies send them. Its verdict: the answer containing MARKER wins, a tie
-when both or neither do. Its reasoning echoes both answers verbatim, so steering text inside an answer
+when both or neither do (or, `wordy`, a chance verdict favouring the longer answer and the first slot), in the format of the judge prompt it reads (pairwise-v1's VERDICT line or MT-bench's [[A]]). Its reasoning echoes both answers verbatim, so steering text inside an answer
 (a fake "VERDICT: A" line) reaches the judge's output the way a quoting LLM would put it there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -35,6 +37,13 @@ PROMPT_BLOCKS = re.compile(
     + ".*?"
     + BLOCK.format(name="ANSWER B", tag="b")
 )
+# The MT-bench-style prompt's layout (judge prompt mt-bench-pair-v1), answered with [[A]], [[B]] or [[C]].
+MT_BENCH_BLOCKS = re.compile(
+    r"(?s)\[User Question (?P<fence>\w+)\]\n(?P<question>.*?)\n\[End of User Question (?P=fence)\]"
+    r".*?\[The Start of Assistant A's Answer (?P=fence)\]\n(?P<a>.*?)\n\[The End of Assistant A's Answer (?P=fence)\]"
+    r".*?\[The Start of Assistant B's Answer (?P=fence)\]\n(?P<b>.*?)\n\[The End of Assistant B's Answer (?P=fence)\]"
+)
+MT_BENCH_VERDICT = {"A": "[[A]]", "B": "[[B]]", "TIE": "[[C]]"}
 
 
 class JudgeStub:
@@ -42,9 +51,10 @@ class JudgeStub:
 
     def __init__(
         self, latency_s: float = 0.0, retry_after_s: float = 1.0, hang_s: float = 1.0, answers_chats: bool = False,
-        fault_rate: float = 0.0, seed: int = 0,
+        fault_rate: float = 0.0, seed: int = 0, wordy: bool = False,
     ):
         self.answers_chats = answers_chats  # also answer requests that are not the judge's, as a chat model
+        self.wordy = wordy  # judge as LLM judges tend to: longer answers and the first slot favoured, by chance
         self.fault_rate = fault_rate  # a request not given an injected fault suffers a random one this often
         self.random_faults = [fault for fault in FAULTS if fault != "malformed"]  # what no verdict parser cures
         self.down = False  # every request answered 503, as by a proxy in front of a server that is down
@@ -118,6 +128,13 @@ class JudgeStub:
     def verdict(self, question: str, answer_a: str, answer_b: str) -> str:
         if question in self.always_a:
             return "A"
+        if self.wordy:
+            # P(A) = sigmoid(0.4 + 1.5 tanh(character difference / 200)), drawn from a hash of the texts: the
+            # same request gets the same verdict whatever the prompt's format, a different one by chance.
+            digest = hashlib.sha256("\0".join((question, answer_a, answer_b)).encode()).digest()
+            draw = int.from_bytes(digest[:8], "big") / 2**64
+            p_a = 1.0 / (1.0 + math.exp(-(0.4 + 1.5 * math.tanh((len(answer_a) - len(answer_b)) / 200.0))))
+            return "A" if draw < p_a else "B"
         a_good, b_good = MARKER in answer_a, MARKER in answer_b
         return "A" if a_good and not b_good else "B" if b_good and not a_good else "TIE"
 
@@ -129,11 +146,14 @@ def chat_reply(body: dict) -> str:
     return f"An answer to [{question}] (seed {body.get('seed')}, temperature {body.get('temperature')}, max {body.get('max_tokens')})"
 
 
-def judge_reply(stub: JudgeStub, question: str, answer_a: str, answer_b: str, malformed: bool) -> str:
+def judge_reply(stub: JudgeStub, question: str, answer_a: str, answer_b: str, malformed: bool, mt_bench: bool = False) -> str:
     echo = f"REASON: Assistant A wrote:\n{answer_a}\nAssistant B wrote:\n{answer_b}\n"
     if malformed:
         return echo + "Both have merits; I would lean one way, maybe."
-    return echo + f"Judged on the criteria.\nVERDICT: {stub.verdict(question, answer_a, answer_b)}"
+    verdict = stub.verdict(question, answer_a, answer_b)
+    if mt_bench:
+        return echo + f"Judged on the criteria.\nFinal verdict: {MT_BENCH_VERDICT[verdict]}"
+    return echo + f"Judged on the criteria.\nVERDICT: {verdict}"
 
 
 class _Server(ThreadingHTTPServer):
@@ -156,6 +176,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         prompt = "\n".join(message["content"] for message in body["messages"])
         blocks = PROMPT_BLOCKS.search(prompt)
+        mt_bench = blocks is None and MT_BENCH_BLOCKS.search(prompt) is not None
+        blocks = blocks or MT_BENCH_BLOCKS.search(prompt)
         stub: JudgeStub = self.server.stub
         if blocks is None and not stub.answers_chats:
             self._send(400, {"error": {"message": "no judge blocks in prompt", "type": "invalid_request_error"}})
@@ -167,7 +189,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             question, answer_a, answer_b = blocks["question"], blocks["a"], blocks["b"]
             fault = stub.admit(question, answer_a)
-            reply = lambda malformed: judge_reply(stub, question, answer_a, answer_b, malformed)  # noqa: E731
+            reply = lambda malformed: judge_reply(stub, question, answer_a, answer_b, malformed, mt_bench)  # noqa: E731
         try:
             time.sleep(stub.latency_s)
             self._respond(stub, body, fault, reply, prompt)

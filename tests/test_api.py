@@ -174,7 +174,7 @@ def test_generate_ppo_and_judge_complete_at_a_50_percent_fault_rate(stub, tmp_pa
     settings = {"backend": "api", "samples_per_prompt": None, "api": judge_api | {"cache": str(tmp_path / "judge.sqlite")}}
     served("judge", lambda: stages.judge(
         scores_path=str(tmp_path / "second_scores.parquet"), base_scores_path=str(tmp_path / "first_scores.parquet"),
-        out_path=str(tmp_path / "verdicts.parquet"), settings=settings,
+        out_path=str(tmp_path / "verdicts.parquet"), judge="gpt4", settings=settings,
     ))
     verdicts = read_table(tmp_path / "verdicts.parquet", VERDICTS)
     assert verdicts.num_rows == 24 and "not_judged" not in verdicts.column("verdict").to_pylist()

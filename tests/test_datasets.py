@@ -184,6 +184,7 @@ def test_dedup_keeps_the_first_source_and_reference():
             "prompt": "Tell me a joke about cats.",
             "source": "first",
             "reference": "a",
+            "category": None,
         }
     ]
 
@@ -279,6 +280,23 @@ def test_bundled_prompt_set():
     sources = set(train.column("source").to_pylist() + test.column("source").to_pylist())
     assert sources and all(source.startswith("bundled/") for source in sources)
     assert len(sources) > 1  # several categories
+    categories = train.column("category").to_pylist() + test.column("category").to_pylist()
+    assert [f"bundled/{category}" for category in categories] == train.column("source").to_pylist() + test.column("source").to_pylist()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_a_category_column_travels_with_its_prompts(tmp_path, suffix):
+    rows = [{"question": "What is 6 times 7?", "kind": "math"}, {"question": "Name a bridge.", "kind": " trivia "},
+            {"question": "What is 2 plus 2?", "kind": None}]
+    path = write_rows(tmp_path / f"questions{suffix}", rows)
+    train, test = stage.prepare_dataset("mine", spec("local", path=path, prompt_column="question", category_column="kind", test_size=1), seed=0)
+    both = pa.concat_tables([train, test])
+    categories = dict(zip(both.column("prompt").to_pylist(), both.column("category").to_pylist()))
+    assert categories == {"What is 6 times 7?": "math", "Name a bridge.": "trivia", "What is 2 plus 2?": None}
+    plain = stage.prepare_dataset("mine", spec("local", path=path, prompt_column="question", test_size=1), seed=0)
+    assert set(pa.concat_tables(plain).column("category").to_pylist()) == {None}
+    with pytest.raises(ValueError, match=r"no category column 'genre'"):
+        stage.check_local_file(path, "question", category_column="genre")
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])

@@ -12,10 +12,13 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from alignpro.report import pick_examples, ppo_kl, star_kl, summarize, write_report
+from alignpro.report import judge_agreement, pick_examples, ppo_kl, star_kl, summarize, verdicts_frame, win_rates, write_report
+from alignpro.report.summary import scores_frame
+from alignpro.report.categories import by_category
 from alignpro.report.plots import draw_dataset, method_series, series_styles, with_labels
 from alignpro.report.render import Heading, Paragraph, Quote, Table, html_page, markdown
-from alignpro.tables import PPO_METRICS, SCORES, SUMMARY, VERDICTS, SchemaError, conform
+from alignpro.tables import PPO_METRICS, SCORES, SUMMARY, VERDICTS, WIN_RATES, SchemaError, conform
+from fakes import LLM_JUDGE, verdict_record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -396,23 +399,29 @@ def test_bad_training_input_is_rejected_before_writing(tmp_path):
 # The judge's verdict per prompt for alignpro (sample 0 and 1 alike) and for rlhf.
 ALIGNPRO_VERDICTS = {"p1": "win", "p2": "loss", "p3": "win", "p4": "tie"}
 RLHF_VERDICTS = {"p1": "win", "p2": "win", "p3": "invalid", "p4": "tie"}
-LLM_JUDGE = "gpt-4 pairwise-v1"
+OFFLINE_JUDGE = "offline"
 
 
 def _verdicts(verdict_of: dict, *, method: str, prompter, judge: str = LLM_JUDGE, beta=None) -> pa.Table:
+    offline = judge == OFFLINE_JUDGE
     rows = [
-        dict(
+        verdict_record(
             dataset="hh", prompt_id=prompt_id, method=method, prompter=prompter, beta=beta, frozen="org/frozen-7b", sample_index=index,
-            judge=judge, verdict=verdict, verdict_method_first={"win": "A", "loss": "B"}.get(verdict, "TIE"),
+            judge=judge, judged_by="offline Bradley-Terry (margin 0.05)" if offline else "gpt-4 with prompt pairwise-v1",
+            judge_kind="reward" if offline else "llm", judge_prompt=None if offline else "pairwise-v1",
+            answer_tokens=3, base_answer_tokens=3, verdict=verdict, verdict_method_first={"win": "A", "loss": "B"}.get(verdict, "TIE"),
             verdict_base_first={"win": "B", "loss": "A"}.get(verdict, "TIE"), inconsistent=prompt_id == "p4",
             reason_method_first=f"reason {prompt_id}/{index} <b>bold</b>", reason_base_first="second look",
-            not_judged_reason=None, p_method_wins=None, prompt_tokens=100, completion_tokens=20, cost_usd=0.0042,
-            calls=2, retries=index, cached_calls=0,
+            prompt_tokens=100, completion_tokens=20, cost_usd=0.0042, calls=2, retries=index,
         )
         for prompt_id, verdict in verdict_of.items()
         for index in range(2)
     ]
     return pa.Table.from_pylist(rows, schema=VERDICTS)
+
+
+def _rates(verdicts: list[pa.Table], **options) -> pl.DataFrame:
+    return win_rates(verdicts_frame(verdicts), **({"n_bootstrap": 500} | options))
 
 
 @pytest.fixture
@@ -423,43 +432,34 @@ def judged(tables):
         _verdicts(RLHF_VERDICTS, method="rlhf", prompter=None),
     ]
     scores = [*tables, rlhf]
-    summary = summarize(scores, prompters=["org/prompter-a", "org/prompter-b"], verdicts=verdicts, bootstrap_samples=500)
-    return scores, verdicts, summary
+    summary = summarize(scores, prompters=["org/prompter-a", "org/prompter-b"], bootstrap_samples=500)
+    return scores, verdicts, summary, _rates(verdicts)
 
 
-def test_summary_carries_win_rates_against_base(judged):
-    _, _, summary = judged
-    conform(summary.to_arrow(), SUMMARY, "summary")
-    alignpro = summary.filter(pl.col("method") == "alignpro").row(0, named=True)
+def test_win_rates_are_one_row_per_judge_job(judged):
+    _, _, _, rates = judged
+    conform(rates.to_arrow(), WIN_RATES, "win rates")
+    alignpro = rates.filter(pl.col("method") == "alignpro").row(0, named=True)
     assert (alignpro["win_pct"], alignpro["tie_pct"], alignpro["loss_pct"]) == (50.0, 25.0, 25.0)
     assert alignpro["win_ci_low"] <= 50.0 <= alignpro["win_ci_high"]
-    assert (alignpro["judged_pairs"], alignpro["judge"], alignpro["inconsistent_pct"]) == (8, LLM_JUDGE, 25.0)
-    assert (alignpro["judge_requests"], alignpro["judge_retries"], alignpro["judge_prompt_tokens"]) == (16, 4, 800)
-    assert alignpro["judge_cost_usd"] == pytest.approx(8 * 0.0042)
-    rlhf = summary.filter(pl.col("method") == "rlhf")
-    assert rlhf.height == 2 and rlhf["win_pct"].to_list() == [pytest.approx(200 / 3)] * 2  # under both prompters
-    assert rlhf["invalid_pct"].to_list() == [25.0, 25.0]
-    base = summary.filter(pl.col("method") == "base")
-    assert base["judge"].null_count() == base.height and base["win_pct"].null_count() == base.height
+    assert (alignpro["n_pairs"], alignpro["n_decided"], alignpro["judge"], alignpro["inconsistent_pct"]) == (8, 8, LLM_JUDGE, 25.0)
+    assert (alignpro["judge_kind"], alignpro["judge_prompt"], alignpro["mean_token_difference"]) == ("llm", "pairwise-v1", 0.0)
+    assert (alignpro["calls"], alignpro["retries"], alignpro["prompt_tokens"]) == (16, 4, 800)
+    assert alignpro["cost_usd"] == pytest.approx(8 * 0.0042)
+    rlhf = rates.filter(pl.col("method") == "rlhf")
+    assert rlhf.height == 1 and rlhf["prompter"].to_list() == [None]  # one judge job, not one per prompter
+    assert rlhf["win_pct"].to_list() == [pytest.approx(200 / 3)] and rlhf["invalid_pct"].to_list() == [25.0]
+    assert "base" not in rates["method"].to_list()
 
 
-def test_summary_without_verdicts_has_empty_judge_columns(tables):
+def test_summary_has_answer_lengths_and_no_judge_columns(tables):
     summary = summarize(tables, prompters=["org/prompter-a"])
-    assert summary["judge"].null_count() == summary.height
-    assert summary.columns == SUMMARY.names
-
-
-def test_two_judges_for_one_method_are_refused(tables):
-    verdicts = [
-        _verdicts(ALIGNPRO_VERDICTS, method="alignpro", prompter="org/prompter-a"),
-        _verdicts(ALIGNPRO_VERDICTS, method="alignpro", prompter="org/prompter-a", judge="offline Bradley-Terry (margin 0.05)"),
-    ]
-    with pytest.raises(ValueError, match="more than one judge"):
-        summarize(tables, prompters=["org/prompter-a"], verdicts=verdicts)
+    assert summary.columns == SUMMARY.names and "judge" not in summary.columns
+    assert summary["mean_tokens"].to_list() == [3.0] * summary.height
 
 
 def test_examples_are_one_per_verdict_kind_in_a_fixed_order(judged):
-    scores, verdicts, _ = judged
+    scores, verdicts, _, _ = judged
     frame = pl.concat([pl.from_arrow(table) for table in verdicts])
     examples = pick_examples(frame, scores, 3)
     assert [(e["method"], e["verdict"], e["prompt_id"], e["sample_index"]) for e in examples] == [
@@ -475,55 +475,95 @@ def test_examples_are_one_per_verdict_kind_in_a_fixed_order(judged):
 
 @pytest.fixture
 def judged_report(judged, tmp_path):
-    scores, verdicts, summary = judged
-    paths = {**_paths(tmp_path), "win_plot": tmp_path / "plots" / "win.png"}
+    scores, verdicts, summary, rates = judged
+    paths = {**_paths(tmp_path), "win_plot": tmp_path / "plots" / "win.png", "length_plot": tmp_path / "plots" / "length.png"}
     frame = pl.concat([pl.from_arrow(table) for table in verdicts])
-    write_report(summary, **paths, examples=pick_examples(frame, scores, 2))
-    return summary, paths
+    write_report(summary, **paths, win_rates=rates, examples=pick_examples(frame, scores, 2))
+    return rates, paths
 
 
-def test_markdown_has_the_win_rate_table_usage_and_examples(judged_report):
-    summary, paths = judged_report
+def _cell(row: dict, outcome: str) -> str:
+    return f"{row[f'{outcome}_pct']:.1f} [{row[f'{outcome}_ci_low']:.1f}, {row[f'{outcome}_ci_high']:.1f}]"
+
+
+def test_markdown_has_the_win_rate_table_diagnostics_usage_and_examples(judged_report):
+    rates, paths = judged_report
     text = paths["markdown"].read_text(encoding="utf-8")
     section = text.split("## Win rate against base", 1)[1]
-    alignpro = summary.filter(pl.col("method") == "alignpro").row(0, named=True)
-    assert f"| org/prompter-a | org/frozen-7b | alignpro | 8 | 50.0 [{alignpro['win_ci_low']:.1f}, {alignpro['win_ci_high']:.1f}] |" in section
-    assert section.count("| rlhf |") == 2  # the win-rate table, once per prompter
-    assert "| – | org/frozen-7b | rlhf (hh) | 16 | 4 | 0 | 800 / 160 | 0.0336 |" in section  # usage: rlhf once
-    assert "| all |  |  | 32 | 8 | 0 | 1600 / 320 | 0.0672 |" in section
-    assert "both orders" in section and "NOT an LLM judge" not in section
+    alignpro = rates.filter(pl.col("method") == "alignpro").row(0, named=True)
+    assert alignpro["lc_win_pct"] is not None
+    assert f"| org/prompter-a | org/frozen-7b | alignpro | 8 | 8 | {_cell(alignpro, 'win')} | {_cell(alignpro, 'lc_win')} |" in section
+    assert section.split("### Length", 1)[0].count("| – | org/frozen-7b | rlhf |") == 1  # one judge job, no prompter
+    assert "| judge |" not in section.split("###", 1)[0]  # one judge: no judge column in the win-rate table
+    assert f"| {LLM_JUDGE} | org/prompter-a | org/frozen-7b | alignpro | +0.0 | 50.0 | 0.0 (6) |" in section  # length, position
+    assert f"| {LLM_JUDGE} | – | org/frozen-7b | rlhf (hh) | 16 | 4 | 0 | 800 / 160 | 0.0336 |" in section  # usage
+    assert "| all |  |  |  | 32 | 8 | 0 | 1600 / 320 | 0.0672 |" in section
+    assert "prompt pairwise-v1" in section and "helpfulness, harmlessness, relevance" in section  # from the prompt file
+    assert "both orders" in section and "NOT an LLM judge" not in section and "Agreement between judges" not in section
     assert "](plots/win.png)" in section
-    assert "#### hh · org/prompter-a → org/frozen-7b · alignpro: win" in section
-    assert "#### hh · org/frozen-7b · rlhf: tie, inconsistent" in section
+    assert f"#### hh · org/prompter-a → org/frozen-7b · alignpro · judge {LLM_JUDGE}: win" in section
+    assert f"#### hh · org/frozen-7b · rlhf · judge {LLM_JUDGE}: tie, inconsistent" in section
     assert "> input p1" in section  # the rewrite, shown because it differs from the prompt
     assert "A: reason p1/0 &lt;b&gt;bold&lt;/b&gt;" in section and "<b>" not in section
+    assert "| mean tokens |" in text and "](plots/length.png)" in text
 
 
 def test_html_embeds_the_win_plot_and_escapes_examples(judged_report):
     _, paths = judged_report
     page = paths["html"].read_text(encoding="utf-8")
     assert "<h2>Win rate against base</h2>" in page
-    assert len(re.findall(r'src="data:image/png;base64,', page)) == 3  # mean, variance, win rate
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 4  # mean, variance, length, win rate
     assert "reason p1/0 &lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold" not in page
-    image = _image(paths["win_plot"].read_bytes())
-    assert image[..., :3].std() > 0.05
+    for plot in ("win_plot", "length_plot"):
+        assert _image(paths[plot].read_bytes())[..., :3].std() > 0.05
 
 
 def test_offline_judge_is_labelled_as_such(tables, tmp_path):
-    offline = "offline Bradley-Terry (margin 0.05)"
-    verdicts = [_verdicts(ALIGNPRO_VERDICTS, method="alignpro", prompter="org/prompter-a", judge=offline)]
-    summary = summarize(tables, prompters=["org/prompter-a"], verdicts=verdicts, bootstrap_samples=200)
+    verdicts = [_verdicts(ALIGNPRO_VERDICTS, method="alignpro", prompter="org/prompter-a", judge=OFFLINE_JUDGE)]
+    summary = summarize(tables, prompters=["org/prompter-a"], bootstrap_samples=200)
     paths = {**_paths(tmp_path), "win_plot": tmp_path / "win.png"}
-    write_report(summary, **paths)
+    write_report(summary, **paths, win_rates=_rates(verdicts, n_bootstrap=200))
     text = paths["markdown"].read_text(encoding="utf-8")
-    assert f"Judge: {offline}. This is NOT an LLM judge" in text
-    assert "### Examples" not in text and "### Judge usage" not in text
+    assert "Judge offline (offline Bradley-Terry (margin 0.05)): NOT an LLM judge" in text
+    assert "### Examples" not in text and "### Judge usage" not in text and "### Length and position" not in text
 
 
-def test_judged_summary_needs_a_win_plot_path(judged, tmp_path):
-    _, _, summary = judged
+def test_two_judges_each_get_their_win_rates_and_their_agreement(tables, tmp_path):
+    verdicts = [
+        _verdicts(ALIGNPRO_VERDICTS, method="alignpro", prompter="org/prompter-a"),
+        _verdicts(ALIGNPRO_VERDICTS, method="alignpro", prompter="org/prompter-a", judge=OFFLINE_JUDGE),
+    ]
+    rates = _rates(verdicts, n_bootstrap=200)
+    assert sorted(rates["judge"].to_list()) == sorted([LLM_JUDGE, OFFLINE_JUDGE])
+    agreement = judge_agreement(verdicts_frame(verdicts))
+    assert agreement.rows() == [(LLM_JUDGE, OFFLINE_JUDGE, 8, 100.0, pytest.approx(1.0), agreement["kappa_ci_low"][0], agreement["kappa_ci_high"][0])]
+    summary = summarize(tables, prompters=["org/prompter-a"], bootstrap_samples=200)
+    paths = {**_paths(tmp_path), "win_plot": tmp_path / "win.png"}
+    write_report(summary, **paths, win_rates=rates, agreement=agreement)
+    section = paths["markdown"].read_text(encoding="utf-8").split("## Win rate against base", 1)[1]
+    assert "| judge | prompter |" in section and section.count("| alignpro | 8 | 8 |") == 2
+    assert f"| {LLM_JUDGE} | {OFFLINE_JUDGE} | 8 | 100.0 | 1.000" in section
+
+
+def test_the_breakdown_by_category_is_over_each_categorys_prompts_alone(judged):
+    scores, verdicts, _, _ = judged
+    categories = pl.DataFrame({"dataset": ["hh"] * 4, "prompt_id": ["p1", "p2", "p3", "p4"], "category": ["a", "a", "b", "b"]})
+    options = dict(prompters=["org/prompter-a"], confidence=0.95, bootstrap_samples=100, seed=0)
+    breakdown = by_category(scores_frame(scores), verdicts_frame(verdicts), categories, min_prompts=2, **options)
+    means = {(row["category"], row["method"]): row["mean_reward"] for row in breakdown.summary.iter_rows(named=True)}
+    assert means[("a", "base")] == pytest.approx(0.75) and means[("a", "alignpro")] == pytest.approx(1.375)
+    assert means[("b", "base")] == pytest.approx(1.5) and means[("b", "alignpro")] == pytest.approx(2.25)
+    wins = {(row["category"], row["method"]): row["win_pct"] for row in breakdown.win_rates.iter_rows(named=True)}
+    assert wins[("a", "alignpro")] == 50.0 and wins[("b", "alignpro")] == 50.0 and wins[("a", "rlhf")] == 100.0
+    assert breakdown.left_out.is_empty()
+    small = by_category(scores_frame(scores), verdicts_frame(verdicts), categories, min_prompts=3, **options)
+    assert not small.shown and small.left_out.rows() == [("hh", "a", 2), ("hh", "b", 2)]
+
+
+def test_win_rates_need_a_win_plot_path(judged, tmp_path):
+    _, _, summary, rates = judged
     with pytest.raises(ValueError, match="win_plot"):
-        write_report(summary, **_paths(tmp_path))
+        write_report(summary, **_paths(tmp_path), win_rates=rates)
     assert not any(tmp_path.rglob("*.md"))
 
 
@@ -789,18 +829,19 @@ def test_judged_beta_variants_keep_their_own_win_rates_and_examples(tmp_path):
         _verdicts(ALIGNPRO_VERDICTS, method="alignpro", prompter=PROMPTER),
         _verdicts(losing, method="alignpro", prompter=PROMPTER, beta=0.1),
     ]
-    summary = summarize(scores, prompters=[PROMPTER], verdicts=verdicts, bootstrap_samples=50)
-    assert (_row(summary, "alignpro")["win_pct"], _row(summary, "alignpro", 0.1)["loss_pct"]) == (50.0, 100.0)
-    assert _row(summary, "alignpro", 0.5)["judge"] is None
+    summary = summarize(scores, prompters=[PROMPTER], bootstrap_samples=50)
+    rates = _rates(verdicts, n_bootstrap=50)
+    assert (_row(rates, "alignpro")["win_pct"], _row(rates, "alignpro", 0.1)["loss_pct"]) == (50.0, 100.0)
+    assert rates.filter(pl.col("beta") == 0.5).is_empty()
     frame = pl.concat([pl.from_arrow(table) for table in verdicts])
     examples = pick_examples(frame, scores, 1)
     assert [(e["method"], e["beta"], e["verdict"]) for e in examples] == [("alignpro", None, "win"), ("alignpro", 0.1, "loss")]
     paths = {**_paths(tmp_path), "win_plot": tmp_path / "win.png", "frontier_plot": tmp_path / "frontier.png"}
-    write_report(summary, **paths, examples=examples)
+    write_report(summary, **paths, win_rates=rates, examples=examples)
     section = paths["markdown"].read_text(encoding="utf-8").split("## Win rate against base", 1)[1]
-    assert "| org/prompter-a | org/frozen-7b | alignpro β=0.1 | 8 | 0.0 [" in section
+    assert "| org/prompter-a | org/frozen-7b | alignpro β=0.1 | 8 | 8 | 0.0 [" in section
     assert "| – | org/frozen-7b | alignpro β=0.1 (hh) |" not in section and "| alignpro β=0.1 (hh) |" in section
-    assert "#### hh · org/prompter-a → org/frozen-7b · alignpro β=0.1: loss" in section
+    assert f"#### hh · org/prompter-a → org/frozen-7b · alignpro β=0.1 · judge {LLM_JUDGE}: loss" in section
     assert "**alignpro β=0.1 answer**" in section
 
 
@@ -885,7 +926,7 @@ def test_markdown_shows_accuracy_beside_mean_reward_and_names_the_checker(accura
     hh_rows = [line.split(" | ") for line in hh_table.splitlines() if line.startswith("| org/")]
     assert [cells[5] for cells in hh_rows] == ["–", "–"]  # no reference answers: a dash for both methods
     assert "Checkers: math: numeric, the answer's last number" in text
-    assert _reward_table_widths(text) == {8}
+    assert _reward_table_widths(text) == {9}
     assert "## Reward and accuracy" in text and "](plots/accuracy.png)" in text
 
 
@@ -911,7 +952,7 @@ def test_no_references_means_no_accuracy_column_and_a_placeholder_plot(report, t
     _, paths = report
     for text in (paths["markdown"].read_text(encoding="utf-8"), paths["html"].read_text(encoding="utf-8")):
         assert "accuracy" not in text.lower()
-    assert _reward_table_widths(paths["markdown"].read_text(encoding="utf-8")) == {7}
+    assert _reward_table_widths(paths["markdown"].read_text(encoding="utf-8")) == {8}
     paths = {**_paths(tmp_path), "accuracy_plot": tmp_path / "accuracy.png"}
     write_report(summarize(tables, prompters=["org/prompter-a"]), **paths)
     assert _image(paths["accuracy_plot"].read_bytes()).shape[0] < 300
@@ -936,22 +977,26 @@ def test_report_stage_reads_the_reference_tables(tmp_path):
         stage_tables.write_table(table, score_paths[-1], SCORES)
     prompts = pa.table({
         "prompt_id": list(MATH_REFERENCES), "prompt": [f"prompt {p}" for p in MATH_REFERENCES], "source": ["f"] * 4,
-        "reference": list(MATH_REFERENCES.values()),
+        "reference": list(MATH_REFERENCES.values()), "category": ["sums", "sums", "sums", "other"],
     })
     stage_tables.write_table(prompts, tmp_path / "test.parquet", stage_tables.PROMPTS)
     outputs = {name: tmp_path / "report" / file for name, file in (
         ("summary_path", "summary.parquet"), ("markdown", "report.md"), ("html", "report.html"), ("mean_plot", "mean.png"),
         ("variance_plot", "variance.png"), ("accuracy_plot", "accuracy.png"), ("training_plot", "training.png"),
-        ("win_plot", "win.png"), ("frontier_plot", "frontier.png"),
+        ("win_plot", "win.png"), ("frontier_plot", "frontier.png"), ("length_plot", "length.png"), ("win_rates_path", "win_rates.parquet"),
     )}
     stages.report(
         scores_paths=score_paths, verdicts_paths=[], training_runs=[], star_runs=[],
-        references={"math": str(tmp_path / "test.parquet")}, checkers={"math": "numeric"}, prompters=["org/prompter-a"],
-        settings={"confidence": 0.95, "bootstrap_samples": 100, "examples": 0}, seed=0, **outputs,
+        test_prompts={"math": str(tmp_path / "test.parquet")}, checkers={"math": "numeric"}, prompters=["org/prompter-a"],
+        settings={"confidence": 0.95, "bootstrap_samples": 100, "examples": 0, "min_category_prompts": 3}, seed=0, **outputs,
     )
     summary = stage_tables.read_table(outputs["summary_path"], SUMMARY).to_pylist()
     assert sorted((row["method"], row["accuracy"]) for row in summary) == [("alignpro", 0.75), ("base", 0.5)]
     assert outputs["accuracy_plot"].read_bytes().startswith(PNG_SIGNATURE)
+    text = outputs["markdown"].read_text(encoding="utf-8")
+    by_category = text.split("## By category", 1)[1]
+    assert "Left out, with fewer than 3 test prompts: math/other (1)." in by_category
+    assert "| sums | 3 | org/prompter-a | org/frozen-7b | alignpro |" in by_category and "| other |" not in by_category
 
 
 def test_control_characters_are_shown_escaped_not_written_raw():

@@ -20,7 +20,7 @@ SECTIONS = {  # dataclass -> its section's properties in the schema
     PPOConfig: SCHEMA["$defs"]["ppo"]["properties"],
     LoraSettings: SCHEMA["$defs"]["lora"]["properties"],
     SFTSettings: SCHEMA["properties"]["sft"]["properties"],
-    JudgeSettings: SCHEMA["$defs"]["api"]["properties"] | SCHEMA["properties"]["judge"]["properties"]["api"]["allOf"][1]["properties"],
+    JudgeSettings: SCHEMA["$defs"]["api"]["properties"] | SCHEMA["$defs"]["judge"]["properties"]["api"]["allOf"][1]["properties"],
     FrozenAPISettings: SCHEMA["$defs"]["api"]["properties"] | SCHEMA["$defs"]["model"]["properties"]["api"]["allOf"][1]["properties"],
     RewriteSettings: SCHEMA["$defs"]["sampling"]["properties"] | SCHEMA["properties"]["rewrite"]["allOf"][1]["properties"],
     GenerationSettings: SCHEMA["$defs"]["sampling"]["properties"] | SCHEMA["properties"]["generation"]["allOf"][1]["properties"],
@@ -62,7 +62,7 @@ def test_dataclass_defaults_are_the_schema_defaults(cls):
         (lambda: PPOConfig.from_config({"lora": {"rank": 4}}, "ppo"), "config ppo.lora.rank: unknown key"),
         (lambda: SFTSettings.from_config({"epoch": 2}), "config sft.epoch: unknown key"),
         (lambda: SFTSettings.from_config({"lora": {"alhpa": 2}}), "config sft.lora.alhpa: unknown key"),
-        (lambda: JudgeSettings.from_config({"model": "gpt-4", "max_token": 9}), "config judge.api.max_token: unknown key"),
+        (lambda: JudgeSettings.from_config({"model": "gpt-4", "max_token": 9}, "gpt4"), "config judges.gpt4.api.max_token: unknown key"),
         (lambda: RewriteSettings.from_config({"n_samples": 2}), "config rewrite.n_samples: unknown key"),
         (lambda: GenerationSettings.from_config({"max_tokens": 9}), "config generation.max_tokens: unknown key"),
     ],
@@ -75,7 +75,7 @@ def test_unknown_keys_are_named_with_their_section(build, message):
 def test_keys_of_other_stages_are_left_out():
     assert SFTSettings.from_config({"pairs": {"source": "best_of_k"}, "epochs": 2}).epochs == 2
     assert PPOConfig.from_config({"max_prompts": 64, "steps": 3}).steps == 3
-    assert JudgeSettings.from_config({"cache": "judge.sqlite", "model": "m"}).model == "m"
+    assert JudgeSettings.from_config({"cache": "judge.sqlite", "model": "m"}, "gpt4").model == "m"
 
 
 def test_training_stages_take_the_generation_section_without_n_samples():

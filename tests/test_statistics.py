@@ -7,6 +7,7 @@ import pytest
 
 from alignpro.report.statistics import bootstrap_interval, resample_means, resample_shares, t_interval, win_rates
 from alignpro.tables import VERDICTS
+from fakes import verdict_record
 
 T_975 = {3: 3.182, 10: 2.228, 30: 2.042}  # two-sided 95% t quantiles from a printed table, by degrees of freedom
 
@@ -51,11 +52,9 @@ def test_win_rates_per_method_with_seeded_bootstrap():
     rows = []
     for method, verdicts in outcomes.items():
         for index, verdict in enumerate(verdicts):
-            rows.append(dict(
-                dataset="toy", prompt_id=f"p{index}", method=method, prompter="qwen", frozen="llama", sample_index=0,
-                judge="gpt-4 pairwise-v1", verdict=verdict, verdict_method_first=None, verdict_base_first=None,
-                inconsistent=index == 6, reason_method_first=None, reason_base_first=None, not_judged_reason=None,
-                p_method_wins=None, prompt_tokens=10, completion_tokens=5, cost_usd=0.001, calls=2, retries=0, cached_calls=0,
+            rows.append(verdict_record(
+                prompt_id=f"p{index}", method=method, verdict=verdict, inconsistent=index == 6,
+                prompt_tokens=10, completion_tokens=5, cost_usd=0.001, calls=2,
             ))
     table = pa.Table.from_pylist(rows, schema=VERDICTS)
     rates = win_rates(table, n_bootstrap=500, seed=7)
@@ -65,5 +64,6 @@ def test_win_rates_per_method_with_seeded_bootstrap():
     assert alignpro["win_ci_low"] < 60.0 < alignpro["win_ci_high"]
     assert alignpro["inconsistent_pct"] == 10.0 and alignpro["invalid_pct"] == pytest.approx(100 / 11)
     assert (alignpro["n_pairs"], alignpro["n_decided"], alignpro["calls"]) == (11, 10, 22)
+    assert alignpro["judge_kind"] == "llm" and alignpro["lc_win_pct"] is not None
     sft = rates.filter(pl.col("method") == "sft").row(0, named=True)
     assert sft["not_judged_pct"] == 25.0 and sft["win_pct"] == pytest.approx(100 / 3)

@@ -10,7 +10,7 @@ from alignpro import stages, tables
 
 
 def prompts(**columns):
-    base = {"prompt_id": ["a", "b"], "prompt": ["x", "y"], "source": ["s", "s"], "reference": ["1", None]}
+    base = {"prompt_id": ["a", "b"], "prompt": ["x", "y"], "source": ["s", "s"], "reference": ["1", None], "category": ["c", None]}
     return pa.table({**base, **columns})
 
 
@@ -22,10 +22,10 @@ def test_prompt_id_is_stable_and_ignores_outer_whitespace():
 
 def test_write_then_read_round_trips_and_orders_columns(tmp_path):
     path = tmp_path / "p.parquet"
-    table = prompts().select(["reference", "source", "prompt", "prompt_id"]).append_column("extra", pa.array([1, 2]))
+    table = prompts().select(["category", "reference", "source", "prompt", "prompt_id"]).append_column("extra", pa.array([1, 2]))
     tables.write_table(table, path, tables.PROMPTS)
     back = tables.read_table(path, tables.PROMPTS)
-    assert back.column_names == ["prompt_id", "prompt", "source", "reference"]
+    assert back.column_names == ["prompt_id", "prompt", "source", "reference", "category"]
     assert back.column("prompt").to_pylist() == ["x", "y"]
     assert back.column("reference").to_pylist() == ["1", None]
 

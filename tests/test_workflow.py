@@ -10,6 +10,7 @@ and changes the cwd).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import re
@@ -163,9 +164,17 @@ def paired_gain(workdir: Path, system: str) -> tuple[float, float, float]:
     return float(differences.mean()), float(interval.low), float(interval.high)
 
 
+def _by_label(rows: list[dict]) -> dict[str, dict]:
+    return {row["method"] if row["beta"] is None else f"{row['method']} β={row['beta']:g}": row for row in rows}
+
+
 def summary_rows(workdir: Path) -> dict[str, dict]:
-    summary = tables.read_table(workdir / "results/report/summary.parquet", tables.SUMMARY).to_pylist()
-    return {row["method"] if row["beta"] is None else f"{row['method']} β={row['beta']:g}": row for row in summary}
+    return _by_label(tables.read_table(workdir / "results/report/summary.parquet", tables.SUMMARY).to_pylist())
+
+
+def win_rate_rows(workdir: Path, judge: str = "offline") -> dict[str, dict]:
+    rates = tables.read_table(workdir / "results/report/win_rates.parquet", tables.WIN_RATES).to_pylist()
+    return _by_label([row for row in rates if row["judge"] == judge])
 
 
 @pytest.mark.slow
@@ -190,7 +199,9 @@ def test_align_pro_works_on_the_embedded_default(finished_run):
     assert last > first
 
     assert rows["alignpro-star β=0.1"]["kl"] > rows["alignpro-star β=1"]["kl"]
-    assert rows["alignpro"]["win_pct"] > rows["alignpro"]["loss_pct"]
+    wins = win_rate_rows(workdir)["alignpro"]
+    print(f"offline judge: alignpro wins {wins['win_pct']:.1f}%, loses {wins['loss_pct']:.1f}%, length-controlled win {wins['lc_win_pct']:.1f}%")
+    assert wins["win_pct"] > wins["loss_pct"]
 
 
 @pytest.mark.slow
@@ -238,10 +249,12 @@ def test_every_stage_table_is_complete(finished_run, first_tables):
     assert score_tables == {f"results/scores/{RUN}/{system}.parquet" for system in SYSTEMS}
 
     for system in JUDGED:
-        verdicts = tables.read_table(workdir / f"results/judgments/{RUN}/{system}.parquet", tables.VERDICTS)
+        verdicts = tables.read_table(workdir / f"results/judgments/offline/{RUN}/{system}.parquet", tables.VERDICTS)
         assert verdicts.num_rows == len(prompt_ids) * n_samples
         assert set(verdicts.column("verdict").to_pylist()) <= {"win", "tie", "loss"}
-        assert set(verdicts.column("judge").to_pylist()) == {"offline Bradley-Terry (margin 0.05)"}
+        assert set(verdicts.column("judge").to_pylist()) == {"offline"} and set(verdicts.column("judge_kind").to_pylist()) == {"reward"}
+        assert set(verdicts.column("judged_by").to_pylist()) == {"offline Bradley-Terry (margin 0.05)"}
+        assert min(verdicts.column("answer_tokens").to_pylist()) > 0
 
 
 @pytest.mark.slow
@@ -294,6 +307,8 @@ def test_report_has_numbers_for_each_method(finished_run):
     test_size = yaml.safe_load(config_path.read_text())["datasets"][DATASET]["test_size"]
     n_samples = yaml.safe_load(config_path.read_text())["generation"]["n_samples"]
     by_label = summary_rows(workdir)
+    rates = win_rate_rows(workdir)
+    assert sorted(rates) == sorted(label for label in by_label if label != "base")
     assert sorted(by_label) == [
         "alignpro", "alignpro β=0.1", "alignpro β=1", "alignpro-star β=0.1", "alignpro-star β=1", "base", "rlhf", "sft"
     ]
@@ -305,12 +320,13 @@ def test_report_has_numbers_for_each_method(finished_run):
         assert row["gap_ci_low"] <= row["gap"] <= row["gap_ci_high"]
         assert (row["kl"] is None) == (row["method"] == "base")
         assert f"{row['mean_reward']:.3f}" in markdown
-        if row["method"] == "base":
-            assert row["judge"] is None
-        else:
-            pairs = test_size * n_samples
-            assert row["judged_pairs"] == pairs and row["win_pct"] + row["tie_pct"] + row["loss_pct"] == pytest.approx(100.0)
-            assert f"| {label} | {pairs} | {row['win_pct']:.1f} [" in markdown
+        assert row["mean_tokens"] > 0 and f"| {row['mean_tokens']:.1f} |" in markdown
+        if row["method"] != "base":
+            rate, pairs = rates[label], test_size * n_samples
+            assert rate["n_pairs"] == rate["n_decided"] == pairs
+            assert rate["win_pct"] + rate["tie_pct"] + rate["loss_pct"] == pytest.approx(100.0)
+            lc = "–" if rate["lc_win_pct"] is None else f"{rate['lc_win_pct']:.1f} ["
+            assert f"| {label} | {pairs} | {pairs} | {rate['win_pct']:.1f} [" in markdown and f"] | {lc}" in markdown
         assert f"| {label} | " + ("–" if row["beta"] is None else f"{row['beta']:g}") + f" | {row['gap']:.3f} [" in markdown
     assert by_label["sft"]["kl"] == 0.0 and by_label["rlhf"]["gap"] == 0.0
     rlhf_gap = by_label["rlhf"]["mean_reward"] - by_label["alignpro-star β=1"]["mean_reward"]
@@ -320,7 +336,11 @@ def test_report_has_numbers_for_each_method(finished_run):
     assert "## Win rate against base" in markdown and "NOT an LLM judge" in markdown
     assert "## Suboptimality gap" in markdown and "## Reward–KL frontier" in markdown and "accuracy" in markdown
     assert markdown.count(f"\n#### {DATASET} · ") >= 7  # judged examples, at least one per judged system
-    for plot in ["mean_reward.png", "reward_variance.png", "accuracy.png", "training_curves.png", "win_rates.png", "frontier.png"]:
+    assert "| LC win % |" in markdown and "## Reward and answer length" in markdown
+    by_category = markdown.split("## By category", 1)[1].split("\n## ", 1)[0]  # the bundled set's operations
+    shown = {line.split(" | ")[0].removeprefix("| ") for line in by_category.splitlines() if line.startswith("| ") and "---" not in line}
+    assert shown - {"category"} == {"count", "last", "reverse", "upper"} and "| win % (offline) |" in by_category
+    for plot in ["mean_reward.png", "reward_variance.png", "accuracy.png", "training_curves.png", "win_rates.png", "frontier.png", "answer_length.png"]:
         assert (workdir / "results/report" / plot).read_bytes().startswith(b"\x89PNG")
 
 
@@ -330,7 +350,7 @@ def test_snakemake_report_holds_the_plots(finished_run):
     run_snakemake(workdir, "--report", "snakemake_report.zip")
     with zipfile.ZipFile(workdir / "snakemake_report.zip") as report:
         names = "\n".join(report.namelist())
-    for plot in ["mean_reward.png", "reward_variance.png", "accuracy.png", "training_curves.png", "win_rates.png", "frontier.png", "report.html"]:
+    for plot in ["mean_reward.png", "reward_variance.png", "accuracy.png", "training_curves.png", "win_rates.png", "frontier.png", "answer_length.png", "report.html"]:
         assert plot in names
 
 
@@ -358,41 +378,60 @@ def test_rerun_plans_nothing_and_generation_change_reruns_downstream_only(finish
 
 @pytest.mark.slow
 def test_a_second_run_gives_identical_tables(finished_run, first_tables, tmp_path):
-    """Same seed, fresh copy, no cache: every table (all but the seconds PPO steps took) is identical."""
+    """Same seed, fresh copy, no cache: every table (all but the seconds PPO steps took) is identical.
+    The second run builds a slice that passes through every kind of job but rho*'s (the task models,
+    the dataset, sft pairs, SFT, PPO of the prompter and of the frozen model, rewrites, answers,
+    scores and verdicts); the beta sweep's PPO runs are the main run's code with another beta, so they
+    are left out to bound the time."""
     _, config = finished_run
     again = copy_workflow(tmp_path / "again")
-    run_snakemake(again)
+    targets = (
+        *(f"results/judgments/offline/{RUN}/{system}.parquet" for system in (f"sft/{PROMPTER}", f"alignpro/{PROMPTER}")),
+        f"results/train/{RUN}/rlhf/metrics.parquet",
+    )
+    run_snakemake(again, targets=targets)
     second = result_tables(again)
-    assert second.keys() == first_tables.keys()
-    differing = [path for path in first_tables if second[path] != first_tables[path]]
+    stages = {path.split("/")[1] for path in second}
+    assert {"data", "train", "rewrites", "responses", "scores", "judgments"} <= stages and set(targets) <= second.keys()
+    assert second.keys() <= first_tables.keys()
+    differing = [path for path in second if second[path] != first_tables[path]]
     assert not differing, f"tables differ between two runs with the same seed: {differing}"
 
 
 @pytest.mark.slow
-def test_api_judge_runs_through_an_openai_compatible_server(finished_run, monkeypatch):
-    """Switching to the API judge reruns only judge and report. With the server down the judge jobs fail,
-    saying why, and a plain rerun once it is up judges every pair, in both orders, at a real HTTP
-    server; forcing the judge again pays for nothing (its SQLite cache answers). The key is nowhere
-    in what the run wrote."""
+def test_api_judges_run_through_an_openai_compatible_server(finished_run, monkeypatch):
+    """Adding two API judges (the two shipped prompts) beside the offline one plans only their judge jobs
+    and the report. With the server down those jobs fail, saying why, and a plain rerun once it is up
+    judges every pair, in both orders, at a real HTTP server; forcing the judges again pays for nothing
+    (their SQLite cache answers). The report gives every judge's win rates, length-controlled beside
+    them, the LLM judges' position diagnostics and the agreement of every two judges. The key is
+    nowhere in what the run wrote."""
     workdir, config = finished_run
     test_size = yaml.safe_load(config.read_text())["datasets"][DATASET]["test_size"]
+    offline = yaml.safe_load(config.read_text())["judges"]["offline"]
     key = "sk-test-0123456789abcdef"
     monkeypatch.setenv("ALIGNPRO_TEST_JUDGE_KEY", key)
-    with JudgeStub() as stub:
+    api_judges = {"gpt4": "pairwise-v1", "mtbench": "mt-bench-pair-v1"}
+    with JudgeStub(wordy=True) as stub:
         api = {"base_url": stub.base_url, "api_key_env": "ALIGNPRO_TEST_JUDGE_KEY", "concurrency": 4, "max_retries": 1, "backoff_base_s": 0.01}
-        with_api = derive_config(config, "api_judge.yaml", judge={"backend": "api", "samples_per_prompt": 1, "api": api})
-        assert planned_jobs(workdir, "--configfile", str(with_api)) == {"all": 1, "judge": 7, "report": 1}
+        judges = {"offline": offline} | {
+            name: {"backend": "api", "samples_per_prompt": 1, "api": api | {"prompt": prompt}} for name, prompt in api_judges.items()
+        }
+        with_api = derive_config(config, "api_judges.yaml", judges=judges)
+        added = {"all": 1, "judge": 2 * len(JUDGED), "report": 1}
+        assert planned_jobs(workdir, "--configfile", str(with_api)) == added  # the offline judge's jobs stand
         stub.down = True
         outage = run_snakemake(workdir, "--configfile", str(with_api), "--keep-going", check=False)
         assert outage.returncode != 0 and "pairs were not judged, the API failing after every retry" in outage.stderr
         down_requests, stub.down = stub.total_requests, False
-        assert down_requests > 0 and planned_jobs(workdir, "--configfile", str(with_api)) == {"all": 1, "judge": 7, "report": 1}
+        assert down_requests > 0 and planned_jobs(workdir, "--configfile", str(with_api)) == added
         run_snakemake(workdir, "--configfile", str(with_api))  # a plain rerun, no --forcerun
         requests = down_requests
-        for system in JUDGED:
-            verdicts = tables.read_table(workdir / f"results/judgments/{RUN}/{system}.parquet", tables.VERDICTS)
+        for (name, prompt), system in itertools.product(api_judges.items(), JUDGED):
+            verdicts = tables.read_table(workdir / f"results/judgments/{name}/{RUN}/{system}.parquet", tables.VERDICTS)
             assert verdicts.num_rows == test_size and set(verdicts.column("sample_index").to_pylist()) == {0}
-            assert set(verdicts.column("judge").to_pylist()) == {"gpt-4 pairwise-v1"}
+            assert set(verdicts.column("judge").to_pylist()) == {name} and set(verdicts.column("judge_prompt").to_pylist()) == {prompt}
+            assert "invalid" not in verdicts.column("verdict").to_pylist()  # each prompt's verdict format was read
             # both orders, each asked or answered by the cache (systems with the same answers share calls,
             # also between judge jobs running at once), or none for an answer identical to base's (a tie);
             # no faults injected, so no retries
@@ -400,11 +439,21 @@ def test_api_judge_runs_through_an_openai_compatible_server(finished_run, monkey
             for row in rows:
                 identical = row["reason_method_first"].startswith("identical answers")
                 assert row["calls"] + row["cached_calls"] == (0 if identical else 2) and row["retries"] == 0
-            sent = verdicts.column("calls").to_pylist()
-            requests += sum(sent)
+            requests += sum(verdicts.column("calls").to_pylist())
         assert requests > 0 and stub.total_requests == requests
         markdown = (workdir / "results/report/report.md").read_text()
-        assert "Judge: gpt-4 pairwise-v1, an LLM" in markdown and "**judge, base's answer shown as A**" in markdown
+        section = markdown.split("## Win rate against base", 1)[1]
+        assert "Judge gpt4: gpt-4 with prompt pairwise-v1, an LLM" in section and "Judge mtbench: gpt-4 with prompt mt-bench-pair-v1" in section
+        assert "**judge, base's answer shown as A**" in section and "| judge | prompter | frozen | method | pairs | decided |" in section
+        assert "### Length and position" in section and section.count(f"| gpt4 | {PROMPTER} |") >= len(JUDGED) - 1
+        agreement = section.split("### Agreement between judges", 1)[1].split("###", 1)[0]
+        assert {line.split(" | ")[0][2:] + "/" + line.split(" | ")[1] for line in agreement.splitlines() if line.startswith("| ") and "---" not in line} == {
+            "judge/other judge", "gpt4/mtbench", "gpt4/offline", "mtbench/offline"
+        }
+        assert "| gpt4 | mtbench |" in agreement and "| 100.0 | 1.000 [" in agreement  # the stub judges alike in both formats
+        gpt4 = win_rate_rows(workdir, "gpt4")["alignpro"]
+        assert gpt4["judge_kind"] == "llm" and gpt4["first_slot_pct"] is not None and gpt4["flip_pct"] is not None
+        assert f"| {gpt4['first_slot_pct']:.1f} | {gpt4['flip_pct']:.1f} ({gpt4['both_decisive']}) |" in section
         assert planned_jobs(workdir, "--configfile", str(with_api)) == {}
         run_snakemake(workdir, "--configfile", str(with_api), "--forcerun", "judge")
         assert stub.total_requests == requests
@@ -427,7 +476,8 @@ def test_vllm_backend_runs_generation_end_to_end(finished_run):
     and inside PPO's steps (one PPO run and base's answers are built, to bound the time)."""
     workdir, config = finished_run
     with_vllm = derive_config(
-        config, "vllm.yaml", generation={"backend": "vllm", "vllm": {"gpu_memory_utilization": 0.2, "max_model_len": 512}}
+        config, "vllm.yaml", generation={"backend": "vllm", "vllm": {"gpu_memory_utilization": 0.2, "max_model_len": 512}},
+        ppo={"steps": 4, "save_every": 2},  # vLLM answering inside PPO's steps, not the prompter learning, is tested
     )
     retrained = {"sft_pairs": 1, "sft": 1, "ppo": 3, "rewrite": 4, "star_candidates": 1, "star_rewrites": 2}
     evaluated = {"generate": 8, "score": 8, "judge": 7, "report": 1}
@@ -479,8 +529,9 @@ def vllm_server(model: Path, name: str, log: Path):
 @pytest.mark.vllm
 def test_a_frozen_model_served_by_vllm_answers_in_training_and_evaluation(finished_run, monkeypatch, tmp_path):
     """The frozen model behind vLLM's OpenAI-compatible server, as a black box: rlhf is refused without
-    local weights; with them beside the API entry, sft_pairs, ppo, star_candidates and generate get
-    their answers from the server (nothing is built or fetched for it), and the run is complete."""
+    local weights; with them beside the API entry, sft_pairs, ppo and generate get their answers from
+    the server (nothing is built or fetched for it), and the run is complete. Training is cut short
+    (a few PPO steps, fewer sft pairs): what is tested is who answers, not how well the prompter learns."""
     workdir, config = finished_run
     key = "sk-served-fedcba9876543210"
     monkeypatch.setenv("ALIGNPRO_TEST_SERVED_KEY", key)
@@ -493,23 +544,23 @@ def test_a_frozen_model_served_by_vllm_answers_in_training_and_evaluation(finish
         assert refused.returncode != 0
         assert "config models.frozen.served: methods has rlhf" in refused.stdout + refused.stderr
 
+        sections = yaml.safe_load(config.read_text())
         served = derive_config(
-            config, "served.yaml", models={"frozen": {**models["frozen"], "served": {"api": api, "path": weights}}}
+            config, "served.yaml", models={"frozen": {**models["frozen"], "served": {"api": api, "path": weights}}},
+            ppo={"steps": 4, "save_every": 2}, sft={"pairs": {**sections["sft"]["pairs"], "max_prompts": 16}},
         )
         run = f"{DATASET}/served"
         base = f"results/responses/{run}/base.parquet"
         targets = (
             base, f"results/responses/{run}/sft/{PROMPTER}.parquet", f"results/responses/{run}/alignpro/{PROMPTER}.parquet",
-            f"results/star/{run}/{PROMPTER}/candidates.parquet",
         )
         planned = planned_jobs(workdir, "--configfile", str(served), targets=targets)
-        assert planned == {"generate": 3, "rewrite": 2, "sft_pairs": 1, "sft": 1, "ppo": 1, "star_candidates": 1}
+        assert planned == {"generate": 3, "rewrite": 2, "sft_pairs": 1, "sft": 1, "ppo": 1}
         run_snakemake(workdir, "--configfile", str(served), targets=targets)
         for text in job_logs(workdir, run):
             assert f"frozen model served: phrasing-served at {base_url}, through its API" in text
             assert re.search(r"frozen model served: [1-9]\d* requests, \d+ answers from the cache", text)
-        sizes = yaml.safe_load(config.read_text())
-        assert pq.read_table(workdir / base).num_rows == sizes["datasets"][DATASET]["test_size"] * sizes["generation"]["n_samples"]
+        assert pq.read_table(workdir / base).num_rows == sections["datasets"][DATASET]["test_size"] * sections["generation"]["n_samples"]
         assert planned_jobs(workdir, "--configfile", str(served), targets=targets) == {}
         with urllib.request.urlopen(f"{base_url.removesuffix('/v1')}/metrics", timeout=10) as response:
             metrics = response.read().decode()
@@ -524,7 +575,7 @@ def job_logs(workdir: Path, run: str) -> list[str]:
     return [
         (workdir / "logs" / f"{log.format(run=run, p=PROMPTER)}.log").read_text()
         for log in ("generate/{run}/base", "generate/{run}/sft/{p}", "generate/{run}/alignpro/{p}", "sft_pairs/{run}/{p}",
-                    "ppo/{run}/{p}/ppo", "star_candidates/{run}/{p}")
+                    "ppo/{run}/{p}/ppo")
     ]
 
 
@@ -610,6 +661,26 @@ def test_reference_column_on_a_hub_dataset_is_named(tmp_path):
     assert "datasets.hs.reference_column" in message and "'helpsteer'" in message
 
 
+def test_category_column_on_a_hub_dataset_is_named(tmp_path):
+    config = default_config()
+    config["datasets"] = {"hs": {"source": "helpsteer", "category_column": "kind"}}
+    message = dry_run_error(tmp_path, config)
+    assert "datasets.hs.category_column: categories are read from local files only" in message
+
+
+def test_the_one_judge_section_of_earlier_versions_is_named(tmp_path):
+    config = default_config()
+    config["judge"] = config.pop("judges")["offline"]
+    assert "config judge: the judge section is now judges" in dry_run_error(tmp_path, config)
+
+
+def test_an_unknown_judge_prompt_is_named(tmp_path):
+    config = default_config()
+    config["judges"]["gpt4"] = {"backend": "api", "api": {"prompt": "pairwise-v9"}}
+    message = dry_run_error(tmp_path, config)
+    assert "config judges.gpt4.api.prompt: judge prompt 'pairwise-v9' does not exist" in message and "'mt-bench-pair-v1'" in message
+
+
 def test_dataset_file_without_reference_column_is_named(tmp_path):
     data = tmp_path / "my_questions.csv"
     data.write_text("question,answer\nwhat is 2+2?,4\n")
@@ -672,7 +743,8 @@ def test_an_api_frozen_model_plans_no_model_job_and_rlhf_trains_its_weights(tmp_
 def test_paper_config_plans_the_whole_grid(tmp_path):
     """3 datasets x 2 prompters x 2 frozen models x 3 betas: 18 answering systems per (dataset, frozen)
     (base, rlhf, and per prompter sft, alignpro, and alignpro and alignpro-star at every beta), 17 judged
-    against base; GPU jobs carry the config's memory and wall time."""
+    against base by each of two judges (GPT-4 and the offline one); GPU jobs carry the config's memory
+    and wall time."""
     workdir = copy_workflow(tmp_path / "workflow")
     args = ("--configfile", "config/paper.yaml", "--replace-workflow-config")
     planned = planned_jobs(workdir, *args)
@@ -688,7 +760,7 @@ def test_paper_config_plans_the_whole_grid(tmp_path):
         "rewrite": 12 * 5,  # sft, alignpro and the three sweep prompters
         "generate": 6 * 18,
         "score": 6 * 18,
-        "judge": 6 * 17,
+        "judge": 2 * 6 * 17,
         "report": 1,
         "all": 1,
     }

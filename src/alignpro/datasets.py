@@ -3,8 +3,9 @@
 Every source goes through the same pipeline (normalise whitespace, drop empties, length filter,
 dedup by prompt_id, seeded split), so a prompt is treated the same whichever dataset it came from,
 and the split depends only on the set of prompts and the seed, never on the order rows arrive in.
-A local file may also hold each prompt's reference answer (`reference_column`), which travels with
-the prompt so the report can check the answers against it.
+A local file may also hold each prompt's reference answer (`reference_column`) and category
+(`category_column`; a bundled set's `category`), which travel with the prompt so the report can check
+the answers against the reference and break its numbers down by category.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -38,8 +39,28 @@ and category): `bundled` alone is the general set (prompts.jsonl), `bundled:<nam
 BUNDLED_SETS = ("prompts", "phrasing_task")
 
 
+BUNDLED_CATEGORY = "category"  # every bundled set's category field
+
+
 def is_bundled(path: str) -> bool:
     return path == BUNDLED or path.startswith(f"{BUNDLED}:")
+
+
+def category_column(spec: dict) -> str | None:
+    """The column naming each prompt's category in a dataset's config entry: `category_column`, or a
+    bundled set's own `category` field; None for a dataset without categories."""
+    if "category_column" in spec:
+        return spec["category_column"]
+    return BUNDLED_CATEGORY if spec["source"] == "local" and is_bundled(spec["path"]) else None
+
+
+class RawPrompt(NamedTuple):
+    """One row as read, before cleaning: the prompt, where it came from, its reference answer and category."""
+
+    text: object
+    source: str
+    reference: str | None = None
+    category: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +109,7 @@ def prepare_dataset(name: str, spec: dict, seed: int) -> tuple[pa.Table, pa.Tabl
     """(train, test) PROMPTS tables for the config entry `spec` (defaults filled) of dataset `name`."""
     reference_column = spec.get("reference_column")
     if spec["source"] == "local":
-        raw = read_local_prompts(spec["path"], spec["prompt_column"], reference_column)
+        raw = read_local_prompts(spec["path"], spec["prompt_column"], reference_column, category_column(spec))
     else:
         raw = read_hub_prompts(hub_dataset(spec), spec["system_prompt"])
     prompts = clean_prompts(raw, spec["min_chars"], spec["max_chars"])
@@ -112,9 +133,8 @@ def hub_dataset(spec: dict) -> HubDataset:
     return dataclasses.replace(adapter, repo=repo, revision=revision)
 
 
-def read_hub_prompts(adapter: HubDataset, system_prompt: str) -> list[tuple[object, str, None]]:
-    """(prompt, source, reference) rows from a hub dataset, without references; `system_prompt` is
-    "drop" or "prepend"."""
+def read_hub_prompts(adapter: HubDataset, system_prompt: str) -> list[RawPrompt]:
+    """Rows from a hub dataset, without references or categories; `system_prompt` is "drop" or "prepend"."""
     import datasets  # imported here: it takes seconds, and start-up checks never need it
 
     log.info("loading %s@%s split %s", adapter.repo, adapter.revision, adapter.split)
@@ -130,7 +150,7 @@ def read_hub_prompts(adapter: HubDataset, system_prompt: str) -> list[tuple[obje
     if adapter.system_column and system_prompt == "prepend":
         systems = rows[adapter.system_column]
         prompts = [prepend_system_prompt(system, prompt) for system, prompt in zip(systems, prompts)]
-    return [(prompt, adapter.repo, None) for prompt in prompts]
+    return [RawPrompt(prompt, adapter.repo) for prompt in prompts]
 
 
 def prepend_system_prompt(system: object, question: object) -> str | None:
@@ -143,16 +163,19 @@ def prepend_system_prompt(system: object, question: object) -> str | None:
     return f"{system.strip()}\n\n{question.strip()}"
 
 
-def check_local_file(path: str, prompt_column: str, reference_column: str | None = None, test_size: int | None = None) -> None:
-    """Raise ValueError unless the local file at `path` has `prompt_column` (and `reference_column`),
-    and at least `test_size` rows (the test split alone needs that many prompts).
+def check_local_file(
+    path: str, prompt_column: str, reference_column: str | None = None, test_size: int | None = None,
+    category_column: str | None = None,
+) -> None:
+    """Raise ValueError unless the local file at `path` has `prompt_column` (and `reference_column` and
+    `category_column`), and at least `test_size` rows (the test split alone needs that many prompts).
 
     Reads only the header (first jsonl line, csv header row, parquet schema) and at most `test_size`
     rows, so the workflow can check every local dataset at start-up, before any job runs.
     """
     file = local_file(path)
     columns = header_columns(file)
-    for role, column in (("prompt", prompt_column), ("reference", reference_column)):
+    for role, column in (("prompt", prompt_column), ("reference", reference_column), ("category", category_column)):
         if column is not None and column not in columns:
             raise ValueError(f"{file}: no {role} column {column!r}; its columns are {columns}")
     if test_size is not None and (rows := count_rows(file, test_size)) < test_size:
@@ -197,20 +220,23 @@ def json_record(line: str, file: Path | Traversable, number: int) -> dict:
 
 
 def read_local_prompts(
-    path: str, column: str, reference_column: str | None = None
-) -> list[tuple[object, str, str | None]]:
-    """(prompt, source, reference) rows from a local file in file order; source is the path, or
-    "<path>/<category>" for a bundled set; reference is the row's `reference_column` as text (None
+    path: str, column: str, reference_column: str | None = None, category_column: str | None = None
+) -> list[RawPrompt]:
+    """Rows from a local file in file order; source is the path, or "<path>/<category>" for a bundled set;
+    reference is the row's `reference_column` as text and category its `category_column` as text (None
     without one)."""
-    check_local_file(path, column, reference_column)
+    check_local_file(path, column, reference_column, category_column=category_column)
     file = local_file(path)
-    records = read_records(file, *filter(None, (column, reference_column)))
+    records = read_records(file, *filter(None, (column, reference_column, category_column)))
     log.info("read %d rows from %s", len(records), file)
     check_prompt_texts([record.get(column) for record in records], f"{file}", column)
-    references = [reference_text(record.get(reference_column)) if reference_column else None for record in records]
-    if is_bundled(path):
-        return [(record.get(column), f"{path}/{record['category']}", ref) for record, ref in zip(records, references)]
-    return [(record.get(column), path, ref) for record, ref in zip(records, references)]
+    rows = []
+    for record in records:
+        reference = reference_text(record.get(reference_column)) if reference_column else None
+        category = reference_text(record.get(category_column)) if category_column else None
+        source = f"{path}/{record[BUNDLED_CATEGORY]}" if is_bundled(path) else path
+        rows.append(RawPrompt(record.get(column), source, reference, category))
+    return rows
 
 
 def check_prompt_texts(values: list[object], where: str, column: str) -> None:
@@ -235,16 +261,14 @@ def reference_text(value: object) -> str | None:
     return normalise_whitespace(value if isinstance(value, str) else str(value)) or None
 
 
-def check_references(
-    raw: list[tuple[object, str, str | None]], prompts: list[dict], file: Path | Traversable, column: str
-) -> None:
+def check_references(raw: list[RawPrompt], prompts: list[dict], file: Path | Traversable, column: str) -> None:
     """Raise ValueError naming the first row (counted from 1, a csv header not counted) of `file` whose
     prompt was kept without a reference: every test prompt must be checkable, or accuracy is biased."""
     missing = {row["prompt_id"] for row in prompts if row["reference"] is None}
     if not missing:
         return
-    for number, (text, _, _) in enumerate(raw, start=1):
-        prompt = normalise_whitespace(text)
+    for number, row in enumerate(raw, start=1):
+        prompt = normalise_whitespace(row.text)
         if prompt and prompt_id_of(prompt) in missing:  # the first occurrence is the one dedup kept
             raise ValueError(f"{file}: row {number} has a prompt but no reference answer in column {column!r}")
 
@@ -288,12 +312,12 @@ def normalise_whitespace(text: object) -> str:
     return "\n".join(line.rstrip() for line in lines).strip()
 
 
-def clean_prompts(raw: list[tuple[object, str, str | None]], min_chars: int, max_chars: int) -> list[dict]:
-    """PROMPTS rows from (prompt, source, reference) rows: normalised, non-empty, min_chars..max_chars
-    long, and unique by prompt_id (the first occurrence, with its source and reference, wins)."""
+def clean_prompts(raw: list[RawPrompt | tuple], min_chars: int, max_chars: int) -> list[dict]:
+    """PROMPTS rows from RawPrompt rows: normalised, non-empty, min_chars..max_chars long, and unique by
+    prompt_id (the first occurrence, with its source, reference and category, wins)."""
     rows: dict[str, dict] = {}
     empty = out_of_range = duplicates = 0
-    for text, source, reference in raw:
+    for text, source, reference, category in (RawPrompt(*row) for row in raw):
         prompt = normalise_whitespace(text)
         if not prompt:
             empty += 1
@@ -302,7 +326,7 @@ def clean_prompts(raw: list[tuple[object, str, str | None]], min_chars: int, max
         elif (prompt_id := prompt_id_of(prompt)) in rows:
             duplicates += 1
         else:
-            rows[prompt_id] = {"prompt_id": prompt_id, "prompt": prompt, "source": source, "reference": reference}
+            rows[prompt_id] = {"prompt_id": prompt_id, "prompt": prompt, "source": source, "reference": reference, "category": category}
     log.info(
         "%d rows: %d empty, %d outside %d..%d chars, %d duplicates, %d kept",
         len(raw), empty, out_of_range, min_chars, max_chars, duplicates, len(rows),

@@ -9,7 +9,7 @@ from dataclasses import fields
 
 
 def from_section(cls, section: dict | None, name: str, *, elsewhere: tuple[str, ...] = ()):
-    """An instance of the dataclass `cls` from the config section `name` (e.g. "ppo", "judge.api").
+    """An instance of the dataclass `cls` from the config section `name` (e.g. "ppo", "judges.<name>.api").
 
     Keys in `elsewhere` belong to other stages (e.g. `sft.pairs`, read by sft_pairs) and are left out;
     any other key `cls` has no field for is an error naming `name.key` and the keys the section takes.

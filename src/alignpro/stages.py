@@ -357,10 +357,10 @@ def star_rewrites(*, candidates_path: str, out_path: str, beta: float, seed: int
     tables.write_table(table, out_path, tables.STAR_REWRITES)
 
 
-def judge(*, scores_path: str, base_scores_path: str, out_path: str, settings: dict) -> None:
+def judge(*, scores_path: str, base_scores_path: str, out_path: str, judge: str, settings: dict) -> None:
     """The judge stage: each of a method's answers against base's answer to the same prompt and sample.
 
-    `settings` is the config's `judge` section: the offline Bradley-Terry judge decides from the
+    `judge` is the judge's name, `settings` its section under the config's `judges`: the offline Bradley-Terry judge decides from the
     rewards; the API judge asks an OpenAI-compatible model in both orders, through a SQLite cache
     (`api.cache`, outside the rule's outputs) so no call is paid for twice.
     """
@@ -372,16 +372,17 @@ def judge(*, scores_path: str, base_scores_path: str, out_path: str, settings: d
         samples_per_prompt=settings["samples_per_prompt"],
     )
     if settings["backend"] == "offline":
-        verdicts = bradley_terry_pairs(pairs, margin=settings["margin"])
+        verdicts = bradley_terry_pairs(pairs, margin=settings["margin"], name=judge)
     else:
-        verdicts = judge_pairs(pairs, JudgeSettings.from_config(settings["api"]), settings["api"]["cache"])
+        verdicts = judge_pairs(pairs, JudgeSettings.from_config(settings["api"], judge), settings["api"]["cache"], name=judge)
         _check_not_judged(verdicts, settings["api"]["cache"])
     tables.write_table(verdicts, out_path, tables.VERDICTS)
     counts = verdicts.group_by("verdict").aggregate([("verdict", "count")]).to_pylist()
     log.info(
-        "%d pairs judged by %s: %s; %d requests, %d answered from the cache",
+        "%d pairs judged by %s (%s): %s; %d requests, %d answered from the cache",
         verdicts.num_rows,
-        verdicts.column("judge")[0] if verdicts.num_rows else settings["backend"],
+        judge,
+        verdicts.column("judged_by")[0] if verdicts.num_rows else settings["backend"],
         ", ".join(f"{row['verdict']} {row['verdict_count']}" for row in counts),
         sum(verdicts.column("calls").to_pylist()),
         sum(verdicts.column("cached_calls").to_pylist()),
@@ -402,7 +403,7 @@ def _check_not_judged(verdicts, cache: str) -> None:
         )
     if reasons:
         log.warning(
-            "%d of %d pairs were not judged: the judge's budget (judge.api.max_calls / max_cost_usd) is spent; they "
+            "%d of %d pairs were not judged: the judge's budget (judges.<name>.api.max_calls / max_cost_usd) is spent; they "
             "stay not_judged in the table. Raise the budget and rerun to judge them, paying only for them",
             len(reasons), verdicts.num_rows,
         )
@@ -424,17 +425,17 @@ def _kl_frame(training_runs: list[dict], training: dict, star_runs: list[dict]):
     return pl.DataFrame(rows, schema=schema)
 
 
-def _references_frame(references: dict[str, str]):
-    """dataset, prompt_id, reference of every test prompt of the datasets with reference answers."""
+def _test_prompts_frame(test_prompts: dict[str, str]):
+    """dataset, prompt_id, reference and category of every dataset's test prompts."""
     import polars as pl
 
     frames = [
-        pl.from_arrow(tables.read_table(path, tables.PROMPTS).select(["prompt_id", "reference"])).with_columns(
+        pl.from_arrow(tables.read_table(path, tables.PROMPTS).select(["prompt_id", "reference", "category"])).with_columns(
             dataset=pl.lit(dataset, pl.String)
         )
-        for dataset, path in references.items()
+        for dataset, path in test_prompts.items()
     ]
-    schema = {"dataset": pl.String, "prompt_id": pl.String, "reference": pl.String}
+    schema = {"dataset": pl.String, "prompt_id": pl.String, "reference": pl.String, "category": pl.String}
     return pl.concat(frames).select(list(schema)) if frames else pl.DataFrame(schema=schema)
 
 
@@ -444,12 +445,13 @@ def report(
     verdicts_paths: list[str],
     training_runs: list[dict],
     star_runs: list[dict],
-    references: dict[str, str],
+    test_prompts: dict[str, str],
     checkers: dict[str, str],
     prompters: list[str],
     settings: dict,
     seed: int,
     summary_path: str,
+    win_rates_path: str,
     markdown: str,
     html: str,
     mean_plot: str,
@@ -458,32 +460,37 @@ def report(
     training_plot: str,
     win_plot: str,
     frontier_plot: str,
+    length_plot: str,
 ) -> None:
     """The report stage: per (dataset, prompter, frozen, method, beta) reward statistics, win rates
-    against base, the gap to rlhf and the measured KL, as tables and plots with judged examples and
+    against base per judge (raw and length-controlled, with the judges' position bias and agreement), the gap to rlhf and the measured KL, as tables and plots with judged examples and
     the PPO training curves, and each method's task accuracy beside its reward where a dataset has
-    reference answers. `training_runs` are PPO runs (metrics path, label and system keys), `star_runs`
-    rho*'s rewrite tables (path and keys); `references` maps each dataset with reference answers to its
-    test prompts table, `checkers` to its checker's name; `settings` is the config's `report` section."""
+    reference answers, and all of it by category where prompts have one. `training_runs` are PPO runs
+    (metrics path, label and system keys), `star_runs` rho*'s rewrite tables (path and keys);
+    `test_prompts` maps each dataset to its test prompts table (reference answers, categories), `checkers`
+    each dataset with reference answers to its checker's name; `settings` is the config's `report` section."""
     import polars as pl
 
-    from alignpro.report import pick_examples, summarize, verdicts_frame, write_report
+    from alignpro.report import judge_agreement, pick_examples, summarize, verdicts_frame, win_rates, write_report
+    from alignpro.report.categories import by_category, prompt_categories
 
     scores = pl.concat([pl.from_arrow(tables.read_table(path, tables.SCORES)) for path in scores_paths])
     verdicts = verdicts_frame([tables.read_table(path, tables.VERDICTS) for path in verdicts_paths])
+    prompts = _test_prompts_frame(test_prompts)
     training = {run["label"]: pl.from_arrow(tables.read_table(run["path"], tables.PPO_METRICS)) for run in training_runs}
     summary = summarize(
         scores,
         prompters=prompters,
         confidence=settings["confidence"],
-        verdicts=verdicts,
         kl=_kl_frame(training_runs, training, star_runs),
         bootstrap_samples=settings["bootstrap_samples"],
         seed=seed,
-        references=_references_frame(references),
+        references=prompts.filter(pl.col("dataset").is_in(list(checkers))),
         checkers=checkers,
     )
+    rates = win_rates(verdicts, n_bootstrap=settings["bootstrap_samples"], seed=seed, confidence=settings["confidence"])
     tables.write_table(summary.to_arrow(), summary_path, tables.SUMMARY)
+    tables.write_table(rates.to_arrow(), win_rates_path, tables.WIN_RATES)
     write_report(
         summary,
         markdown=markdown,
@@ -495,8 +502,16 @@ def report(
         confidence=settings["confidence"],
         training=training,
         training_plot=training_plot,
+        win_rates=rates,
+        agreement=judge_agreement(verdicts, settings["confidence"]),
         win_plot=win_plot,
         frontier_plot=frontier_plot,
+        length_plot=length_plot,
+        categories=by_category(
+            scores, verdicts, prompt_categories(prompts), prompters=prompters, min_prompts=settings["min_category_prompts"],
+            confidence=settings["confidence"], bootstrap_samples=settings["bootstrap_samples"], seed=seed,
+        ),
+        min_category_prompts=settings["min_category_prompts"],
         examples=pick_examples(verdicts, scores, settings["examples"]),
     )
     log.info(

@@ -21,11 +21,12 @@ PROMPTS = pa.schema(
         pa.field("prompt", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
         pa.field("reference", pa.string(), nullable=True),
+        pa.field("category", pa.string(), nullable=True),
     ],
     metadata={
         "doc": "one prompt per row; prompt_id = prompt_id_of(prompt); source = dataset it came from; "
         "reference = the prompt's reference answer from a local file's reference_column, as text (null for "
-        "datasets without one)"
+        "datasets without one); category = its category_column (a bundled set's category), null without one"
     },
 )
 
@@ -122,6 +123,7 @@ SUMMARY = pa.schema(
         pa.field("n_samples", pa.int64(), nullable=False),
         pa.field("mean_reward", pa.float64(), nullable=False),
         pa.field("reward_variance", pa.float64(), nullable=True),
+        pa.field("mean_tokens", pa.float64(), nullable=False),
         pa.field("ci_low", pa.float64(), nullable=True),
         pa.field("ci_high", pa.float64(), nullable=True),
         pa.field("accuracy", pa.float64(), nullable=True),
@@ -132,22 +134,6 @@ SUMMARY = pa.schema(
         pa.field("gap", pa.float64(), nullable=True),
         pa.field("gap_ci_low", pa.float64(), nullable=True),
         pa.field("gap_ci_high", pa.float64(), nullable=True),
-        pa.field("judge", pa.string(), nullable=True),
-        pa.field("judged_pairs", pa.int64(), nullable=True),
-        *(
-            pa.field(f"{outcome}_{statistic}", pa.float64(), nullable=True)
-            for outcome in ("win", "tie", "loss")
-            for statistic in ("pct", "ci_low", "ci_high")
-        ),
-        pa.field("inconsistent_pct", pa.float64(), nullable=True),
-        pa.field("invalid_pct", pa.float64(), nullable=True),
-        pa.field("not_judged_pct", pa.float64(), nullable=True),
-        pa.field("judge_requests", pa.int64(), nullable=True),
-        pa.field("judge_retries", pa.int64(), nullable=True),
-        pa.field("judge_cached_calls", pa.int64(), nullable=True),
-        pa.field("judge_prompt_tokens", pa.int64(), nullable=True),
-        pa.field("judge_completion_tokens", pa.int64(), nullable=True),
-        pa.field("judge_cost_usd", pa.float64(), nullable=True),
     ],
     metadata={
         "doc": "one row per (dataset, prompter, frozen, method, beta); the CI is over per-prompt mean "
@@ -158,14 +144,22 @@ SUMMARY = pa.schema(
         "rho_sft (mean over the last 10% of steps), for alignpro-star the mean per-prompt estimate of "
         "KL(rho* || rho_sft), 0 for sft, for rlhf its PPO KL to the frozen model, null for base. gap is "
         "J(rlhf) - J(method), the mean over prompts of the per-prompt difference of mean rewards, with "
-        "a paired percentile bootstrap CI over prompts (null without rlhf). The judge "
-        "columns (null for base and when nothing was judged) are the pairwise comparison with base: "
-        "win/tie/loss percentages of decided pairs with bootstrap CIs over prompts, inconsistent_pct "
-        "of decided pairs, invalid_pct and not_judged_pct of all judged_pairs; judge_requests (HTTP "
-        "requests, retries included), judge_retries and judge_cached_calls describe the judge job "
-        "that wrote the verdicts; tokens and cost are those of every call behind the verdicts"
+        "a paired percentile bootstrap CI over prompts (null without rlhf). mean_tokens is the mean "
+        "answer length in tokens. Win rates against base are WIN_RATES'"
     },
 )
+
+JUDGE_USAGE = [
+    pa.field("prompt_tokens", pa.int64(), nullable=False),
+    pa.field("completion_tokens", pa.int64(), nullable=False),
+    pa.field("cost_usd", pa.float64(), nullable=True),
+    pa.field("calls", pa.int64(), nullable=False),
+    pa.field("retries", pa.int64(), nullable=False),
+    pa.field("cached_calls", pa.int64(), nullable=False),
+]
+"""What a judge job's last run sent: verdict rows and win-rate rows carry it alike."""
+LLM_JUDGE, REWARD_JUDGE = "llm", "reward"
+"""VERDICTS' judge_kind: an LLM was asked, or the offline judge decided from the reward model's scores."""
 
 VERDICTS = pa.schema(
     [
@@ -177,6 +171,11 @@ VERDICTS = pa.schema(
         pa.field("frozen", pa.string(), nullable=False),
         pa.field("sample_index", pa.int32(), nullable=False),
         pa.field("judge", pa.string(), nullable=False),
+        pa.field("judged_by", pa.string(), nullable=False),
+        pa.field("judge_kind", pa.string(), nullable=False),
+        pa.field("judge_prompt", pa.string(), nullable=True),
+        pa.field("answer_tokens", pa.int32(), nullable=False),
+        pa.field("base_answer_tokens", pa.int32(), nullable=False),
         pa.field("verdict", pa.string(), nullable=False),
         pa.field("verdict_method_first", pa.string(), nullable=True),
         pa.field("verdict_base_first", pa.string(), nullable=True),
@@ -185,21 +184,62 @@ VERDICTS = pa.schema(
         pa.field("reason_base_first", pa.string(), nullable=True),
         pa.field("not_judged_reason", pa.string(), nullable=True),
         pa.field("p_method_wins", pa.float64(), nullable=True),
-        pa.field("prompt_tokens", pa.int64(), nullable=False),
-        pa.field("completion_tokens", pa.int64(), nullable=False),
-        pa.field("cost_usd", pa.float64(), nullable=True),
-        pa.field("calls", pa.int64(), nullable=False),
-        pa.field("retries", pa.int64(), nullable=False),
-        pa.field("cached_calls", pa.int64(), nullable=False),
+        *JUDGE_USAGE,
     ],
     metadata={
-        "doc": "one row per pair, from the method's side (beta as in RESPONSES): verdict is "
+        "doc": "one row per pair, from the method's side (beta as in RESPONSES): judge is the judge's name (its key "
+        "under the config's judges), judged_by what it is (the API model and prompt, or the offline judge and its "
+        "margin), judge_kind is llm or reward (the offline judge, "
+        "from the reward model's scores), judge_prompt the LLM judge's prompt id (alignpro.judge_prompts); answer_tokens and base_answer_tokens are the two answers' lengths; verdict is "
         "win/tie/loss/invalid/not_judged; verdict_<order> is the judge's raw A/B/TIE/invalid in that order (null: not judged; A is the "
         "answer shown first); inconsistent: both orders valid but disagreeing (counted a tie); "
         "not_judged_reason is 'budget' or 'error: ...'; p_method_wins only from the offline judge; "
         "tokens, cost, calls, retries and cached_calls describe this run: the tokens and cost of the calls "
         "made now (cost null for a judge without prices), HTTP requests sent, of which retries after "
         "429/5xx/timeout/connection errors or malformed replies, and calls answered from the cache (not costed)"
+    },
+)
+
+WIN_RATES = pa.schema(
+    [
+        pa.field("judge", pa.string(), nullable=False),
+        pa.field("judged_by", pa.string(), nullable=False),
+        pa.field("judge_kind", pa.string(), nullable=False),
+        pa.field("judge_prompt", pa.string(), nullable=True),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("prompter", pa.string(), nullable=True),
+        pa.field("frozen", pa.string(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("beta", pa.float64(), nullable=True),
+        pa.field("n_pairs", pa.int64(), nullable=False),
+        pa.field("n_prompts", pa.int64(), nullable=False),
+        pa.field("n_decided", pa.int64(), nullable=False),
+        *(
+            pa.field(f"{outcome}_{statistic}", pa.float64(), nullable=True)
+            for outcome in ("win", "tie", "loss", "lc_win")
+            for statistic in ("pct", "ci_low", "ci_high")
+        ),
+        pa.field("mean_token_difference", pa.float64(), nullable=True),
+        pa.field("inconsistent_pct", pa.float64(), nullable=True),
+        pa.field("invalid_pct", pa.float64(), nullable=False),
+        pa.field("not_judged_pct", pa.float64(), nullable=False),
+        pa.field("decisive_readings", pa.int64(), nullable=False),
+        pa.field("first_slot_pct", pa.float64(), nullable=True),
+        pa.field("both_decisive", pa.int64(), nullable=False),
+        pa.field("flip_pct", pa.float64(), nullable=True),
+        *JUDGE_USAGE,
+    ],
+    metadata={
+        "doc": "one row per judge job: a judge's verdicts on one (dataset, prompter, frozen, method, beta)'s "
+        "answers against base (prompter null for rlhf). win/tie/loss are percentages of the n_decided pairs "
+        "with percentile bootstrap CIs over prompts; lc_win is the length-controlled win rate "
+        "(alignpro.report.judging: AlpacaEval 2's GLM, the length term set to zero) with its delta-method "
+        "CI, null when it cannot be fitted; mean_token_difference is the method's answers' mean length "
+        "less base's over decided pairs; inconsistent_pct is of decided pairs, invalid_pct and not_judged_pct "
+        "of all pairs; first_slot_pct is the share of the decisive_readings (A or B, both orders) that chose "
+        "the answer shown first, flip_pct the share of the both_decisive pairs whose winner changed with the "
+        "order; calls (HTTP requests, retries included), retries, cached_calls, tokens and cost describe the "
+        "judge job's last run (cost null without prices)"
     },
 )
 

@@ -7,5 +7,6 @@ if __name__ == "__main__":
             scores_path=snakemake.input.scores,
             base_scores_path=snakemake.input.base,
             out_path=snakemake.output[0],
+            judge=snakemake.wildcards.judge,
             settings=dict(snakemake.params.settings),
         )

@@ -18,7 +18,6 @@ import polars as pl  # noqa: E402
 from matplotlib.colors import to_hex, to_rgb  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
-from alignpro.report.summary import judged_rows, one_row_per_judge_job  # noqa: E402
 from alignpro.systems import METHODS, method_rank
 from alignpro.systems import label as method_label  # noqa: E402
 
@@ -172,15 +171,31 @@ def _draw_accuracy(ax, rows: pl.DataFrame, styles: dict[str, tuple[str, str | No
     ax.grid(alpha=0.3)
 
 
-def accuracy_plot(summary: pl.DataFrame) -> bytes:
-    """PNG of mean reward against accuracy, one panel per (dataset, prompter, frozen) with reference answers,
-    in the methods' colours of the bar plots."""
-    checked = summary.filter(pl.col("accuracy").is_not_null())
-    panels = checked.select("dataset", "prompter", "frozen").unique().sort(pl.all()).rows()
+def _draw_length(ax, rows: pl.DataFrame, styles: dict[str, tuple[str, str | None]], markers: dict[str, str]) -> None:
+    """One (dataset, prompter, frozen) panel: a point per method at (mean answer length, mean reward), the
+    reward's CI as an error bar."""
+    for row in rows.iter_rows(named=True):
+        reward = row["mean_reward"]
+        yerr = None if row["ci_low"] is None else [[reward - row["ci_low"]], [row["ci_high"] - reward]]
+        ax.errorbar(
+            [row["mean_tokens"]], [reward], yerr=yerr, color=styles[row["label"]][0], marker=markers[row["label"]],
+            markersize=7, markeredgecolor="black", markeredgewidth=0.5, capsize=3, elinewidth=1, alpha=0.85,
+            label=row["label"],
+        )
+    ax.set_xlabel("mean answer length (tokens)")
+    ax.set_ylabel("mean reward")
+    ax.margins(x=0.15, y=0.15)
+    ax.grid(alpha=0.3)
+
+
+def _method_panels(summary: pl.DataFrame, shown: pl.DataFrame, draw, title: str) -> bytes:
+    """PNG of one panel per (dataset, prompter, frozen) of `shown`, each drawn by `draw(ax, rows, styles,
+    markers)` in the methods' colours of the bar plots, with one legend."""
+    panels = shown.select("dataset", "prompter", "frozen").unique().sort(pl.all()).rows()
     series = method_series(summary)
     styles = series_styles(series)
     markers = dict(zip(series["label"], ACCURACY_MARKERS * (1 + series.height // len(ACCURACY_MARKERS))))
-    labelled = with_labels(checked)
+    labelled = with_labels(shown)
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     legend_rows = math.ceil(series.height / (3 * ncols))
@@ -189,20 +204,31 @@ def accuracy_plot(summary: pl.DataFrame) -> bytes:
     )
     legend = {}
     for ax, (dataset, prompter, frozen) in zip(axes.flat, panels):
-        _draw_accuracy(ax, labelled.filter(dataset=dataset, prompter=prompter, frozen=frozen), styles, markers)
+        draw(ax, labelled.filter(dataset=dataset, prompter=prompter, frozen=frozen), styles, markers)
         ax.set_title(_plot_label(f"{dataset}: {_short_name(prompter)} → {_short_name(frozen)}"), fontsize=10)
         legend.update(zip(*reversed(ax.get_legend_handles_labels())))
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    order = [label for label in method_series(checked)["label"] if label in legend]
+    order = [label for label in method_series(shown)["label"] if label in legend]
     fig.legend(
         [legend[label] for label in order], [_plot_label(label) for label in order], loc="outside lower center",
         ncol=min(len(order), 3 * ncols), frameon=False, title="method",
     )
-    fig.suptitle("Mean reward against accuracy (error bars: CIs over prompts)", fontsize=12)
+    fig.suptitle(title, fontsize=12)
     return _png(fig)
 
 
+def accuracy_plot(summary: pl.DataFrame) -> bytes:
+    """PNG of mean reward against accuracy, one panel per (dataset, prompter, frozen) with reference answers."""
+    shown = summary.filter(pl.col("accuracy").is_not_null())
+    return _method_panels(summary, shown, _draw_accuracy, "Mean reward against accuracy (error bars: CIs over prompts)")
+
+
+def length_plot(summary: pl.DataFrame) -> bytes:
+    """PNG of mean reward against mean answer length, one panel per (dataset, prompter, frozen): a method
+    whose reward rises with its length alone may be rewarded for length, not quality."""
+    title = "Mean reward against mean answer length (error bars: reward CIs over prompts)"
+    return _method_panels(summary, summary, _draw_length, title)
 
 
 def frontier_points(summary: pl.DataFrame) -> pl.DataFrame:
@@ -280,17 +306,18 @@ def frontier_plot(summary: pl.DataFrame) -> bytes:
     return _png(fig)
 
 
-def win_plot(summary: pl.DataFrame) -> bytes:
-    """PNG of stacked win/tie/loss bars per judged method, one panel per dataset, win CI as an error bar."""
-    judged = judged_rows(summary).filter(pl.col("win_pct").is_not_null())
-    datasets = sorted(judged["dataset"].unique().to_list())
-    heights = [judged.filter(pl.col("dataset") == d).height for d in datasets]
+def win_plot(rates: pl.DataFrame) -> bytes:
+    """PNG of stacked win/tie/loss bars per judged method against base, one panel per (dataset, judge), the
+    win CI as an error bar and the length-controlled win rate as a diamond with its CI."""
+    decided = rates.filter(pl.col("win_pct").is_not_null())
+    panels = decided.select("dataset", "judge").unique().sort(pl.all()).rows()
+    heights = [decided.filter(dataset=d, judge=j).height for d, j in panels]
     fig, axes = plt.subplots(
-        len(datasets), 1, figsize=(8.5, sum(0.45 * h + 1.2 for h in heights) + 0.6), squeeze=False,
+        len(panels), 1, figsize=(8.5, sum(0.45 * h + 1.2 for h in heights) + 0.6), squeeze=False,
         height_ratios=[0.45 * h + 1.2 for h in heights], layout="constrained",
     )
-    for ax, dataset in zip(axes[:, 0], datasets):
-        rows = one_row_per_judge_job(judged.filter(pl.col("dataset") == dataset)).sort(
+    for ax, (dataset, judge) in zip(axes[:, 0], panels):
+        rows = decided.filter(dataset=dataset, judge=judge).sort(
             "prompter", "frozen", method_rank(), "method", "beta", nulls_last=[True, True, True, True, False]
         )
         labels = [
@@ -309,6 +336,12 @@ def win_plot(summary: pl.DataFrame) -> bytes:
                 row["win_pct"], position, xerr=[[row["win_pct"] - row["win_ci_low"]], [row["win_ci_high"] - row["win_pct"]]],
                 color="black", capsize=3, linewidth=1,
             )
+            if row["lc_win_pct"] is not None:
+                ax.errorbar(
+                    row["lc_win_pct"], position - 0.28,
+                    xerr=[[row["lc_win_pct"] - row["lc_win_ci_low"]], [row["lc_win_ci_high"] - row["lc_win_pct"]]],
+                    color="black", marker="D", markersize=5, markerfacecolor="white", capsize=2, linewidth=0.8,
+                )
             ax.annotate(
                 f"{row['win_pct']:.0f}%", (row["win_ci_high"], position), xytext=(4, 0), textcoords="offset points",
                 va="center", fontsize=8, bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8},
@@ -317,11 +350,13 @@ def win_plot(summary: pl.DataFrame) -> bytes:
         ax.set_yticks(y, labels, fontsize=9)
         ax.set_xlim(0, 100)
         ax.set_xlabel("% of decided pairs against base")
-        ax.set_title(dataset, fontweight="bold")
+        ax.set_title(f"{dataset} · judge {judge}", fontweight="bold")
     handles = [plt.Rectangle((0, 0), 1, 1, facecolor=OUTCOME_COLOURS[o], edgecolor="black", linewidth=0.5) for o in OUTCOME_COLOURS]
-    fig.legend(handles, list(OUTCOME_COLOURS), loc="outside lower center", ncol=3, frameon=False)
-    fig.suptitle("Win rate against base (error bar: CI of the win rate)", fontsize=12)
+    handles.append(plt.Line2D([], [], color="black", marker="D", markerfacecolor="white", linestyle="none"))
+    fig.legend(handles, [*OUTCOME_COLOURS, "length-controlled win"], loc="outside lower center", ncol=4, frameon=False)
+    fig.suptitle("Win rate against base (error bars: CIs)", fontsize=12)
     return _png(fig)
+
 
 TRAINING_PANELS = (
     ("score_mean", "score_mean: reward model score"),

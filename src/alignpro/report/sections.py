@@ -17,9 +17,11 @@ from alignpro.report import plots
 from alignpro.report.plots import STEP_PARTS, step_parts
 from alignpro.report.render import Block, Heading, Image, Paragraph, Quote, Table, html_page
 from alignpro.report.render import markdown as render_markdown
-from alignpro.report.summary import judged_rows, one_row_per_judge_job
+from alignpro.judge_prompts import judge_prompt
 from alignpro.systems import label as method_label
-from alignpro.tables import PPO_METRICS, conform
+from alignpro.report.categories import CategoryBreakdown
+from alignpro.report.judging import AGREEMENT_SCHEMA
+from alignpro.tables import JUDGE_USAGE, LLM_JUDGE, PPO_METRICS, REWARD_JUDGE, WIN_RATES, conform
 
 
 def _format(value: float | None, pattern: str = "{:.3f}") -> str:
@@ -56,6 +58,7 @@ def _table_rows(summary: pl.DataFrame, dataset: str) -> list[list[str]]:
                 mean,
                 *([_accuracy_cell(row)] if with_accuracy else []),
                 _format(row["reward_variance"]),
+                _format(row["mean_tokens"], "{:.1f}"),
                 _format(row["fallback_rate"], "{:.1%}"),
             ]
         )
@@ -65,7 +68,7 @@ def _table_rows(summary: pl.DataFrame, dataset: str) -> list[list[str]]:
 def _table_header(summary: pl.DataFrame) -> list[str]:
     """The reward table's columns, accuracy beside mean reward when some dataset has reference answers."""
     accuracy = ["accuracy [CI]"] if _has_accuracy(summary) else []
-    return ["prompter", "frozen", "method", "prompts / samples", "mean reward ± CI", *accuracy, "reward variance", "fallback rate"]
+    return ["prompter", "frozen", "method", "prompts / samples", "mean reward ± CI", *accuracy, "reward variance", "mean tokens", "fallback rate"]
 
 
 def _ci_note(confidence: float) -> str:
@@ -74,10 +77,17 @@ def _ci_note(confidence: float) -> str:
         f"± is the half-width of the {confidence:.0%} Student-t confidence interval over per-prompt mean rewards "
         "(the samples of one prompt are correlated, so prompts are the independent units; the interval is "
         "centred on the mean of per-prompt means, which equals the mean reward when every prompt has the "
-        "same number of samples). Variance is the sample variance (ddof=1) over all samples. Fallback rate is "
-        "the share of prompts whose rewrite fell back to the original prompt."
+        "same number of samples). Variance is the sample variance (ddof=1) over all samples. Mean tokens is the "
+        "mean answer length. Fallback rate is the share of prompts whose rewrite fell back to the original prompt."
     )
 
+
+
+LENGTH_PLOT_NOTE = (
+    "Each method's mean reward against its mean answer length in tokens, one panel per dataset, prompter and frozen "
+    "model. A prompter that gains reward only by making the frozen model write longer moves right as it moves up: "
+    "reward models and LLM judges both tend to prefer longer answers."
+)
 
 
 ACCURACY_PLOT_NOTE = (
@@ -163,44 +173,53 @@ FRONTIER_NOTE = (
 )
 
 
-JUDGE_HEADER = ["prompter", "frozen", "method", "pairs", "win %", "tie %", "loss %", "inconsistent %", "invalid %", "not judged %"]
 USAGE_HEADER = [
-    "prompter", "frozen", "method", "requests", "retries", "cached calls", "tokens in / out (requests)", "cost of requests (USD)"
+    "judge", "prompter", "frozen", "method", "requests", "retries", "cached calls", "tokens in / out (requests)", "cost of requests (USD)"
 ]
 USAGE_NOTE = (
     "Requests are the calls sent in the judge's last run, retries included; cached calls were answered from the cache "
     "and cost nothing again. Tokens and cost are the requests' alone; a judge without prices shows no cost."
 )
+BIAS_HEADER = ["judge", "prompter", "frozen", "method", "tokens, method − base", "first slot wins %", "flips % (pairs)"]
+AGREEMENT_HEADER = ["judge", "other judge", "pairs both decided", "same verdict %", "Cohen's κ [CI]"]
 EXAMPLE_CHARACTERS = 1200  # texts longer than this are cut in the report (the tables keep them whole)
 
 
-def _calls_an_api(summary: pl.DataFrame) -> bool:
-    """Whether an LLM judge made the verdicts: only then are calls, tokens and cost worth a table."""
-    return not judged_rows(summary).filter(~pl.col("judge").str.starts_with("offline")).is_empty()
+def _llm_rates(rates: pl.DataFrame) -> pl.DataFrame:
+    """The win-rate rows an LLM judge made: only they have calls, tokens, cost and a position to be swayed by."""
+    return rates.filter(pl.col("judge_kind") == LLM_JUDGE)
 
 
-def _judge_note(summary: pl.DataFrame, confidence: float) -> str:
-    """What judged the pairs, and what the percentages are over."""
-    judges = sorted(judged_rows(summary)["judge"].unique().to_list())
-    offline = [judge for judge in judges if judge.startswith("offline")]
-    llm = [judge for judge in judges if not judge.startswith("offline")]
+def _judge_note(rates: pl.DataFrame, confidence: float) -> str:
+    """What judged the pairs, on what criteria, and what the percentages are over."""
     parts = ["Each method's answer is compared with base's answer to the same original prompt and sample."]
+    llm = _llm_rates(rates).select("judge", "judged_by", "judge_prompt").unique().sort("judge").rows()
+    for judge, judged_by, prompt in llm:
+        parts.append(
+            f"Judge {judge}: {judged_by}, an LLM given the prompt {prompt} ({judge_prompt(prompt).description}), "
+            f"asked to weigh {judge_prompt(prompt).criteria}."
+        )
     if llm:
         parts.append(
-            f"Judge: {', '.join(llm)}, an LLM asked for a reason and a verdict on helpfulness, harmlessness, "
-            "relevance, accuracy, depth, creativity and detail. Every pair is judged in both orders; a win or loss "
-            "counts only when both orders agree, otherwise it is a tie, flagged inconsistent."
+            "Every pair is judged in both orders; a win or loss counts only when both orders agree, otherwise it is a "
+            "tie, flagged inconsistent."
         )
+    offline = rates.filter(pl.col("judge_kind") == REWARD_JUDGE).select("judge", "judged_by").unique().sort("judge").rows()
     if offline:
         parts.append(
-            f"Judge: {', '.join(offline)}. This is NOT an LLM judge: P(method beats base) = sigmoid(r_method − "
+            f"Judge {', '.join(f'{judge} ({judged_by})' for judge, judged_by in offline)}: NOT an LLM judge. "
+            "P(method beats base) = sigmoid(r_method − "
             "r_base) from the reward model's scores, a win when it exceeds 0.5 + margin, a loss below 0.5 − margin; "
             "it shares the reward model's biases."
         )
     parts.append(
-        f"Win, tie and loss are percentages of decided pairs with {confidence:.0%} percentile bootstrap intervals "
-        "over prompts; inconsistent % is of decided pairs; invalid (no parsable verdict after one retry) and "
-        "not judged (budget spent or API error) are percentages of all pairs."
+        f"Decided pairs are those judged win, tie or loss; win, tie and loss are their percentages with {confidence:.0%} "
+        "percentile bootstrap intervals over prompts. LC win is the length-controlled win rate: AlpacaEval 2's "
+        "logistic GLM of the judge's preference (win 1, tie ½, loss 0) on a method term, tanh of the answers' length "
+        "difference over its standard deviation and the prompt's difficulty (the other methods' mean preference on it), "
+        "averaged with the length term set to zero, with its delta-method interval clustered by prompt (a dash: too few "
+        "decided pairs, or verdicts the model separates perfectly). Inconsistent % is of decided pairs; invalid (no "
+        "parsable verdict after one retry) and not judged (budget spent or API error) are percentages of all pairs."
     )
     return " ".join(parts)
 
@@ -211,40 +230,82 @@ def _rate_cell(row: dict, outcome: str) -> str:
     return f"{row[f'{outcome}_pct']:.1f} [{row[f'{outcome}_ci_low']:.1f}, {row[f'{outcome}_ci_high']:.1f}]"
 
 
-def _judge_rows(summary: pl.DataFrame, dataset: str) -> list[list[str]]:
+def _judge_header(rates: pl.DataFrame) -> list[str]:
+    judge = ["judge"] if rates["judge"].n_unique() > 1 else []
+    return [*judge, "prompter", "frozen", "method", "pairs", "decided", "win %", "LC win %", "tie %", "loss %",
+            "inconsistent %", "invalid %", "not judged %"]
+
+
+def _who(row: dict) -> list[str]:
+    """A win-rate row's prompter (a dash for rlhf, which has none), frozen model and method."""
+    return [row["prompter"] or "–", row["frozen"], method_label(row["method"], row["beta"])]
+
+
+def _judge_rows(rates: pl.DataFrame, dataset: str) -> list[list[str]]:
+    several = rates["judge"].n_unique() > 1
     rows = []
-    for row in judged_rows(summary).filter(pl.col("dataset") == dataset).iter_rows(named=True):
+    for row in rates.filter(pl.col("dataset") == dataset).iter_rows(named=True):
         rows.append(
-            [row["prompter"], row["frozen"], method_label(row["method"], row["beta"]), str(row["judged_pairs"])]
-            + [_rate_cell(row, outcome) for outcome in ("win", "tie", "loss")]
+            ([row["judge"]] if several else []) + _who(row) + [str(row["n_pairs"]), str(row["n_decided"])]
+            + [_rate_cell(row, outcome) for outcome in ("win", "lc_win", "tie", "loss")]
             + [_format(row[name], "{:.1f}") for name in ("inconsistent_pct", "invalid_pct", "not_judged_pct")]
         )
     return rows
 
 
-USAGE_COLUMNS = ("judge_requests", "judge_retries", "judge_cached_calls", "judge_prompt_tokens", "judge_completion_tokens", "judge_cost_usd")
+BIAS_NOTE = (
+    "Length and position. Tokens, method − base is the mean difference in answer length over decided pairs: LLM "
+    "judges tend to prefer the longer answer, which is what the LC win rate corrects for. First slot wins % is the "
+    "share of the judge's decisive readings (A or B, both orders) that chose the answer shown first: 50 for a "
+    "judge blind to order. Flips % is the share of pairs decisive in both orders whose winner changed with the "
+    "order (the same slot won twice), of the number of such pairs in brackets."
+)
+
+
+def _bias_rows(rates: pl.DataFrame) -> list[list[str]]:
+    return [
+        [row["judge"], *_who(row), _format(row["mean_token_difference"], "{:+.1f}"), _format(row["first_slot_pct"], "{:.1f}"),
+         f"{_format(row['flip_pct'], '{:.1f}')} ({row['both_decisive']})"]
+        for row in _llm_rates(rates).iter_rows(named=True)
+    ]
+
+
+def _agreement_note(confidence: float) -> str:
+    return (
+        "For every two judges, over the pairs both decided: the share with the same verdict (win, tie or loss) and "
+        f"Cohen's κ, agreement beyond chance (1: always the same, 0: as by chance), with its {confidence:.0%} normal "
+        "interval (a dash: undefined, both judges always giving the one same verdict)."
+    )
+
+
+def _agreement_rows(agreement: pl.DataFrame) -> list[list[str]]:
+    rows = []
+    for row in agreement.iter_rows(named=True):
+        kappa = _format(row["kappa"]) + ("" if row["kappa_ci_low"] is None else f" [{row['kappa_ci_low']:.3f}, {row['kappa_ci_high']:.3f}]")
+        rows.append([row["judge_a"], row["judge_b"], str(row["both_decided"]), _format(row["agreement_pct"], "{:.1f}"), kappa])
+    return rows
+
+
 
 
 def _usage_cells(label: list[str], row: dict) -> list[str]:
     return label + [
-        str(row["judge_requests"]), str(row["judge_retries"]), str(row["judge_cached_calls"]),
-        f"{row['judge_prompt_tokens']} / {row['judge_completion_tokens']}", _format(row["judge_cost_usd"], "{:.4f}"),
+        str(row["calls"]), str(row["retries"]), str(row["cached_calls"]),
+        f"{row['prompt_tokens']} / {row['completion_tokens']}", _format(row["cost_usd"], "{:.4f}"),
     ]
 
 
-def _usage_rows(summary: pl.DataFrame) -> list[list[str]]:
-    """Judge calls, tokens and cost per judge job, then their total."""
-    jobs = one_row_per_judge_job(judged_rows(summary))
+def _usage_rows(rates: pl.DataFrame) -> list[list[str]]:
+    """An LLM judge's calls, tokens and cost per judge job, then their total."""
+    jobs = _llm_rates(rates)
     rows = [
-        _usage_cells(
-            [row["prompter"] or "–", row["frozen"], f"{method_label(row['method'], row['beta'])} ({row['dataset']})"], row
-        )
+        _usage_cells([row["judge"], row["prompter"] or "–", row["frozen"], f"{method_label(row['method'], row['beta'])} ({row['dataset']})"], row)
         for row in jobs.iter_rows(named=True)
     ]
     totals = jobs.select(
-        pl.when(pl.col(name).is_not_null().any()).then(pl.col(name).sum()).alias(name) for name in USAGE_COLUMNS
+        pl.when(pl.col(field.name).is_not_null().any()).then(pl.col(field.name).sum()).alias(field.name) for field in JUDGE_USAGE
     ).row(0, named=True)
-    return rows + [_usage_cells(["all", "", ""], totals)]
+    return rows + [_usage_cells(["all", "", "", ""], totals)]
 
 
 def _shorten(text: str) -> str:
@@ -259,7 +320,7 @@ def _example_parts(example: dict) -> list[tuple[str, str]]:
         parts.append(("rewrite x'", example["model_input"]))
     method = method_label(example["method"], example["beta"])
     parts += [(f"{method} answer", example["answer"]), ("base answer", example["base_answer"])]
-    if example["judge"].startswith("offline"):  # one decision from the rewards, not two readings
+    if example["judge_kind"] == REWARD_JUDGE:  # one decision from the rewards, not two readings
         return parts + [("judge", f"{example['verdict']}: {example['reason_method_first']}")]
     for order, shown in (("method_first", "method's answer shown as A"), ("base_first", "base's answer shown as A")):
         raw = example[f"verdict_{order}"] or "not judged"
@@ -270,7 +331,53 @@ def _example_parts(example: dict) -> list[tuple[str, str]]:
 def _example_title(example: dict) -> str:
     who = f"{example['prompter']} → {example['frozen']}" if example["prompter"] else example["frozen"]
     flag = ", inconsistent" if example["inconsistent"] else ""
-    return f"{example['dataset']} · {who} · {method_label(example['method'], example['beta'])}: {example['verdict']}{flag}"
+    method = method_label(example["method"], example["beta"])
+    return f"{example['dataset']} · {who} · {method} · judge {example['judge']}: {example['verdict']}{flag}"
+
+
+def _category_note(breakdown: CategoryBreakdown, min_prompts: int, confidence: float) -> str:
+    """What the breakdown is over, and which categories are too small to be in it."""
+    note = (
+        "Mean reward and win rates over each category's test prompts alone, computed as for the whole dataset "
+        f"({confidence:.0%} intervals over the category's prompts). A method that helps on one kind of request "
+        "and hurts on another shows it here, where the totals average the two away."
+    )
+    if not breakdown.left_out.is_empty():
+        left = ", ".join(f"{row['dataset']}/{row['category']} ({row['n_prompts']})" for row in breakdown.left_out.iter_rows(named=True))
+        note += f" Left out, with fewer than {min_prompts} test prompts: {left}."
+    return note
+
+
+def _category_header(breakdown: CategoryBreakdown) -> list[str]:
+    judges = sorted(breakdown.win_rates["judge"].unique().to_list()) if not breakdown.win_rates.is_empty() else []
+    return ["category", "prompts", "prompter", "frozen", "method", "mean reward ± CI", *(f"win % ({judge})" for judge in judges)]
+
+
+def _category_rows(breakdown: CategoryBreakdown, dataset: str) -> list[list[str]]:
+    rates = breakdown.win_rates
+    judges = sorted(rates["judge"].unique().to_list()) if not rates.is_empty() else []
+    rows = []
+    for row in breakdown.summary.filter(pl.col("dataset") == dataset).sort("category", maintain_order=True).iter_rows(named=True):
+        half = None if row["ci_low"] is None else (row["ci_high"] - row["ci_low"]) / 2.0
+        cells = [row["category"], str(row["n_prompts"]), row["prompter"], row["frozen"], method_label(row["method"], row["beta"]),
+                 _format(row["mean_reward"]) + ("" if half is None else f" ± {half:.3f}")]
+        for judge in judges:
+            beta = pl.col("beta").is_null() if row["beta"] is None else pl.col("beta") == row["beta"]
+            prompter = pl.col("prompter").is_null() | (pl.col("prompter") == row["prompter"])
+            match = rates.filter(
+                pl.col("judge") == judge, pl.col("dataset") == dataset, pl.col("category") == row["category"],
+                pl.col("frozen") == row["frozen"], pl.col("method") == row["method"], beta, prompter,
+            )
+            cells.append(_rate_cell(match.row(0, named=True), "win") if match.height else "–")
+        rows.append(cells)
+    return rows
+
+
+def _category_blocks(breakdown: CategoryBreakdown, min_prompts: int, confidence: float) -> list[Block]:
+    datasets = sorted(breakdown.summary["dataset"].unique().to_list())
+    header = _category_header(breakdown)
+    tables = _per_dataset(datasets, 3, lambda dataset: Table(header, _category_rows(breakdown, dataset)))
+    return [Heading(2, "By category"), Paragraph(_category_note(breakdown, min_prompts, confidence)), *tables]
 
 
 TRAINING_NOTE = (
@@ -331,13 +438,21 @@ def _frontier_blocks(plot: Image) -> list[Block]:
     return [Heading(2, "Reward–KL frontier"), Paragraph(FRONTIER_NOTE), plot]
 
 
-def _judge_blocks(summary: pl.DataFrame, confidence: float, plot: Image, examples: list[dict]) -> list[Block]:
-    datasets = sorted(judged_rows(summary)["dataset"].unique().to_list())
-    blocks = [Heading(2, "Win rate against base"), Paragraph(_judge_note(summary, confidence))]
-    blocks += _per_dataset(datasets, 3, lambda dataset: Table(JUDGE_HEADER, _judge_rows(summary, dataset)))
+def _judge_blocks(
+    rates: pl.DataFrame, agreement: pl.DataFrame, confidence: float, plot: Image, examples: list[dict]
+) -> list[Block]:
+    datasets = sorted(rates["dataset"].unique().to_list())
+    header = _judge_header(rates)
+    blocks = [Heading(2, "Win rate against base"), Paragraph(_judge_note(rates, confidence))]
+    blocks += _per_dataset(datasets, 3, lambda dataset: Table(header, _judge_rows(rates, dataset)))
     blocks.append(plot)
-    if _calls_an_api(summary):
-        blocks += [Heading(3, "Judge usage"), Paragraph(USAGE_NOTE), Table(USAGE_HEADER, _usage_rows(summary))]
+    if not _llm_rates(rates).is_empty():
+        blocks += [Heading(3, "Length and position"), Paragraph(BIAS_NOTE), Table(BIAS_HEADER, _bias_rows(rates))]
+    if not agreement.is_empty():
+        blocks += [Heading(3, "Agreement between judges"), Paragraph(_agreement_note(confidence)),
+                   Table(AGREEMENT_HEADER, _agreement_rows(agreement))]
+    if not _llm_rates(rates).is_empty():
+        blocks += [Heading(3, "Judge usage"), Paragraph(USAGE_NOTE), Table(USAGE_HEADER, _usage_rows(rates))]
     if examples:
         blocks.append(Heading(3, "Examples"))
         for example in examples:
@@ -377,9 +492,14 @@ def write_report(
     confidence: float = 0.95,
     training: dict[str, pl.DataFrame] | None = None,
     training_plot: str | os.PathLike | None = None,
+    win_rates: pl.DataFrame | None = None,
+    agreement: pl.DataFrame | None = None,
     win_plot: str | os.PathLike | None = None,
     examples: list[dict] = (),
     frontier_plot: str | os.PathLike | None = None,
+    length_plot: str | os.PathLike | None = None,
+    categories: CategoryBreakdown | None = None,
+    min_category_prompts: int = 10,
 ) -> None:
     """Write the Markdown and self-contained HTML reports, the mean / variance bar plots, training curves
     and win rates.
@@ -387,9 +507,12 @@ def write_report(
     `training` maps a run label (e.g. "rlhf tiny-frozen (bundled)") to its PPO_METRICS frame. With runs,
     `training_plot` is required: it gets the curves (score_mean, kl, entropy, value_loss per step, and the
     mean step-time split), and both reports get a "Training" section with the plot and a table per run.
-    When the summary has judge columns filled, `win_plot` is required: both reports get a "Win rate against
-    base" section (a Table-1-style table per dataset, the plot, the judge's usage and cost, and `examples`
-    from `pick_examples`). When some gap is known (rlhf answers), both reports get a "Suboptimality gap"
+    With `win_rates` (WIN_RATES rows), `win_plot` is required: both reports get a "Win rate against base"
+    section (a Table-1-style table per dataset with the length-controlled win rate, the plot, the LLM
+    judges' length and position diagnostics and usage, `agreement` between judges (`judge_agreement`) when
+    there are several, and `examples` from `pick_examples`). `length_plot` gets mean reward against mean
+    answer length. With `categories` (`by_category`) shown, both reports get a "By category" section:
+    mean reward and win rates per category, and the categories left out below `min_category_prompts`. When some gap is known (rlhf answers), both reports get a "Suboptimality gap"
     table per dataset. When alignpro or alignpro-star rows have a kl, `frontier_plot` is required: both
     reports get a "Reward–KL frontier" section with it. When some dataset has an accuracy (reference answers),
     `accuracy_plot` is required and `checkers` must name each such dataset's checker: the reward tables get an
@@ -403,23 +526,25 @@ def write_report(
     runs = _training_frames(training or {})
     if runs and training_plot is None:
         raise ValueError("training runs given without a training_plot path to draw them to")
-    judged = not judged_rows(summary).is_empty()
+    rates = win_rates if win_rates is not None else pl.from_arrow(WIN_RATES.empty_table())
+    judged = not rates.is_empty()
     if judged and win_plot is None:
-        raise ValueError("judged methods in the summary without a win_plot path to draw them to")
+        raise ValueError("win rates given without a win_plot path to draw them to")
     frontier = not plots.frontier_points(summary).is_empty()
     if frontier and frontier_plot is None:
         raise ValueError("prompters with a measured kl in the summary without a frontier_plot path to draw them to")
     accuracy = _has_accuracy(summary)
     if accuracy and accuracy_plot is None:
         raise ValueError("accuracies in the summary without an accuracy_plot path to draw them to")
-    decided = judged and judged_rows(summary)["win_pct"].is_not_null().any()
+    decided = judged and rates["win_pct"].is_not_null().any()
     pngs = {
         mean_plot: plots.bar_plot(summary, "mean_reward", "mean reward", "Mean reward (error bars: CI over prompts)", True),
         variance_plot: plots.bar_plot(summary, "reward_variance", "reward variance", "Reward variance", False),
         accuracy_plot: plots.accuracy_plot(summary) if accuracy else plots.placeholder_plot("No dataset has\nreference answers."),
         training_plot: plots.training_plot(runs) if runs else plots.placeholder_plot("no training runs"),
-        win_plot: plots.win_plot(summary) if decided else plots.placeholder_plot("no judged pairs"),
+        win_plot: plots.win_plot(rates) if decided else plots.placeholder_plot("no judged pairs"),
         frontier_plot: plots.frontier_plot(summary) if frontier else plots.placeholder_plot("no prompter KLs"),
+        length_plot: plots.length_plot(summary),
     }
     markdown_dir = Path(markdown).parent
 
@@ -430,6 +555,8 @@ def write_report(
     if accuracy:
         note += " " + _accuracy_note(summary, checkers or {}, confidence)
     blocks = _reward_blocks(summary, title, note, image("Mean reward", mean_plot), image("Reward variance", variance_plot))
+    if length_plot is not None:
+        blocks += [Heading(2, "Reward and answer length"), Paragraph(LENGTH_PLOT_NOTE), image("Mean reward against answer length", length_plot)]
     if accuracy:
         blocks += _accuracy_blocks(image("Mean reward against accuracy", accuracy_plot))
     if _gap_datasets(summary):
@@ -437,7 +564,10 @@ def write_report(
     if frontier:
         blocks += _frontier_blocks(image("Reward–KL frontier", frontier_plot))
     if judged:
-        blocks += _judge_blocks(summary, confidence, image("Win rate against base", win_plot), list(examples))
+        agreed = agreement if agreement is not None else pl.DataFrame(schema=AGREEMENT_SCHEMA)
+        blocks += _judge_blocks(rates, agreed, confidence, image("Win rate against base", win_plot), list(examples))
+    if categories is not None and categories.shown:
+        blocks += _category_blocks(categories, min_category_prompts, confidence)
     if runs:
         blocks += _training_blocks(runs, image("PPO training curves", training_plot))
     markdown_text, html_text = render_markdown(blocks), html_page(title, blocks)

@@ -14,7 +14,8 @@ import polars as pl
 import pyarrow as pa
 from scipy import stats
 
-from alignpro.tables import VERDICTS, conform
+from alignpro.report.judging import length_controlled_win_rate, position_bias, with_difficulty
+from alignpro.tables import JUDGE_USAGE, VERDICTS, WIN_RATES, conform
 
 OUTCOMES = ("win", "tie", "loss")
 # One summary row: a (method, beta) of one prompter and frozen model on one dataset.
@@ -65,6 +66,7 @@ def resample_shares(resamples: np.ndarray) -> np.ndarray:
 
 
 def _win_rate_row(group: pl.DataFrame, n_bootstrap: int, seed: int, confidence: float) -> dict:
+    """One WIN_RATES row's numbers from one group of `with_difficulty`'s frame."""
     per_prompt = (
         group.group_by("prompt_id")
         .agg([(pl.col("verdict") == outcome).sum().alias(outcome) for outcome in OUTCOMES])
@@ -77,26 +79,32 @@ def _win_rate_row(group: pl.DataFrame, n_bootstrap: int, seed: int, confidence: 
     for index, outcome in enumerate(OUTCOMES):
         row[f"{outcome}_pct"] = 100.0 * counts[:, index].sum() / decided if decided else None
         row[f"{outcome}_ci_low"], row[f"{outcome}_ci_high"] = (float(low[index]), float(high[index])) if decided else (None, None)
+    row["lc_win_pct"], row["lc_win_ci_low"], row["lc_win_ci_high"] = length_controlled_win_rate(group, confidence)
+    decided_rows = group.filter(pl.col("preference").is_not_null())
+    row["mean_token_difference"] = (
+        (decided_rows["answer_tokens"] - decided_rows["base_answer_tokens"]).cast(pl.Float64).mean() if decided else None
+    )
     row["inconsistent_pct"] = 100.0 * group["inconsistent"].sum() / decided if decided else None
     row["invalid_pct"] = 100.0 * (group["verdict"] == "invalid").sum() / group.height
     row["not_judged_pct"] = 100.0 * (group["verdict"] == "not_judged").sum() / group.height
-    for name in ("calls", "retries", "cached_calls", "prompt_tokens", "completion_tokens"):
-        row[name] = group[name].sum()
-    row["cost_usd"] = None if group["cost_usd"].null_count() == group.height else group["cost_usd"].sum()
-    return row
+    for field in JUDGE_USAGE:  # cost is null for a judge without prices, not 0
+        row[field.name] = None if field.nullable and group[field.name].null_count() == group.height else group[field.name].sum()
+    return row | position_bias(group)
 
 
 def win_rates(verdicts: pa.Table | pl.DataFrame, *, n_bootstrap: int = 2000, seed: int = 0, confidence: float = 0.95) -> pl.DataFrame:
-    """Win/tie/loss percentages of each method against base per (judge, dataset, prompter, frozen, method, beta).
+    """WIN_RATES: each method's win/tie/loss percentages against base per (judge, dataset, prompter, frozen,
+    method, beta), its length-controlled win rate and the judge's position bias (alignpro.report.judging).
 
     Percentages are over decided pairs (win, tie or loss); their CIs are percentile bootstraps over
     prompts, seeded so a rerun prints the same numbers. inconsistent_pct is over decided pairs,
     invalid_pct and not_judged_pct over all pairs.
     """
     frame = verdicts if isinstance(verdicts, pl.DataFrame) else pl.from_arrow(conform(verdicts, VERDICTS, "verdicts"))
+    frame = with_difficulty(frame)
     rows = [
-        dict(zip(WIN_RATE_KEYS, keys)) | _win_rate_row(group, n_bootstrap, seed, confidence)
+        dict(zip(WIN_RATE_KEYS, keys)) | {name: group[name][0] for name in ("judged_by", "judge_kind", "judge_prompt")} | _win_rate_row(group, n_bootstrap, seed, confidence)
         for keys, group in frame.group_by(WIN_RATE_KEYS, maintain_order=True)
     ]
-    rates = pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.col("beta").cast(pl.Float64))
+    rates = pl.from_arrow(pa.Table.from_pylist(rows, schema=WIN_RATES)) if rows else pl.from_arrow(WIN_RATES.empty_table())
     return rates.sort(WIN_RATE_KEYS, nulls_last=True)

@@ -1,5 +1,6 @@
 """The report's numbers: one SUMMARY row per (dataset, prompter, frozen, method, beta) from the scored
-answers, verdicts, measured KLs and reference answers, and the judged examples to read beside them.
+answers, measured KLs and reference answers, and the judged examples to read beside them (the win
+rates are alignpro.report.statistics').
 
 A row is a (method, beta): the main PPO prompter has no beta, beta-sweep prompters and rho* have one.
 Rows without a prompter (base, rlhf) are repeated under every prompter, so each (prompter, frozen)
@@ -14,9 +15,9 @@ import polars as pl
 import pyarrow as pa
 
 from alignpro.checkers import CHECKERS
-from alignpro.report.statistics import GROUP_KEYS, bootstrap_interval, resample_means, t_interval, win_rates
+from alignpro.report.statistics import GROUP_KEYS, bootstrap_interval, resample_means, t_interval
 from alignpro.systems import label as method_label
-from alignpro.systems import METHODS, ORACLE, answers_original, method_rank
+from alignpro.systems import METHODS, ORACLE, method_rank
 from alignpro.tables import SCORES, SUMMARY, VERDICTS, conform
 
 NAME_KEYS = ["dataset", "prompter", "frozen", "method"]  # the string columns of GROUP_KEYS
@@ -80,36 +81,10 @@ def repeat_base_rows(stats: pl.DataFrame, prompters: list[str]) -> pl.DataFrame:
     return pl.concat([stats.filter(pl.col("prompter").is_not_null()), repeated.select(stats.columns)])
 
 
-JUDGE_COLUMNS = {  # SUMMARY's judge columns, from win_rates' names
-    "judge": "judge",
-    "n_pairs": "judged_pairs",
-    **{f"{o}_{s}": f"{o}_{s}" for o in ("win", "tie", "loss") for s in ("pct", "ci_low", "ci_high")},
-    "inconsistent_pct": "inconsistent_pct",
-    "invalid_pct": "invalid_pct",
-    "not_judged_pct": "not_judged_pct",
-    "calls": "judge_requests",
-    "retries": "judge_retries",
-    "cached_calls": "judge_cached_calls",
-    "prompt_tokens": "judge_prompt_tokens",
-    "completion_tokens": "judge_completion_tokens",
-    "cost_usd": "judge_cost_usd",
-}
-
-
 def verdicts_frame(verdicts: list[pa.Table]) -> pl.DataFrame:
     """All verdict rows, each table checked against the VERDICTS schema."""
     frames = [pl.from_arrow(conform(table, VERDICTS, "verdicts")) for table in verdicts]
     return pl.concat(frames) if frames else pl.from_arrow(VERDICTS.empty_table())
-
-
-def _judge_stats(verdicts: pl.DataFrame, prompters: list[str], confidence: float, bootstrap_samples: int, seed: int) -> pl.DataFrame:
-    """Win rates against base per (dataset, prompter, frozen, method, beta), rlhf's repeated under every prompter."""
-    rates = win_rates(verdicts, n_bootstrap=bootstrap_samples, seed=seed, confidence=confidence)
-    judges = rates.group_by(GROUP_KEYS).agg(pl.col("judge").n_unique().alias("judges")).filter(pl.col("judges") > 1)
-    if judges.height:
-        raise ValueError(f"more than one judge for {judges.row(0, named=True)}: report one judge at a time")
-    stats = rates.select(*GROUP_KEYS, *(pl.col(old).alias(new) for old, new in JUDGE_COLUMNS.items()))
-    return repeat_base_rows(stats, prompters) if stats.height else stats
 
 
 def _paired_gaps(per_prompt: pl.DataFrame, confidence: float, bootstrap_samples: int, seed: int) -> pl.DataFrame:
@@ -183,7 +158,6 @@ def summarize(
     *,
     prompters: list[str],
     confidence: float = 0.95,
-    verdicts: list[pa.Table] | pl.DataFrame = (),
     bootstrap_samples: int = 2000,
     seed: int = 0,
     kl: pl.DataFrame | None = None,
@@ -194,9 +168,8 @@ def summarize(
 
     mean_reward and reward_variance (ddof=1) are over all samples; the CI is over per-prompt mean
     rewards because samples of one prompt are correlated; fallback_rate is the share of prompts
-    whose rewrite fell back to the original prompt (null for methods without a prompter). With
-    `verdicts` the judge columns hold each method's win/tie/loss rates against base, with seeded
-    bootstrap CIs over prompts (null for base and for methods nobody judged).
+    whose rewrite fell back to the original prompt (null for methods without a prompter); mean_tokens
+    is the mean answer length in tokens. Win rates are `win_rates`' (alignpro.report.statistics).
 
     `kl` (columns dataset, prompter (null for rlhf), frozen, method, beta, kl, from `ppo_kl` and
     `star_kl`) fills the kl column, rlhf's under every prompter; sft's kl is 0, base's null.
@@ -215,6 +188,7 @@ def summarize(
         pl.col([*NAME_KEYS, "prompt_id", "response"]).cast(pl.String),
         pl.col("beta").cast(pl.Float64),
         pl.col("reward").cast(pl.Float64),
+        pl.col("num_tokens").cast(pl.Float64),
         pl.col("fallback").cast(pl.Boolean),
     )
     frame = _with_correctness(frame, references, checkers or {})
@@ -225,6 +199,7 @@ def summarize(
         n_samples=pl.len(),
         mean_reward=pl.col("reward").mean(),
         reward_variance=pl.when(pl.len() >= 2).then(pl.col("reward").var(ddof=1)),
+        mean_tokens=pl.col("num_tokens").mean(),
         accuracy=pl.col("correct").mean(),
     )
     prompt_stats = per_prompt.group_by(GROUP_KEYS, maintain_order=True).agg(
@@ -241,11 +216,6 @@ def summarize(
     gaps = _paired_gaps(per_prompt, confidence, bootstrap_samples, seed)
     stats = stats.join(gaps, on=GROUP_KEYS, how="left", nulls_equal=True)
     stats = _with_kl(repeat_base_rows(stats, prompters), kl, prompters)
-    judged = verdicts if isinstance(verdicts, pl.DataFrame) else verdicts_frame(list(verdicts))
-    if judged.height:
-        stats = stats.join(
-            _judge_stats(judged, prompters, confidence, bootstrap_samples, seed), on=GROUP_KEYS, how="left", nulls_equal=True
-        )
     stats = stats.sort(["dataset", "prompter", "frozen", method_rank(), "method", "beta"])
     return stats.select(
         (pl.col(f.name) if f.name in stats.columns else pl.lit(None)).cast(SUMMARY_TYPES[str(f.type)]).alias(f.name)
@@ -254,7 +224,7 @@ def summarize(
 
 
 def pick_examples(verdicts: pl.DataFrame, scores: list[pa.Table] | pl.DataFrame, per_method: int) -> list[dict]:
-    """Up to `per_method` judged pairs per (dataset, prompter, frozen, method, beta), one per verdict kind in
+    """Up to `per_method` judged pairs per judge and (dataset, prompter, frozen, method, beta), one per verdict kind in
     the order win, loss, tie, invalid, not judged (first prompt id within a kind): prompt, rewrite, both
     answers, the verdict and the judge's reasons."""
     if per_method == 0 or verdicts.is_empty():
@@ -270,24 +240,10 @@ def pick_examples(verdicts: pl.DataFrame, scores: list[pa.Table] | pl.DataFrame,
         verdicts.join(answers, on=[*keys, "method", "prompter", "beta"], nulls_equal=True)
         .join(base, on=keys)
         .sort(
-            "dataset", "prompter", "frozen", method_rank(), "method", "beta", rank, "prompt_id", "sample_index",
-            nulls_last=[False, True, False, False, False, False, False, False, False],
+            "dataset", "prompter", "frozen", method_rank(), "method", "beta", "judge", rank, "prompt_id", "sample_index",
+            nulls_last=[False, True, False, False, False, False, False, False, False, False],
         )
-        .unique([*GROUP_KEYS, "verdict"], keep="first", maintain_order=True)
-        .filter(pl.int_range(pl.len()).over(GROUP_KEYS) < per_method)
+        .unique(["judge", *GROUP_KEYS, "verdict"], keep="first", maintain_order=True)
+        .filter(pl.int_range(pl.len()).over(["judge", *GROUP_KEYS]) < per_method)
     )
     return picked.to_dicts()
-
-
-def judged_rows(summary: pl.DataFrame) -> pl.DataFrame:
-    """The summary rows a judge compared with base."""
-    return summary.filter(pl.col("judge").is_not_null())
-
-
-def one_row_per_judge_job(rows: pl.DataFrame) -> pl.DataFrame:
-    """A method without a prompter (rlhf) has one judge job, but the summary repeats its row under every
-    prompter; keep one, prompter null."""
-    unprompted = [method for method in METHODS if answers_original(method)]
-    return rows.with_columns(
-        prompter=pl.when(pl.col("method").is_in(unprompted)).then(None).otherwise(pl.col("prompter"))
-    ).unique(GROUP_KEYS, maintain_order=True)

@@ -1,0 +1,150 @@
+"""What a judge's verdicts say beyond its raw win rate: the win rate with answer length controlled for,
+how much the slot an answer is shown in sways the judge, and how far two judges agree.
+
+LLM judges prefer longer answers, and a prompter can make the frozen model write longer without
+writing better, so the raw win rate alone cannot tell a better prompter from a wordier one. The
+length-controlled win rate follows AlpacaEval 2 (Dubois et al., 2024): a logistic GLM of the judge's
+preference for the method's answer,
+
+    logit P(method preferred | pair) = θ + φ · tanh((ℓ_method − ℓ_base) / σ) + ψ · γ_x
+
+with ℓ the answers' lengths in tokens, σ the standard deviation of the group's length differences and
+γ_x the prompt's difficulty: the mean preference (win 1, tie ½, loss 0) on prompt x of the *other*
+methods the same judge compared with base on the same dataset and frozen model, less ½ (0 where no
+other method was judged on x; leaving the method's own verdicts out keeps the term from absorbing its
+effect). The length-controlled win rate is the mean over the group's pairs of the fitted preference
+with the length term set to zero, 100 · mean sigmoid(θ + ψ · γ_x); its interval is the delta method's
+on statsmodels' average prediction, the covariance clustered by prompt (prompts are the independent
+units, as everywhere in the report).
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import polars as pl
+import statsmodels.api as sm
+from scipy import stats
+from statsmodels.stats.inter_rater import cohens_kappa
+from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
+
+PREFERENCE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
+"""The method's preference from a decided verdict, the GLM's response."""
+DECIDED = list(PREFERENCE)
+PAIR_KEYS = ["dataset", "prompt_id", "method", "prompter", "beta", "frozen", "sample_index"]
+"""What identifies one pair of answers, whichever judge compared them."""
+MIN_DECIDED_FOR_GLM = 8  # fewer decided pairs than this leave the length-controlled rate undefined
+DECISIVE = ("A", "B")
+
+
+def with_difficulty(verdicts: pl.DataFrame) -> pl.DataFrame:
+    """`verdicts` with `preference` (null unless decided) and `difficulty` γ_x: per judge, dataset and
+    frozen model, the mean preference on the prompt of the other methods' decided pairs, less ½ (0 where
+    there are none)."""
+    frame = verdicts.with_columns(
+        preference=pl.col("verdict").replace_strict(PREFERENCE, default=None, return_dtype=pl.Float64),
+        system=pl.concat_str(pl.col("method"), pl.col("prompter").fill_null(""), pl.col("beta").cast(pl.String).fill_null(""), separator="\0"),
+    )
+    scope = ["judge", "dataset", "frozen", "prompt_id"]
+    own = ["system", *scope]
+    totals = frame.group_by(scope).agg(all_sum=pl.col("preference").sum(), all_n=pl.col("preference").count())
+    mine = frame.group_by(own).agg(own_sum=pl.col("preference").sum(), own_n=pl.col("preference").count())
+    others = mine.join(totals, on=scope).select(
+        *own,
+        difficulty=pl.when(pl.col("all_n") > pl.col("own_n"))
+        .then((pl.col("all_sum") - pl.col("own_sum")) / (pl.col("all_n") - pl.col("own_n")) - 0.5)
+        .otherwise(0.0),
+    )
+    return frame.join(others, on=own, how="left", maintain_order="left").drop("system")
+
+
+def length_controlled_win_rate(group: pl.DataFrame, confidence: float) -> tuple[float | None, float | None, float | None]:
+    """(rate, low, high) in percent from one group's decided rows of `with_difficulty`'s frame, which
+    also need `answer_tokens` and `base_answer_tokens`; all None when the GLM cannot be fitted (fewer
+    than MIN_DECIDED_FOR_GLM decided pairs, fewer than two prompts, or the verdicts separate perfectly)."""
+    decided = group.filter(pl.col("preference").is_not_null())
+    if decided.height < MIN_DECIDED_FOR_GLM or decided["prompt_id"].n_unique() < 2:
+        return None, None, None
+    preference = decided["preference"].to_numpy()
+    difference = (decided["answer_tokens"] - decided["base_answer_tokens"]).cast(pl.Float64).to_numpy()
+    spread = difference.std(ddof=1)
+    columns = [np.ones(decided.height)]
+    if spread > 0:
+        columns.append(np.tanh(difference / spread))
+    difficulty = decided["difficulty"].to_numpy()
+    if np.ptp(difficulty) > 0:
+        columns.append(difficulty)
+    design = np.column_stack(columns)
+    prompts = decided["prompt_id"].cast(pl.Categorical).to_physical().to_numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PerfectSeparationWarning)
+        warnings.simplefilter("error", ConvergenceWarning)
+        try:
+            fit = sm.GLM(preference, design, family=sm.families.Binomial()).fit(
+                cov_type="cluster", cov_kwds={"groups": prompts}
+            )
+        except (PerfectSeparationWarning, ConvergenceWarning, np.linalg.LinAlgError):
+            return None, None, None
+    without_length = design.copy()
+    if spread > 0:
+        without_length[:, 1] = 0.0
+    prediction = fit.get_prediction(exog=without_length, average=True, which="mean")
+    (low, high), = prediction.conf_int(alpha=1.0 - confidence)
+    rate = float(prediction.predicted)
+    if not np.isfinite([rate, low, high]).all():
+        return None, None, None
+    return 100.0 * rate, 100.0 * float(low), 100.0 * float(high)
+
+
+def position_bias(group: pl.DataFrame) -> dict:
+    """How the slot sways one group's judge, from the raw verdicts of both orders: first_slot_pct is the
+    share of decisive readings (A or B) that chose the answer shown first (50 for a judge blind to
+    order), flip_pct the share of pairs decisive in both orders whose winner changed with the order
+    (the same slot won both times)."""
+    first, second = group["verdict_method_first"], group["verdict_base_first"]
+    readings = pl.concat([first, second])
+    decisive = readings.is_in(DECISIVE)
+    both = first.is_in(DECISIVE) & second.is_in(DECISIVE)
+    flips = both & (first == second)
+    return {
+        "decisive_readings": int(decisive.sum()),
+        "first_slot_pct": 100.0 * float((readings == "A").sum()) / decisive.sum() if decisive.sum() else None,
+        "both_decisive": int(both.sum()),
+        "flip_pct": 100.0 * float(flips.sum()) / both.sum() if both.sum() else None,
+    }
+
+
+AGREEMENT_SCHEMA = {
+    "judge_a": pl.String, "judge_b": pl.String, "both_decided": pl.Int64, "agreement_pct": pl.Float64,
+    "kappa": pl.Float64, "kappa_ci_low": pl.Float64, "kappa_ci_high": pl.Float64,
+}
+
+
+def judge_agreement(verdicts: pl.DataFrame, confidence: float = 0.95) -> pl.DataFrame:
+    """For every two judges, over the pairs both decided (win, tie or loss): how many, the percentage
+    with the same verdict, and Cohen's kappa (statsmodels) with its normal interval; kappa is null when
+    it is undefined (both judges always gave the same one verdict)."""
+    decided = verdicts.filter(pl.col("verdict").is_in(DECIDED)).select(*PAIR_KEYS, "judge", "verdict")
+    rows = []
+    z = float(stats.norm.ppf(0.5 + confidence / 2.0))
+    for judge_a, judge_b in itertools.combinations(sorted(decided["judge"].unique().to_list()), 2):
+        joined = decided.filter(judge=judge_a).join(
+            decided.filter(judge=judge_b), on=PAIR_KEYS, nulls_equal=True, suffix="_b"
+        )
+        row = {"judge_a": judge_a, "judge_b": judge_b, "both_decided": joined.height}
+        if joined.height:
+            table = np.zeros((len(DECIDED), len(DECIDED)))
+            for a, b in joined.select("verdict", "verdict_b").iter_rows():
+                table[DECIDED.index(a), DECIDED.index(b)] += 1
+            row["agreement_pct"] = 100.0 * np.trace(table) / joined.height
+            with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                kappa = cohens_kappa(table)
+            if np.isfinite(kappa.kappa):
+                row["kappa"] = float(kappa.kappa)
+            if np.isfinite([kappa.kappa, kappa.std_kappa]).all():
+                row["kappa_ci_low"], row["kappa_ci_high"] = kappa.kappa - z * kappa.std_kappa, kappa.kappa + z * kappa.std_kappa
+        rows.append(row)
+    return pl.DataFrame(rows, schema=AGREEMENT_SCHEMA)

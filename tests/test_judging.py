@@ -1,0 +1,129 @@
+"""The judge's statistics beyond the raw win rate, against synthetic judges whose behaviour is known:
+one that prefers the longer answer and nothing else, one swayed by the slot, and pairs of judges that
+agree always or never beyond chance."""
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from alignpro.judge import OrderOutcome, combined_verdict
+from alignpro.report import judge_agreement, win_rates
+from alignpro.tables import VERDICTS
+from fakes import verdict_record
+
+RAW = {"win": ("A", "B"), "loss": ("B", "A"), "tie": ("TIE", "TIE")}  # (method first, base first) of a consistent verdict
+
+
+def _frame(rows: list[dict]) -> pl.DataFrame:
+    return pl.from_arrow(pa.Table.from_pylist(rows, schema=VERDICTS))
+
+
+def _row(rates: pl.DataFrame, method: str = "alignpro", judge: str | None = None) -> dict:
+    rows = rates.filter(method=method) if judge is None else rates.filter(method=method, judge=judge)
+    return rows.row(0, named=True)
+
+
+def length_loving_judge(seed: int, prompts: int = 400, quality: float = 0.0) -> list[dict]:
+    """Two methods whose answers run longer than base's; the judge prefers the longer answer (through the
+    same tanh of the standardised difference the GLM uses) plus `quality` on the logit scale."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for method in ("alignpro", "sft"):
+        base = rng.normal(120, 25, prompts).round().clip(5)
+        answer = (base + rng.normal(45, 40, prompts)).round().clip(5)
+        difference = answer - base
+        p_win = 1.0 / (1.0 + np.exp(-(quality + 2.5 * np.tanh(difference / difference.std(ddof=1)))))
+        for index in range(prompts):
+            verdict = "win" if rng.random() < p_win[index] else "loss"
+            first, second = RAW[verdict]
+            rows.append(verdict_record(
+                prompt_id=f"p{index}", method=method, answer_tokens=int(answer[index]), base_answer_tokens=int(base[index]),
+                verdict=verdict, verdict_method_first=first, verdict_base_first=second,
+            ))
+    return rows
+
+
+def test_a_judge_that_prefers_length_alone_has_a_length_controlled_win_rate_of_half():
+    alignpro = _row(win_rates(_frame(length_loving_judge(seed=1)), n_bootstrap=200))
+    assert alignpro["win_pct"] > 70.0  # the raw rate rewards the longer answers
+    assert alignpro["lc_win_ci_low"] < 50.0 < alignpro["lc_win_ci_high"]
+    assert abs(alignpro["lc_win_pct"] - 50.0) < 8.0 and alignpro["lc_win_ci_high"] < alignpro["win_pct"]
+    assert alignpro["mean_token_difference"] == pytest.approx(45.0, abs=6.0)
+
+
+def test_a_better_method_keeps_its_advantage_once_length_is_controlled():
+    quality = 1.0  # sigmoid(1) = 73% at equal length
+    alignpro = _row(win_rates(_frame(length_loving_judge(seed=2, quality=quality)), n_bootstrap=200))
+    assert alignpro["lc_win_ci_low"] > 50.0
+    assert alignpro["lc_win_ci_low"] < 100.0 / (1.0 + np.exp(-quality)) < alignpro["lc_win_ci_high"]
+
+
+def test_length_controlled_win_rate_is_undefined_on_too_few_or_separable_pairs():
+    few = [verdict_record(prompt_id=f"p{i}", verdict="win", verdict_method_first="A", verdict_base_first="B") for i in range(5)]
+    separable = [
+        verdict_record(prompt_id=f"p{i}", answer_tokens=20 + i, base_answer_tokens=20, verdict=verdict)
+        for i, verdict in enumerate(["loss"] + ["win"] * 19)
+    ]
+    for rows in (few, separable):
+        alignpro = _row(win_rates(_frame(rows), n_bootstrap=100))
+        assert alignpro["lc_win_pct"] is None and alignpro["lc_win_ci_low"] is None and alignpro["win_pct"] is not None
+
+
+def slot_loving_judge(seed: int, pairs: int = 600, first_slot: float = 0.7) -> list[dict]:
+    """A judge that reads A (the answer shown first) with probability `first_slot`, else B, in each order
+    independently of the answers; the verdicts combine the two readings as the judge stage does."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index in range(pairs):
+        first, second = ("A" if rng.random() < first_slot else "B" for _ in range(2))
+        verdict, inconsistent = combined_verdict(OrderOutcome(raw=first), OrderOutcome(raw=second))
+        rows.append(verdict_record(
+            prompt_id=f"p{index}", verdict=verdict, inconsistent=inconsistent, verdict_method_first=first, verdict_base_first=second,
+        ))
+    return rows
+
+
+def test_a_judge_swayed_by_the_first_slot_shows_that_rate_and_its_flips():
+    alignpro = _row(win_rates(_frame(slot_loving_judge(seed=3)), n_bootstrap=100))
+    assert alignpro["decisive_readings"] == 1200 and alignpro["both_decisive"] == 600
+    assert alignpro["first_slot_pct"] == pytest.approx(70.0, abs=4.0)
+    assert alignpro["flip_pct"] == pytest.approx(100 * (0.7**2 + 0.3**2), abs=5.0)  # the same slot won twice: 58%
+    assert alignpro["inconsistent_pct"] == pytest.approx(alignpro["flip_pct"])  # every flip is an inconsistency here
+
+
+def test_a_judge_blind_to_the_slot_never_flips():
+    rows = [
+        verdict_record(prompt_id=f"p{i}", verdict=v, verdict_method_first=RAW[v][0], verdict_base_first=RAW[v][1])
+        for i, v in enumerate(["win", "loss", "win", "tie"] * 10)
+    ]
+    alignpro = _row(win_rates(_frame(rows), n_bootstrap=100))
+    assert (alignpro["first_slot_pct"], alignpro["flip_pct"], alignpro["both_decisive"]) == (50.0, 0.0, 30)
+
+
+def _judged_by(judge: str, verdicts: list[str]) -> list[dict]:
+    return [verdict_record(prompt_id=f"p{i}", judge=judge, verdict=v) for i, v in enumerate(verdicts)]
+
+
+def test_two_identical_judges_have_kappa_one():
+    verdicts = list(np.random.default_rng(4).choice(["win", "tie", "loss"], size=300))
+    agreement = judge_agreement(_frame(_judged_by("a", verdicts) + _judged_by("b", verdicts))).row(0, named=True)
+    assert (agreement["judge_a"], agreement["judge_b"], agreement["both_decided"]) == ("a", "b", 300)
+    assert agreement["agreement_pct"] == 100.0 and agreement["kappa"] == pytest.approx(1.0)
+
+
+def test_two_independent_random_judges_have_kappa_near_zero():
+    rng = np.random.default_rng(5)
+    first, second = (list(rng.choice(["win", "tie", "loss"], size=1000)) for _ in range(2))
+    agreement = judge_agreement(_frame(_judged_by("a", first) + _judged_by("b", second))).row(0, named=True)
+    assert abs(agreement["kappa"]) < 0.07 and agreement["kappa_ci_low"] < 0.0 < agreement["kappa_ci_high"]
+    assert agreement["agreement_pct"] == pytest.approx(100 / 3, abs=4.0)
+
+
+def test_agreement_is_over_the_pairs_both_judges_decided():
+    first = _judged_by("a", ["win", "win", "loss", "not_judged"])
+    second = _judged_by("b", ["win", "loss", "invalid", "loss"])
+    agreement = judge_agreement(_frame(first + second)).row(0, named=True)
+    assert (agreement["both_decided"], agreement["agreement_pct"]) == (2, 50.0)
+    constant = judge_agreement(_frame(_judged_by("a", ["win"] * 5) + _judged_by("b", ["win"] * 5))).row(0, named=True)
+    assert constant["agreement_pct"] == 100.0 and constant["kappa"] is None  # undefined, not 0 or 1
