@@ -46,7 +46,8 @@ def length_loving_judge(seed: int, prompts: int = 400, quality: float = 0.0) -> 
 
 def test_a_judge_that_prefers_length_alone_has_a_length_controlled_win_rate_of_half():
     alignpro = _row(win_rates(_frame(length_loving_judge(seed=1)), n_bootstrap=200))
-    assert alignpro["win_pct"] > 70.0  # the raw rate rewards the longer answers
+    assert alignpro["win_pct"] == alignpro["preference_pct"] > 70.0  # the raw rate rewards the longer answers (no ties)
+    assert alignpro["preference_ci_low"] > 50.0
     assert alignpro["lc_win_ci_low"] < 50.0 < alignpro["lc_win_ci_high"]
     assert abs(alignpro["lc_win_pct"] - 50.0) < 8.0 and alignpro["lc_win_ci_high"] < alignpro["win_pct"]
     assert alignpro["mean_token_difference"] == pytest.approx(45.0, abs=6.0)

@@ -492,7 +492,9 @@ def test_markdown_has_the_win_rate_table_diagnostics_usage_and_examples(judged_r
     section = text.split("## Win rate against base", 1)[1]
     alignpro = rates.filter(pl.col("method") == "alignpro").row(0, named=True)
     assert alignpro["lc_win_pct"] is not None
-    assert f"| org/prompter-a | org/frozen-7b | alignpro | 8 | 8 | {_cell(alignpro, 'win')} | {_cell(alignpro, 'lc_win')} |" in section
+    cells = " | ".join(_cell(alignpro, outcome) for outcome in ("win", "tie", "loss", "preference", "lc_win"))
+    assert f"| org/prompter-a | org/frozen-7b | alignpro | 8 | 8 | {cells} |" in section
+    assert alignpro["preference_pct"] == 62.5  # 4 wins and 2 ties of 8
     assert section.split("### Length", 1)[0].count("| – | org/frozen-7b | rlhf |") == 1  # one judge job, no prompter
     assert "| judge |" not in section.split("###", 1)[0]  # one judge: no judge column in the win-rate table
     assert f"| {LLM_JUDGE} | org/prompter-a | org/frozen-7b | alignpro | +0.0 | 50.0 | 0.0 (6) |" in section  # length, position

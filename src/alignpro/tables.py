@@ -216,7 +216,7 @@ WIN_RATES = pa.schema(
         pa.field("n_decided", pa.int64(), nullable=False),
         *(
             pa.field(f"{outcome}_{statistic}", pa.float64(), nullable=True)
-            for outcome in ("win", "tie", "loss", "lc_win")
+            for outcome in ("win", "tie", "loss", "preference", "lc_win")
             for statistic in ("pct", "ci_low", "ci_high")
         ),
         pa.field("mean_token_difference", pa.float64(), nullable=True),
@@ -232,7 +232,8 @@ WIN_RATES = pa.schema(
     metadata={
         "doc": "one row per judge job: a judge's verdicts on one (dataset, prompter, frozen, method, beta)'s "
         "answers against base (prompter null for rlhf). win/tie/loss are percentages of the n_decided pairs "
-        "with percentile bootstrap CIs over prompts; lc_win is the length-controlled win rate "
+        "with percentile bootstrap CIs over prompts; preference is win + half the ties, the raw rate in the units of "
+        "lc_win, the length-controlled win rate "
         "(alignpro.report.judging: AlpacaEval 2's GLM, the length term set to zero) with its delta-method "
         "CI, null when it cannot be fitted; mean_token_difference is the method's answers' mean length "
         "less base's over decided pairs; inconsistent_pct is of decided pairs, invalid_pct and not_judged_pct "

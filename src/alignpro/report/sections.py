@@ -214,7 +214,8 @@ def _judge_note(rates: pl.DataFrame, confidence: float) -> str:
         )
     parts.append(
         f"Decided pairs are those judged win, tie or loss; win, tie and loss are their percentages with {confidence:.0%} "
-        "percentile bootstrap intervals over prompts. LC win is the length-controlled win rate: AlpacaEval 2's "
+        "percentile bootstrap intervals over prompts. Win + ½ tie is the judge's mean preference for the method (a tie "
+        "counting half), the raw rate that LC win, the length-controlled win rate, is to be compared with: AlpacaEval 2's "
         "logistic GLM of the judge's preference (win 1, tie ½, loss 0) on a method term, tanh of the answers' length "
         "difference over its standard deviation and the prompt's difficulty (the other methods' mean preference on it), "
         "averaged with the length term set to zero, with its delta-method interval clustered by prompt (a dash: too few "
@@ -232,7 +233,7 @@ def _rate_cell(row: dict, outcome: str) -> str:
 
 def _judge_header(rates: pl.DataFrame) -> list[str]:
     judge = ["judge"] if rates["judge"].n_unique() > 1 else []
-    return [*judge, "prompter", "frozen", "method", "pairs", "decided", "win %", "LC win %", "tie %", "loss %",
+    return [*judge, "prompter", "frozen", "method", "pairs", "decided", "win %", "tie %", "loss %", "win + ½ tie %", "LC win %",
             "inconsistent %", "invalid %", "not judged %"]
 
 
@@ -247,7 +248,7 @@ def _judge_rows(rates: pl.DataFrame, dataset: str) -> list[list[str]]:
     for row in rates.filter(pl.col("dataset") == dataset).iter_rows(named=True):
         rows.append(
             ([row["judge"]] if several else []) + _who(row) + [str(row["n_pairs"]), str(row["n_decided"])]
-            + [_rate_cell(row, outcome) for outcome in ("win", "lc_win", "tie", "loss")]
+            + [_rate_cell(row, outcome) for outcome in ("win", "tie", "loss", "preference", "lc_win")]
             + [_format(row[name], "{:.1f}") for name in ("inconsistent_pct", "invalid_pct", "not_judged_pct")]
         )
     return rows

@@ -65,6 +65,14 @@ def resample_shares(resamples: np.ndarray) -> np.ndarray:
         return 100.0 * totals / totals.sum(axis=1, keepdims=True)
 
 
+def resample_preferences(resamples: np.ndarray) -> np.ndarray:
+    """Each resample's mean preference in percent from per-prompt (win, tie, loss) counts: a tie counts
+    half, as in the length-controlled rate, so the two compare (NaN where nothing was decided)."""
+    totals = resamples.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 100.0 * (totals[:, 0] + 0.5 * totals[:, 1]) / totals.sum(axis=1)
+
+
 def _win_rate_row(group: pl.DataFrame, n_bootstrap: int, seed: int, confidence: float) -> dict:
     """One WIN_RATES row's numbers from one group of `with_difficulty`'s frame."""
     per_prompt = (
@@ -79,6 +87,9 @@ def _win_rate_row(group: pl.DataFrame, n_bootstrap: int, seed: int, confidence: 
     for index, outcome in enumerate(OUTCOMES):
         row[f"{outcome}_pct"] = 100.0 * counts[:, index].sum() / decided if decided else None
         row[f"{outcome}_ci_low"], row[f"{outcome}_ci_high"] = (float(low[index]), float(high[index])) if decided else (None, None)
+    low, high = bootstrap_interval(counts, resample_preferences, samples=n_bootstrap, confidence=confidence, seed=seed)
+    row["preference_pct"] = 100.0 * (counts[:, 0].sum() + 0.5 * counts[:, 1].sum()) / decided if decided else None
+    row["preference_ci_low"], row["preference_ci_high"] = (float(low), float(high)) if decided else (None, None)
     row["lc_win_pct"], row["lc_win_ci_low"], row["lc_win_ci_high"] = length_controlled_win_rate(group, confidence)
     decided_rows = group.filter(pl.col("preference").is_not_null())
     row["mean_token_difference"] = (
