@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,8 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def few_steps(monkeypatch):
-    """Every role trains 3 steps on small batches."""
-    plans = {role: dataclasses.replace(plan, steps=3, batch_size=4) for role, plan in task_models.PLANS.items()}
+    """Every role trains one cycle of 3 steps on small batches, with no targets to reach."""
+    plans = {
+        role: dataclasses.replace(plan, cycle_steps=3, max_cycles=1, batch_size=4, targets=())
+        for role, plan in task_models.PLANS.items()
+    }
     monkeypatch.setattr(task_models, "PLANS", plans)
 
 
@@ -88,6 +94,7 @@ def test_saved_models_load_through_the_stages_loaders(trained):
     for role in ("base", "frozen", "reward", "prompter"):
         card = json.loads((trained / role / task_models.TRAINING_CARD).read_text())
         assert card["role"] == role and card["steps"] == 3 and card["seed"] == 0
+        assert [check["step"] for check in card["checks"]] == [3] and card["checks"][-1]["loss"] == card["final_loss"]
     assert set(json.loads((trained / "reward" / task_models.TRAINING_CARD).read_text())) >= {
         "pairwise_accuracy_vs_misread", "pairwise_accuracy_vs_wrong_words"
     }
@@ -102,6 +109,73 @@ def test_fine_tuned_models_start_from_the_base(trained, few_steps, tmp_path):
         task_models.train_task_model("phrasing", "frozen", tmp_path / "frozen", base_dir=trained / "base", seed=0)
     base, frozen = load_file(trained / "base/model.safetensors"), load_file(tmp_path / "frozen/model.safetensors")
     assert base.keys() == frozen.keys() and all(torch.equal(base[key], frozen[key]) for key in base)
+
+
+def test_the_learning_rate_warms_up_decays_and_restarts_from_half_the_peak():
+    plan = task_models.TrainingPlan(cycle_steps=100, max_cycles=3, batch_size=1, learning_rate=1.0, targets=())
+    factors = [plan.learning_rate_factor(step) for step in range(300)]
+    assert factors[0] == pytest.approx(0.2) and factors[4] == pytest.approx(1.0, abs=1e-2)  # 5 warm-up steps
+    assert factors[99] < 1e-3 and factors[100] == pytest.approx(0.1)  # the second cycle warms up again
+    assert max(factors[100:200]) == pytest.approx(0.5, abs=1e-2) and max(factors[200:]) == pytest.approx(0.25, abs=1e-2)
+
+
+def _scripted_figures(figures):
+    """An evaluation that reports `figures` in turn, one per check, and counts its calls."""
+    calls = []
+
+    def evaluate(model):
+        calls.append(model.training)
+        return {"score": figures[len(calls) - 1]}
+
+    return evaluate, calls
+
+
+def _tiny_lm():
+    tokenizer = task_models.task_tokenizer()
+    torch.manual_seed(0)
+    return tokenizer, Qwen2ForCausalLM(task_models.base_config(tokenizer))
+
+
+def test_training_goes_on_cycle_by_cycle_until_the_targets_hold():
+    tokenizer, model = _tiny_lm()
+    plan = task_models.TrainingPlan(
+        cycle_steps=2, max_cycles=5, batch_size=2, learning_rate=1e-3, targets=(task_models.Target("score", low=0.9),)
+    )
+    evaluate, calls = _scripted_figures([0.5, 0.8, 0.95, 0.99, 0.99])
+    rng = random.Random(0)
+    losses, checks = task_models.train_until_targets(
+        model, plan, lambda: task_models.base_batch(tokenizer, rng, 2), lambda m, b: task_models.lm_loss(m, tokenizer, b), evaluate, "test"
+    )
+    assert len(losses) == 6 and calls == [False] * 3  # three cycles, each checked in eval mode
+    assert [check.step for check in checks] == [2, 4, 6]
+    assert [check.missed for check in checks] == [["score ≥ 0.9"], ["score ≥ 0.9"], []]
+
+
+def test_a_missed_target_fails_with_the_figures_of_every_check():
+    tokenizer, model = _tiny_lm()
+    plan = task_models.TrainingPlan(
+        cycle_steps=2, max_cycles=2, batch_size=2, learning_rate=1e-3,
+        targets=(task_models.Target("score", low=0.05, high=0.35), task_models.Target("score", low=0.5)),
+    )
+    evaluate, _ = _scripted_figures([0.3, 0.4])
+    rng = random.Random(0)
+    with pytest.raises(task_models.TargetsMissed) as missed:
+        task_models.train_until_targets(
+            model, plan, lambda: task_models.base_batch(tokenizer, rng, 2), lambda m, b: task_models.lm_loss(m, tokenizer, b), evaluate, "train test"
+        )
+    message = str(missed.value)
+    assert "train test: after 4 steps (2 cycles) still missed score ≥ 0.05 and ≤ 0.35; score ≥ 0.5" in message
+    assert '{"score": 0.3}' in message and '{"score": 0.4}' in message
+
+
+def test_a_role_that_misses_its_targets_leaves_no_model(few_steps, tmp_path):
+    """The real held-out evaluation, with a target nothing reaches: the job fails and writes nothing."""
+    impossible = dataclasses.replace(task_models.PLANS["base"], targets=(task_models.Target("sampled_accuracy_clear", low=1.5),))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(task_models, "PLANS", {**task_models.PLANS, "base": impossible})
+        with pytest.raises(task_models.TargetsMissed, match=r"train base: after 3 steps \(1 cycles\) still missed sampled_accuracy_clear ≥ 1.5"):
+            task_models.train_task_model("phrasing", "base", tmp_path / "base", seed=0)
+    assert not (tmp_path / "base").exists()
 
 
 def test_training_is_seeded(few_steps, tmp_path):
@@ -127,3 +201,43 @@ def test_the_schema_and_the_workflow_name_the_tasks_and_roles_defined_here():
     common = (ROOT / "rules/common.smk").read_text()
     assert 'role="|".join(["base", *TINY_ROLES.values()])' in common
     assert task_models.ROLES == ("base", "frozen", "reward", "prompter")
+
+
+TRAIN_ALL_ROLES = """
+import json, sys, torch
+from alignpro.task_models import train_all_roles
+torch.set_num_threads(2)
+cards = train_all_roles("phrasing", sys.argv[1], seed=0)
+print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(), "cards": cards}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("float_path", ["default", "avx2", "avx512"])
+def test_every_role_meets_its_targets_on_each_float_path(float_path, tmp_path):
+    """The task models train to their targets whichever SIMD kernels torch picks (users run on every
+    CPU): each role trained under a forced ATEN_CPU_CAPABILITY in a process of its own. The native
+    path is the workflow tests' (test_task_models_are_trained_and_loaded_like_hub_models), and a path
+    the CPU lacks cannot be forced: both are skipped."""
+    import torch
+
+    native = torch.backends.cpu.get_cpu_capability().lower()
+    if float_path == native:
+        pytest.skip(f"{float_path} is this machine's native path, which the workflow tests train on")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=float_path)
+    probe = [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"]
+    forced = subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip().lower()
+    if forced != float_path:
+        pytest.skip(f"this CPU cannot run torch's {float_path} path (it falls back to {forced})")
+    result = subprocess.run(
+        [sys.executable, "-c", TRAIN_ALL_ROLES, str(tmp_path)], env=env, capture_output=True, text=True, timeout=1200, check=False
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    trained = json.loads(result.stdout.splitlines()[-1])
+    assert trained["capability"].lower() == float_path
+    for role, card in trained["cards"].items():
+        print(role, card["steps"], "steps:", {key: value for key, value in card.items() if key.startswith(("sampled_", "pairwise_"))})
+        assert card["targets"] == [str(target) for target in task_models.PLANS[role].targets]
+        assert all(target.met(card) for target in task_models.PLANS[role].targets), (role, card)
+    frozen = trained["cards"]["frozen"]
+    assert frozen["sampled_accuracy_clear"] >= 0.9 and frozen["sampled_accuracy_vague"] <= 0.5

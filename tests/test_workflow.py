@@ -179,17 +179,24 @@ def win_rate_rows(workdir: Path, judge: str = "offline") -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_align_pro_works_on_the_embedded_default(finished_run):
-    """The paper's claim on the bundled phrasing task: the trained prompter raises the frozen model's
-    reward (paired by prompt, 95% interval above 0) and its task accuracy over base; PPO's reward
-    rises; the RLHF oracle and rho* at the smallest beta beat base too; rho*'s KL shrinks as beta
-    grows; the offline judge has alignpro win more than it loses."""
+    """The paper's claim on the bundled phrasing task: the trained prompters (the main run and the
+    smallest beta's) raise the frozen model's reward (paired by prompt, 95% interval above 0) and its
+    task accuracy over base; PPO's reward rises; the RLHF oracle and rho* at the smallest beta beat
+    base too; rho*'s KL shrinks as beta grows; the offline judge has alignpro win more than it loses."""
     workdir, _ = finished_run
     rows = summary_rows(workdir)
-    for system, label in [(f"alignpro/{PROMPTER}", "alignpro"), ("rlhf", "rlhf"), (f"alignpro-star/{PROMPTER}/beta0.1", "alignpro-star β=0.1")]:
+    checked = [
+        (f"alignpro/{PROMPTER}", "alignpro"),
+        (f"alignpro/{PROMPTER}/beta0.1", "alignpro β=0.1"),  # once collapsed into garbage rewrites on AVX-512
+        ("rlhf", "rlhf"),
+        (f"alignpro-star/{PROMPTER}/beta0.1", "alignpro-star β=0.1"),
+    ]
+    for system, label in checked:
         gain, low, high = paired_gain(workdir, system)
         print(f"{label}: reward {gain:+.3f} over base [{low:+.3f}, {high:+.3f}], accuracy {rows[label]['accuracy']:.3f} (base {rows['base']['accuracy']:.3f})")
         assert low > 0, f"{label} does not beat base: reward gain {gain:+.3f} [{low:+.3f}, {high:+.3f}]"
     assert rows["alignpro"]["accuracy"] > rows["base"]["accuracy"]
+    assert rows["alignpro β=0.1"]["accuracy"] > rows["base"]["accuracy"]
 
     metrics = tables.read_table(workdir / f"results/train/{RUN}/{PROMPTER}/ppo/metrics.parquet", tables.PPO_METRICS)
     score = metrics.column("score_mean").to_pylist()
