@@ -60,11 +60,17 @@ def copy_workflow(dest: Path) -> Path:
 
 
 def run_snakemake(
-    workdir: Path, *args: str, targets: tuple[str, ...] = (), check: bool = True, cache: Path | None = None
+    workdir: Path,
+    *args: str,
+    targets: tuple[str, ...] = (),
+    check: bool = True,
+    cache: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """snakemake in `workdir` (for `targets`, else the default target); with `cache`, eligible rules use
-    it as the between-workflow cache. Targets go first: list options such as --resources would take them."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    """snakemake in `workdir` (for `targets`, else the default target), with `env` added to the
+    environment; with `cache`, eligible rules use it as the between-workflow cache. Targets go first:
+    list options such as --resources would take them."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
     if cache is not None:
         env["SNAKEMAKE_OUTPUT_CACHE"] = str(cache)
         args = (*args, "--cache")
@@ -128,6 +134,27 @@ def finished_run(tmp_path_factory, output_cache):
     return workdir, workdir / "config/config.yaml"
 
 
+def another_float_path() -> str:
+    """A torch CPU kernel path other than this machine's own that it can run: AVX2 under AVX-512,
+    else the plain one."""
+    import torch
+
+    native = torch.backends.cpu.get_cpu_capability().lower()
+    if native == "default":
+        pytest.skip("this machine's torch already runs the plain path: there is no other to force")
+    return "avx2" if native == "avx512" else "default"
+
+
+@pytest.fixture(scope="module")
+def finished_run_on_another_float_path(tmp_path_factory):
+    """The embedded default run again from nothing with torch forced onto another float path
+    (ATEN_CPU_CAPABILITY), no cache: it trains its own models, which differ from the native run's."""
+    path = another_float_path()
+    workdir = copy_workflow(tmp_path_factory.mktemp(f"workflow-{path}"))
+    run_snakemake(workdir, env={"ATEN_CPU_CAPABILITY": path})
+    return workdir, path
+
+
 @pytest.fixture(scope="module")
 def first_tables(finished_run):
     """Every table of the first run, before other tests change its config."""
@@ -179,11 +206,23 @@ def win_rate_rows(workdir: Path, judge: str = "offline") -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_align_pro_works_on_the_embedded_default(finished_run):
+    workdir, _ = finished_run
+    assert_align_pro_works(workdir)
+
+
+@pytest.mark.slow
+def test_align_pro_works_on_another_float_path(finished_run_on_another_float_path):
+    """Users run on every CPU: the claim must not hinge on the SIMD kernels torch picks."""
+    workdir, path = finished_run_on_another_float_path
+    print(f"ATEN_CPU_CAPABILITY={path}")
+    assert_align_pro_works(workdir)
+
+
+def assert_align_pro_works(workdir: Path) -> None:
     """The paper's claim on the bundled phrasing task: the trained prompters (the main run and the
     smallest beta's) raise the frozen model's reward (paired by prompt, 95% interval above 0) and its
     task accuracy over base; PPO's reward rises; the RLHF oracle and rho* at the smallest beta beat
     base too; rho*'s KL shrinks as beta grows; the offline judge has alignpro win more than it loses."""
-    workdir, _ = finished_run
     rows = summary_rows(workdir)
     checked = [
         (f"alignpro/{PROMPTER}", "alignpro"),
