@@ -21,13 +21,6 @@ import time
 from pathlib import Path
 
 PATHS = ("default", "avx2", "avx512")
-TRAIN = """
-import json, sys, torch
-from alignpro.task_models import train_all_roles
-torch.set_num_threads(2)
-cards = train_all_roles("phrasing", sys.argv[1], seed=int(sys.argv[2]))
-print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(), "cards": cards}))
-"""
 
 
 def train_on_path(path: str, seed: int) -> dict:
@@ -37,7 +30,7 @@ def train_on_path(path: str, seed: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="alignpro-task-models-") as root:
         started = time.perf_counter()
         result = subprocess.run(
-            [sys.executable, "-c", TRAIN, root, str(seed)],
+            [sys.executable, "-m", "alignpro.task_models", "phrasing", root, "--seed", str(seed)],
             env=dict(os.environ, ATEN_CPU_CAPABILITY=path),
             capture_output=True,
             text=True,

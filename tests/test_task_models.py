@@ -203,13 +203,6 @@ def test_the_schema_and_the_workflow_name_the_tasks_and_roles_defined_here():
     assert task_models.ROLES == ("base", "frozen", "reward", "prompter")
 
 
-TRAIN_ALL_ROLES = """
-import json, sys, torch
-from alignpro.task_models import train_all_roles
-torch.set_num_threads(2)
-cards = train_all_roles("phrasing", sys.argv[1], seed=0)
-print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(), "cards": cards}))
-"""
 
 
 @pytest.mark.slow
@@ -230,7 +223,7 @@ def test_every_role_meets_its_targets_on_each_float_path(float_path, tmp_path):
     if forced != float_path:
         pytest.skip(f"this CPU cannot run torch's {float_path} path (it falls back to {forced})")
     result = subprocess.run(
-        [sys.executable, "-c", TRAIN_ALL_ROLES, str(tmp_path)], env=env, capture_output=True, text=True, timeout=1200, check=False
+        [sys.executable, "-m", "alignpro.task_models", "phrasing", str(tmp_path)], env=env, capture_output=True, text=True, timeout=1200, check=False
     )
     assert result.returncode == 0, result.stderr[-4000:]
     trained = json.loads(result.stdout.splitlines()[-1])

@@ -507,3 +507,22 @@ def train_all_roles(task_name: str, root, *, seed: int = 0) -> dict[str, dict]:
         train_task_model(task_name, role, root / role, base_dir=None if role == "base" else root / "base", seed=seed)
         cards[role] = json.loads((root / role / TRAINING_CARD).read_text())
     return cards
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m alignpro.task_models TASK ROOT [--seed N]`: train every role into ROOT and print one
+    JSON line with torch's CPU float path and the training cards (what ATEN_CPU_CAPABILITY forced)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m alignpro.task_models", description=main.__doc__)
+    parser.add_argument("task", choices=TASKS)
+    parser.add_argument("root", type=pathlib.Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cards = train_all_roles(args.task, args.root, seed=args.seed)
+    print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(), "cards": cards}))
+
+
+if __name__ == "__main__":
+    main()
