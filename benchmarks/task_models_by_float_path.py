@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PATHS = ("default", "avx2", "avx512")
+from alignpro.task_models import FLOAT_PATHS
 
 
 def train_on_path(path: str, seed: int) -> dict:
@@ -44,7 +44,7 @@ def train_on_path(path: str, seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--paths", nargs="+", default=list(PATHS))
+    parser.add_argument("--paths", nargs="+", default=list(FLOAT_PATHS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

@@ -32,6 +32,15 @@ def _skip_the_slurm_controller_probe() -> None:
 
 _skip_the_slurm_controller_probe()
 
+NEEDS = ("slow", "vllm", "model", "workflow")  # pyproject.toml's markers for what a test needs
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that needs none of NEEDS is a unit test: `pytest -m unit` is the quick tier."""
+    for item in items:
+        if not any(item.get_closest_marker(need) for need in NEEDS):
+            item.add_marker(pytest.mark.unit)
+
 
 @pytest.fixture(scope="session")
 def tiny_prompter(tmp_path_factory):

@@ -130,6 +130,7 @@ def test_a_resumed_ppo_step_gets_the_answers_it_had_and_a_later_step_fresh_ones(
     assert usage["requests"] == 3 and stub.total_requests == 6
 
 
+@pytest.mark.model
 def test_generate_ppo_and_judge_complete_at_a_50_percent_fault_rate(stub, tmp_path, tiny_prompter, tiny_reward, capsys):
     """Half the requests suffer one of the faults (429, 500, timeout, dropped connection, no choices,
     null content, JSON cut short, HTML page): every job still completes with no answer missing."""

@@ -15,6 +15,8 @@ from fakes import prompts_table
 from alignpro.generation import Completion, Sampling, generate_responses, load_generator
 from alignpro.tables import RESPONSES, conform
 
+pytestmark = pytest.mark.model
+
 PROMPTS = [
     "hi",
     "Explain, step by step and with an example for each step, how yeast makes bread dough rise. " * 4,
@@ -173,21 +175,20 @@ def test_transformers_fits_over_long_prompts_to_the_models_context(short_context
 
 @pytest.fixture(scope="module")
 def vllm_runs(early_stop_model, tmp_path_factory):
-    """The outputs of two engine runs with the same seed, each in its own interpreter."""
+    """The outputs of two engine runs with the same seed, each in its own interpreter, run side by side
+    (an engine's start is mostly one busy core)."""
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vLLM is not installed")
-    runs = []
-    for index in range(2):
-        out = tmp_path_factory.mktemp("vllm") / f"run{index}.json"
-        process = subprocess.run(
-            [sys.executable, str(Path(vllm_run.__file__)), str(early_stop_model), str(out)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert process.returncode == 0, process.stderr[-4000:]
-        runs.append(json.loads(out.read_text()))
-    return runs
+    folder = tmp_path_factory.mktemp("vllm")
+    outs = [folder / f"run{index}.json" for index in range(2)]
+    processes = []
+    for out in outs:
+        with open(out.with_suffix(".log"), "w") as log:
+            command = [sys.executable, str(Path(vllm_run.__file__)), str(early_stop_model), str(out)]
+            processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log))
+    for process, out in zip(processes, outs):
+        assert process.wait(timeout=300) == 0, out.with_suffix(".log").read_text()[-4000:]
+    return [json.loads(out.read_text()) for out in outs]
 
 
 @pytest.mark.vllm

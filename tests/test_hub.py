@@ -145,6 +145,7 @@ def test_remote_code_check(tmp_path):
     hub.check_remote_code(config, trust_remote_code=False, label="models.prompters.x")
 
 
+@pytest.mark.model
 def test_ppo_fingerprint_names_a_snapshot_without_reading_it(tmp_path):
     from alignpro.ppo.trainer import _model_fingerprint
 
@@ -162,6 +163,7 @@ def test_ppo_fingerprint_names_a_snapshot_without_reading_it(tmp_path):
 # --- fetching from the stub hub --------------------------------------------------------------
 
 
+@pytest.mark.model
 def test_fetch_downloads_what_loaders_read_once(stub, tmp_path):
     repo, commit = "acme/tiny-chat", stub.commits["acme/tiny-chat"]
     cache, marker = tmp_path / "cache", tmp_path / "results/hub/frozen/tiny.json"
@@ -198,6 +200,7 @@ def test_fetch_downloads_what_loaders_read_once(stub, tmp_path):
         assert record_of(fetch(stub, tmp_path, repo, commit, cache, HF_HUB_OFFLINE="1")) == record
 
 
+@pytest.mark.model
 def test_unknown_architecture_needs_trust_remote_code(stub, tmp_path):
     repo, commit = "acme/custom-code", stub.commits["acme/custom-code"]
     marker = tmp_path / "marker.json"
@@ -209,6 +212,7 @@ def test_unknown_architecture_needs_trust_remote_code(stub, tmp_path):
     assert {"configuration_acme.py", "modeling_acme.py"} <= set(record["files"]) and record["trust_remote_code"] is True
 
 
+@pytest.mark.model
 def test_branch_is_resolved_through_the_revision_endpoint_into_the_default_cache(stub, tmp_path):
     """revision main: asked once for its commit; cache_dir null: huggingface_hub's default, which HF_HUB_CACHE moves."""
     stub.clear()
@@ -222,6 +226,7 @@ def test_branch_is_resolved_through_the_revision_endpoint_into_the_default_cache
     assert failed.returncode != 0 and "models.frozen.test: acme/tiny-chat has no revision 'no-such-branch'" in failed.stderr
 
 
+@pytest.mark.model
 def test_gated_model_needs_hf_token_which_never_leaves_the_hub(stub, tmp_path):
     repo, commit = "acme/gated-chat", stub.commits["acme/gated-chat"]
     failed = fetch(stub, tmp_path, repo, commit, tmp_path / "cache", check=False)
@@ -259,6 +264,7 @@ def hub_config(workdir: Path, models: dict, methods: list[str], cache_dir: Path 
     return path
 
 
+@pytest.mark.workflow
 def test_workflow_fetches_pinned_hub_models_only(stub, tmp_path, tiny_prompter):
     """A dry run: a fetch job for the pinned hub model, none for a local directory, a warning for an
     unpinned hub model."""
@@ -277,6 +283,7 @@ def test_workflow_fetches_pinned_hub_models_only(stub, tmp_path, tiny_prompter):
     assert "models.frozen.hub-frozen:" not in output
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_generate_loads_the_fetched_snapshot(stub, tmp_path):
     """fetch_model downloads the pinned frozen model once on the submit host; generate then answers from

@@ -6,6 +6,8 @@ import pytest
 
 from alignpro.modeling import CUT_MARK, context_length, encode_chat, fit_to_context, load_tokenizer
 
+pytestmark = pytest.mark.model
+
 LONG = "Start of the document. " + "The bakery opened early and the bread was warm. " * 60 + "Question: who baked it?"
 
 

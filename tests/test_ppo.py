@@ -283,6 +283,7 @@ def test_rollout_batch_layout():
     assert batch.select(torch.tensor([1])).input_ids.tolist() == [[7, 8, 9, 11, 0]]
 
 
+@pytest.mark.model
 def test_logprobs_align_with_generation_and_training_forward(tiny_prompter, tmp_path):
     """The response log-probs of the PPO forward pass are those generate sampled from, and the
     training-mode forward of a minibatch reproduces them (ratio 1 before the first update)."""
@@ -337,6 +338,7 @@ def assert_reference_is(trainer, base):
     assert (logprobs[mask] - expected[mask]).abs().max() > 1e-3
 
 
+@pytest.mark.model
 def test_ppo_raises_the_reward(word_prompter, tmp_path):
     """Over three seeds, PPO from the tiny prompter (with the prompter's meta-prompt as input) raises
     the reward: each seed's mean of the last five steps beats its first step by > 0.05, and the mean
@@ -355,6 +357,7 @@ def test_ppo_raises_the_reward(word_prompter, tmp_path):
     assert improvements.mean() > 3 * standard_error, improvements
 
 
+@pytest.mark.model
 def test_larger_beta_keeps_the_policy_closer_to_the_reference(word_prompter, tmp_path):
     kls = {}
     for beta in (0.01, 1.0):
@@ -366,6 +369,7 @@ def test_larger_beta_keeps_the_policy_closer_to_the_reference(word_prompter, tmp
     assert kls[1.0] < 0.5 * kls[0.01], kls
 
 
+@pytest.mark.model
 def test_outputs_and_metrics(word_prompter, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -390,6 +394,7 @@ def test_outputs_and_metrics(word_prompter, tmp_path):
     assert all(torch.equal(value, trained[name]) for name, value in model.state_dict().items())
 
 
+@pytest.mark.model
 def test_queries_longer_than_the_context_are_cut_to_fit(short_context_frozen, tmp_path, caplog):
     """rlhf's policy is the frozen model: a training prompt past its context is cut, not run past it."""
     trainer = make_trainer(short_context_frozen, tmp_path, small_config(steps=1, batch_size=2, mini_batch_size=2))
@@ -407,6 +412,7 @@ def _initial_weights(model, lora):
     return list(trainer.policy.state_dict().values())
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_gradient_checkpointing_gives_the_same_update(word_prompter, tmp_path, lora):
     weights = []
@@ -420,6 +426,7 @@ def test_gradient_checkpointing_gives_the_same_update(word_prompter, tmp_path, l
         assert torch.allclose(value, weights[1][name], atol=1e-5), name
 
 
+@pytest.mark.model
 def test_lora_trains_only_the_adapters_against_the_sft_reference(word_prompter, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -462,6 +469,7 @@ def reward_failing_at_step_3():
     return reward
 
 
+@pytest.mark.model
 def test_interrupted_run_resumes_in_process(word_prompter, tmp_path, caplog):
     """A run that fails at step 3 leaves the step-2 checkpoint; the rerun resumes from it and ends
     with the same weights and metrics as an uninterrupted run; another config starts from scratch."""
@@ -493,6 +501,7 @@ def test_interrupted_run_resumes_in_process(word_prompter, tmp_path, caplog):
     assert [row["step"] for row in changed.metrics] == [1]
 
 
+@pytest.mark.model
 def test_a_checkpoint_past_the_configured_steps_is_refused_not_saved_as_the_shorter_run(word_prompter, tmp_path):
     """Killed after step 2 of 4, rerun with steps lowered to 1: resuming would write the 2-step policy and
     metrics as the 1-step run's, so the rerun refuses, naming both step counts, and writes nothing."""
@@ -513,6 +522,7 @@ def _run_script(model, out, *extra, delay=0.0):
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ | {"TQDM_DISABLE": "1"})
 
 
+@pytest.mark.model
 def test_killed_run_resumes_with_identical_weights(word_prompter, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -555,6 +565,7 @@ def test_killed_run_resumes_with_identical_weights(word_prompter, tmp_path):
     assert generated.shape[1] > inputs["input_ids"].shape[1]
 
 
+@pytest.mark.model
 def test_the_stage_names_the_config_key_of_a_checkpoint_past_its_steps(tmp_path, monkeypatch):
     import pyarrow as pa
 

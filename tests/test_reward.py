@@ -37,6 +37,7 @@ def scorer(tiny_reward):
     return RewardScorer(str(tiny_reward), batch_size=3)
 
 
+@pytest.mark.model
 def test_batched_scores_come_back_in_input_order(scorer):
     batched = scorer.score(PROMPTS, RESPONSES_TEXT)
     alone = [scorer.score([x], [y])[0] for x, y in zip(PROMPTS, RESPONSES_TEXT)]
@@ -46,12 +47,14 @@ def test_batched_scores_come_back_in_input_order(scorer):
     assert batched == pytest.approx(alone, abs=1e-4)
 
 
+@pytest.mark.model
 def test_scores_are_deterministic(scorer, tiny_reward):
     first = scorer.score(PROMPTS, RESPONSES_TEXT)
     assert scorer.score(PROMPTS, RESPONSES_TEXT) == first
     assert RewardScorer(str(tiny_reward), batch_size=5).score(PROMPTS, RESPONSES_TEXT) == pytest.approx(first, abs=1e-5)
 
 
+@pytest.mark.model
 def test_long_response_is_truncated_to_max_length(tiny_reward):
     short = RewardScorer(str(tiny_reward), max_length=48)
     long_response = "The cat sat on the mat and looked at the dog. " * 2000
@@ -62,6 +65,7 @@ def test_long_response_is_truncated_to_max_length(tiny_reward):
     assert math.isfinite(score)
 
 
+@pytest.mark.model
 def test_max_length_past_the_models_context_is_lowered_to_it(tiny_reward, tmp_path, caplog):
     import json
     import shutil
@@ -75,16 +79,19 @@ def test_max_length_past_the_models_context_is_lowered_to_it(tiny_reward, tmp_pa
     assert "reward.max_length=2048 is past its context of 64 tokens" in caplog.text
 
 
+@pytest.mark.model
 def test_default_max_length_caps_tokens(scorer):
     ids = scorer.encode("Tell me a story", "word " * 10000)
     assert len(ids) == 2048
 
 
+@pytest.mark.model
 def test_mismatched_lengths_raise(scorer):
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):
         scorer.score(["a", "b"], ["c"])
 
 
+@pytest.mark.model
 def test_two_label_model_is_rejected(tiny_reward, tmp_path):
     model_dir = tmp_path / "two_labels"
     shutil.copytree(tiny_reward, model_dir)
@@ -144,6 +151,7 @@ def _responses(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist([{**defaults, **row} for row in rows], schema=RESPONSES)
 
 
+@pytest.mark.model
 def test_score_responses_scores_the_original_prompt(scorer):
     prompt, rewrite, response = "How do I bake bread?", "Explain bread baking step by step.", "Use yeast."
     table = _responses(

@@ -163,6 +163,7 @@ def test_rewrite_prompts_builds_the_rewrites_table(caplog):
     assert "3 of 4 rewrites fell back to the original prompt (empty: 1, runaway: 1, truncated: 1)" in caplog.text
 
 
+@pytest.mark.model
 def test_rewrite_prompts_with_the_tiny_prompter(tiny_prompter):
     """End to end through the real chat template; random weights never close a <prompt> tag."""
     from alignpro.generation import load_generator

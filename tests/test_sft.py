@@ -91,6 +91,7 @@ def test_best_of_k_logs_fallbacks_and_gain(scripted_best_of_k, caplog):
     assert "1 of 2 kept rewrites and 2 of 6 candidates fell back" in message
 
 
+@pytest.mark.model
 def test_best_of_k_with_tiny_models(tiny_prompter, tiny_frozen, tiny_reward):
     prompts = ["how do i bake bread", "explain rain to a child", "list three prime numbers"]
     pairs = best_of_k_pairs(
@@ -256,6 +257,7 @@ def trained(tiny_prompter, tmp_path_factory):
     return out, records.messages
 
 
+@pytest.mark.model
 def test_pairs_trl_cuts_or_drops_at_max_length_are_counted_in_the_log(tiny_prompter, tmp_path, caplog):
     from transformers import AutoTokenizer
 
@@ -276,6 +278,7 @@ def test_pairs_trl_cuts_or_drops_at_max_length_are_counted_in_the_log(tiny_promp
     assert "sft.max_length=4096: all 4 pairs fit whole" in caplog.text
 
 
+@pytest.mark.model
 def test_loss_is_on_the_completion_only(tiny_prompter, tmp_path):
     from transformers import AutoTokenizer
 
@@ -296,6 +299,7 @@ def test_loss_is_on_the_completion_only(tiny_prompter, tmp_path):
     assert not list(tmp_path.iterdir())  # the trainer writes nothing by itself
 
 
+@pytest.mark.model
 def test_training_loss_goes_down(trained):
     _, messages = trained
     losses = [float(m) for message in messages for m in re.findall(r"^SFT step \d+/16: loss=(\S+)", message)]
@@ -303,6 +307,7 @@ def test_training_loss_goes_down(trained):
     assert losses[-1] < 0.8 * losses[0]
 
 
+@pytest.mark.model
 def test_trained_model_prefers_the_training_completions(trained, tiny_prompter):
     out, _ = trained
     before, after = completion_log_probs(tiny_prompter), completion_log_probs(out)
@@ -310,6 +315,7 @@ def test_trained_model_prefers_the_training_completions(trained, tiny_prompter):
     assert sum(after) / len(after) > sum(before) / len(before) + 10
 
 
+@pytest.mark.model
 def test_saved_model_loads_as_a_plain_model_with_its_chat_template(trained, tiny_prompter):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -324,6 +330,7 @@ def test_saved_model_loads_as_a_plain_model_with_its_chat_template(trained, tiny
     assert not any(path.name.startswith("adapter") for path in out.iterdir())
 
 
+@pytest.mark.model
 def test_lora_is_merged_into_a_plain_model(tiny_prompter, tmp_path):
     from safetensors.torch import load_file
 
@@ -337,6 +344,7 @@ def test_lora_is_merged_into_a_plain_model(tiny_prompter, tmp_path):
     assert completion_log_probs(out)[0] > completion_log_probs(tiny_prompter)[0]
 
 
+@pytest.mark.model
 def test_saved_in_the_dtype_asked_for(tiny_prompter, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -345,6 +353,7 @@ def test_saved_in_the_dtype_asked_for(tiny_prompter, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(out, dtype="auto").dtype == torch.bfloat16
 
 
+@pytest.mark.model
 def test_failed_training_leaves_no_output(tiny_prompter, tmp_path, monkeypatch):
     from trl import SFTTrainer
 

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,22 +23,29 @@ from alignpro.rewrite import prompter_conversation
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def few_steps(monkeypatch):
-    """Every role trains one cycle of 3 steps on small batches, with no targets to reach."""
-    plans = {
-        role: dataclasses.replace(plan, cycle_steps=3, max_cycles=1, batch_size=4, targets=())
+def few_step_plans() -> dict[str, task_models.TrainingPlan]:
+    """Every role trains one cycle of 3 steps on small batches, checked on 8 held-out instances, with
+    no targets to reach."""
+    return {
+        role: dataclasses.replace(plan, cycle_steps=3, max_cycles=1, batch_size=4, held_out=8, targets=())
         for role, plan in task_models.PLANS.items()
     }
-    monkeypatch.setattr(task_models, "PLANS", plans)
 
 
 @pytest.fixture
-def trained(tmp_path_factory, few_steps):
+def few_steps(monkeypatch):
+    monkeypatch.setattr(task_models, "PLANS", few_step_plans())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Every role trained with the few-step plans, once for the tests that only read the models."""
     root = tmp_path_factory.mktemp("task-models")
-    task_models.train_task_model("phrasing", "base", root / "base", seed=0)
-    for role in ("frozen", "reward", "prompter"):
-        task_models.train_task_model("phrasing", role, root / role, base_dir=root / "base", seed=0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(task_models, "PLANS", few_step_plans())
+        task_models.train_task_model("phrasing", "base", root / "base", seed=0)
+        for role in ("frozen", "reward", "prompter"):
+            task_models.train_task_model("phrasing", role, root / role, base_dir=root / "base", seed=0)
     return root
 
 
@@ -59,6 +63,7 @@ def test_examples_are_tokenized_as_the_chat_template_renders_them(kind):
     assert labelled == expected_answer and batch.labels[0][: -len(expected_answer)] == [-100] * (len(batch.input_ids[0]) - len(expected_answer))
 
 
+@pytest.mark.model
 def test_shared_prefix_loss_and_gradients_equal_the_plain_ones():
     tokenizer = task_models.task_tokenizer()
     torch.manual_seed(0)
@@ -80,6 +85,7 @@ def test_shared_prefix_loss_and_gradients_equal_the_plain_ones():
     assert torch.allclose(shared_grad, model.model.layers[0].self_attn.q_proj.weight.grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.model
 def test_saved_models_load_through_the_stages_loaders(trained):
     """The frozen model and prompter answer through the generation backend, the reward model scores
     through RewardScorer: the code paths hub models take."""
@@ -101,6 +107,7 @@ def test_saved_models_load_through_the_stages_loaders(trained):
     assert (trained / "base" / "tokenizer.json").read_text() == (trained / "prompter" / "tokenizer.json").read_text()
 
 
+@pytest.mark.model
 def test_fine_tuned_models_start_from_the_base(trained, few_steps, tmp_path):
     """A fine-tune with a learning rate of zero leaves the base's weights as they were."""
     plans = {**task_models.PLANS, "frozen": dataclasses.replace(task_models.PLANS["frozen"], learning_rate=0.0)}
@@ -136,6 +143,7 @@ def _tiny_lm():
     return tokenizer, Qwen2ForCausalLM(task_models.base_config(tokenizer))
 
 
+@pytest.mark.model
 def test_training_goes_on_cycle_by_cycle_until_the_targets_hold():
     tokenizer, model = _tiny_lm()
     plan = task_models.TrainingPlan(
@@ -151,6 +159,7 @@ def test_training_goes_on_cycle_by_cycle_until_the_targets_hold():
     assert [check.missed for check in checks] == [["score ≥ 0.9"], ["score ≥ 0.9"], []]
 
 
+@pytest.mark.model
 def test_a_missed_target_fails_with_the_figures_of_every_check():
     tokenizer, model = _tiny_lm()
     plan = task_models.TrainingPlan(
@@ -168,6 +177,7 @@ def test_a_missed_target_fails_with_the_figures_of_every_check():
     assert '{"score": 0.3}' in message and '{"score": 0.4}' in message
 
 
+@pytest.mark.model
 def test_a_role_that_misses_its_targets_leaves_no_model(few_steps, tmp_path):
     """The real held-out evaluation, with a target nothing reaches: the job fails and writes nothing."""
     impossible = dataclasses.replace(task_models.PLANS["base"], targets=(task_models.Target("sampled_accuracy_clear", low=1.5),))
@@ -178,6 +188,7 @@ def test_a_role_that_misses_its_targets_leaves_no_model(few_steps, tmp_path):
     assert not (tmp_path / "base").exists()
 
 
+@pytest.mark.model
 def test_training_is_seeded(few_steps, tmp_path):
     for run in ("a", "b", "c"):
         task_models.train_task_model("phrasing", "base", tmp_path / run, seed=1 if run == "c" else 0)
@@ -201,36 +212,3 @@ def test_the_schema_and_the_workflow_name_the_tasks_and_roles_defined_here():
     common = (ROOT / "rules/common.smk").read_text()
     assert 'role="|".join(["base", *TINY_ROLES.values()])' in common
     assert task_models.ROLES == ("base", "frozen", "reward", "prompter")
-
-
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("float_path", ["default", "avx2", "avx512"])
-def test_every_role_meets_its_targets_on_each_float_path(float_path, tmp_path):
-    """The task models train to their targets whichever SIMD kernels torch picks (users run on every
-    CPU): each role trained under a forced ATEN_CPU_CAPABILITY in a process of its own. The native
-    path is the workflow tests' (test_task_models_are_trained_and_loaded_like_hub_models), and a path
-    the CPU lacks cannot be forced: both are skipped."""
-    import torch
-
-    native = torch.backends.cpu.get_cpu_capability().lower()
-    if float_path == native:
-        pytest.skip(f"{float_path} is this machine's native path, which the workflow tests train on")
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=float_path)
-    probe = [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"]
-    forced = subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip().lower()
-    if forced != float_path:
-        pytest.skip(f"this CPU cannot run torch's {float_path} path (it falls back to {forced})")
-    result = subprocess.run(
-        [sys.executable, "-m", "alignpro.task_models", "phrasing", str(tmp_path)], env=env, capture_output=True, text=True, timeout=1200, check=False
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    trained = json.loads(result.stdout.splitlines()[-1])
-    assert trained["capability"].lower() == float_path
-    for role, card in trained["cards"].items():
-        print(role, card["steps"], "steps:", {key: value for key, value in card.items() if key.startswith(("sampled_", "pairwise_"))})
-        assert card["targets"] == [str(target) for target in task_models.PLANS[role].targets]
-        assert all(target.met(card) for target in task_models.PLANS[role].targets), (role, card)
-    frozen = trained["cards"]["frozen"]
-    assert frozen["sampled_accuracy_clear"] >= 0.9 and frozen["sampled_accuracy_vague"] <= 0.5

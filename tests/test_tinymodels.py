@@ -41,6 +41,7 @@ def test_corpus_is_bundled_plain_text():
     assert text.isascii()
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("fixture", CAUSAL_FIXTURES)
 def test_causal_models_reload_and_generate_until_im_end(fixture, request):
     path = request.getfixturevalue(fixture)
@@ -58,6 +59,7 @@ def test_causal_models_reload_and_generate_until_im_end(fixture, request):
     assert out.shape[0] == 1 and ids["input_ids"].shape[1] < out.shape[1] <= ids["input_ids"].shape[1] + 4
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("fixture", CAUSAL_FIXTURES)
 def test_causal_models_have_head_dim_64(fixture, request):
     config = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(fixture)).config
@@ -67,6 +69,7 @@ def test_causal_models_have_head_dim_64(fixture, request):
     assert config.max_position_embeddings == 2048
 
 
+@pytest.mark.model
 def test_prompter_and_frozen_differ(tiny_prompter, tiny_frozen):
     a = load_file(tiny_prompter / "model.safetensors")
     b = load_file(tiny_frozen / "model.safetensors")
@@ -74,6 +77,7 @@ def test_prompter_and_frozen_differ(tiny_prompter, tiny_frozen):
     assert a[emb].shape != b[emb].shape or not torch.equal(a[emb], b[emb])
 
 
+@pytest.mark.model
 def test_reward_model_reloads_with_one_label(tiny_reward):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_reward)
     assert type(model).__name__ == "Qwen2ForSequenceClassification"
@@ -81,6 +85,7 @@ def test_reward_model_reloads_with_one_label(tiny_reward):
     assert model.config.pad_token_id == AutoTokenizer.from_pretrained(tiny_reward).pad_token_id
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("fixture", ("tiny_prompter", "tiny_frozen", "tiny_reward"))
 def test_chat_template_renders_turns_and_generation_prompt(fixture, request):
     tok = AutoTokenizer.from_pretrained(request.getfixturevalue(fixture))
@@ -103,6 +108,7 @@ def test_chat_template_renders_turns_and_generation_prompt(fixture, request):
     assert ids.count(tok.convert_tokens_to_ids("<|im_end|>")) == 2
 
 
+@pytest.mark.model
 def test_tokenizer_round_trips_ascii(tiny_prompter):
     tok = AutoTokenizer.from_pretrained(tiny_prompter)
     text = "Hello,  world!\n\tdef f(x): return x**2 + 1  # ~`|{}[]<>@$%^&*  Zebra quokka 1234567890."
@@ -111,6 +117,7 @@ def test_tokenizer_round_trips_ascii(tiny_prompter):
     assert len(ids) < len(text)  # the BPE actually merged something
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("role", ROLES)
 def test_same_seed_same_weights_different_seed_different(role, tmp_path):
     a = load_file(build_tiny_model(role, tmp_path / "a", seed=3) / "model.safetensors")
@@ -122,6 +129,7 @@ def test_same_seed_same_weights_different_seed_different(role, tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+@pytest.mark.model
 def test_build_does_not_disturb_global_rng(tmp_path):
     torch.manual_seed(123)
     expected = torch.rand(3)
@@ -130,6 +138,7 @@ def test_build_does_not_disturb_global_rng(tmp_path):
     assert torch.equal(torch.rand(3), expected)
 
 
+@pytest.mark.model
 def test_reward_scores_padded_batch_like_unpadded(tiny_reward):
     tok = AutoTokenizer.from_pretrained(tiny_reward)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_reward).eval()

@@ -27,7 +27,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,9 @@ INTERMEDIATE_SIZE = 256
 LAYERS = 2
 VOCAB_SIZE = 600
 MAX_LENGTH = 512
+# torch's CPU kernel paths, as ATEN_CPU_CAPABILITY names them (`default` is no SIMD): the same seed
+# rounds differently on each, and every role must reach its targets on all of them
+FLOAT_PATHS = ("default", "avx2", "avx512")
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,8 @@ class Target:
 class TrainingPlan:
     """How one role is trained: AdamW in cycles of `cycle_steps` batches, each a linear warm-up and a
     cosine decay from a peak half the previous cycle's, until the held-out `targets` hold at the end of
-    a cycle (where the learning rate is lowest), for at most `max_cycles`.
+    a cycle (where the learning rate is lowest), for at most `max_cycles`. Each check evaluates
+    `held_out` fresh instances (per kind of prompt, for the answering roles).
 
     A fixed step count left the models' quality to the CPU's float path (the same seed trained the
     frozen model to 77% or 92% on clear prompts depending on torch's SIMD kernels); a measured target
@@ -97,6 +101,7 @@ class TrainingPlan:
     batch_size: int
     learning_rate: float
     targets: tuple[Target, ...]
+    held_out: int = 300
 
     def learning_rate_factor(self, step: int) -> float:
         """The multiplier of `learning_rate` at (0-based) `step`."""
@@ -107,11 +112,11 @@ class TrainingPlan:
 
 PLANS = {
     "base": TrainingPlan(
-        cycle_steps=500, max_cycles=3, batch_size=64, learning_rate=2e-3,
+        cycle_steps=500, max_cycles=3, batch_size=64, learning_rate=2e-3, held_out=200,
         targets=(Target("sampled_accuracy_clear", low=0.97), Target("sampled_accuracy_vague", low=0.97)),
     ),
     "frozen": TrainingPlan(
-        cycle_steps=150, max_cycles=6, batch_size=64, learning_rate=1e-3,
+        cycle_steps=150, max_cycles=6, batch_size=64, learning_rate=1e-3, held_out=200,
         targets=(Target("sampled_accuracy_clear", low=0.9), Target("sampled_accuracy_vague", high=0.5)),
     ),
     "reward": TrainingPlan(
@@ -375,13 +380,13 @@ def balanced_instances(rng: random.Random, per_kind: int) -> list[task.Instance]
     return kinds[True] + kinds[False]
 
 
-def evaluate_answers(model, tokenizer, rng: random.Random, per_kind: int = 200) -> dict[str, float]:
+def evaluate_answers(model, tokenizer, rng: random.Random, per_kind: int) -> dict[str, float]:
     instances = balanced_instances(rng, per_kind)
     answers = chat(model, tokenizer, [[{"role": "user", "content": i.prompt}] for i in instances], 16, sample=True)
     return _accuracy(instances, answers)
 
 
-def evaluate_prompter(model, tokenizer, rng: random.Random, n: int = 300) -> dict[str, float]:
+def evaluate_prompter(model, tokenizer, rng: random.Random, n: int) -> dict[str, float]:
     """Of sampled rewrites: how many are a phrasing of the same operation with the same words, and how
     many of those the clear phrasing."""
     instances = [task.random_instance(rng) for _ in range(n)]
@@ -397,7 +402,7 @@ def evaluate_prompter(model, tokenizer, rng: random.Random, n: int = 300) -> dic
 
 
 @torch.inference_mode()
-def evaluate_reward(model, tokenizer, rng: random.Random, n: int = 300) -> dict[str, float]:
+def evaluate_reward(model, tokenizer, rng: random.Random, n: int) -> dict[str, float]:
     """How often the reference outscores a wrong answer to the same prompt: the misread operation's
     answer, and the right operation on corrupted words."""
     wins = Counter()
@@ -468,11 +473,14 @@ def train_task_model(task_name: str, role: str, out_dir, *, base_dir=None, seed:
             plan,
             lambda: training.make_batch(tokenizer, data, plan.batch_size),
             lambda m, b: training.loss(m, tokenizer, b),
-            lambda m: training.evaluate(m, tokenizer, random.Random(f"{task_name}-{role}-{seed}-evaluation")),
+            lambda m: training.evaluate(m, tokenizer, random.Random(f"{task_name}-{role}-{seed}-evaluation"), plan.held_out),
             f"train {role}",
         )
     seconds = time.perf_counter() - started
-    log.info("%s model trained in %.0f s, %d steps: %s", role, seconds, len(losses), json.dumps(checks[-1].metrics))
+    log.info(
+        "%s model trained in %.0f s, %d steps, on torch's %s float path: %s",
+        role, seconds, len(losses), torch.backends.cpu.get_cpu_capability(), json.dumps(checks[-1].metrics),
+    )
     if role != "reward":
         config = model.config
         model.generation_config = GenerationConfig(
@@ -482,7 +490,8 @@ def train_task_model(task_name: str, role: str, out_dir, *, base_dir=None, seed:
         "task": task_name,
         "role": role,
         "seed": seed,
-        **asdict(plan),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability().lower(),
+        **{field.name: getattr(plan, field.name) for field in fields(plan) if field.name != "targets"},
         "targets": [str(target) for target in plan.targets],
         "steps": len(losses),
         "seconds": round(seconds, 1),
