@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from alignpro.task_models import FLOAT_PATHS
+from alignpro.task_plans import FLOAT_PATHS
 
 
 def train_on_path(path: str, seed: int) -> dict:

@@ -10,6 +10,7 @@ from alignpro import hub
 from alignpro.generation import GenerationSettings
 from alignpro.judge_prompts import judge_prompt
 from alignpro.systems import REFERENCE, System, grid, system_pattern, systems, training_runs
+from alignpro.task_plans import PLANS as TASK_PLANS, ROLES as TASK_ROLES
 from alignpro.datasets import category_column, check_local_file, is_bundled
 
 
@@ -393,4 +394,4 @@ wildcard_constraints:
     ppo_run="ppo|ppo-beta[^/]+",
     beta="[^/]+",
     task="[a-z_]+",  # the schema's model `task` enum names them
-    role="|".join(["base", *TINY_ROLES.values()]),  # alignpro.task_models.ROLES
+    role="|".join(TASK_ROLES),

@@ -41,10 +41,12 @@ rule task_model:
     output:
         directory("results/task_models/{task}/{role}"),
     params:
-        # The between-workflow cache keys on params, not wildcards: task and role must be here.
+        # The between-workflow cache keys on params, not wildcards: task and role must be here, and
+        # the role's training plan, so that a changed plan retrains instead of reusing old models.
         task=lambda wildcards: wildcards.task,
         role=lambda wildcards: wildcards.role,
         seed=config["seed"],
+        plan=lambda wildcards: repr(TASK_PLANS[wildcards.role]),
     log:
         "logs/task_model/{task}/{role}.log",
     conda:

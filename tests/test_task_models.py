@@ -15,7 +15,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import Qwen2ForCausalLM
 
-from alignpro import task_models
+from alignpro import task_models, task_plans
 from alignpro.generation import Sampling, load_generator
 from alignpro.reward import RewardScorer
 from alignpro.rewrite import prompter_conversation
@@ -23,7 +23,7 @@ from alignpro.rewrite import prompter_conversation
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def few_step_plans() -> dict[str, task_models.TrainingPlan]:
+def few_step_plans() -> dict[str, task_plans.TrainingPlan]:
     """Every role trains one cycle of 3 steps on small batches, checked on 8 held-out instances, with
     no targets to reach."""
     return {
@@ -98,10 +98,10 @@ def test_saved_models_load_through_the_stages_loaders(trained):
     scores = scorer.score(["Tally these up: owl fox cat"] * 2, ["3", "cat"])
     assert len(scores) == 2 and all(isinstance(score, float) for score in scores)
     for role in ("base", "frozen", "reward", "prompter"):
-        card = json.loads((trained / role / task_models.TRAINING_CARD).read_text())
+        card = json.loads((trained / role / task_plans.TRAINING_CARD).read_text())
         assert card["role"] == role and card["steps"] == 3 and card["seed"] == 0
         assert [check["step"] for check in card["checks"]] == [3] and card["checks"][-1]["loss"] == card["final_loss"]
-    assert set(json.loads((trained / "reward" / task_models.TRAINING_CARD).read_text())) >= {
+    assert set(json.loads((trained / "reward" / task_plans.TRAINING_CARD).read_text())) >= {
         "pairwise_accuracy_vs_misread", "pairwise_accuracy_vs_wrong_words"
     }
     assert (trained / "base" / "tokenizer.json").read_text() == (trained / "prompter" / "tokenizer.json").read_text()
@@ -119,7 +119,7 @@ def test_fine_tuned_models_start_from_the_base(trained, few_steps, tmp_path):
 
 
 def test_the_learning_rate_warms_up_decays_and_restarts_from_half_the_peak():
-    plan = task_models.TrainingPlan(cycle_steps=100, max_cycles=3, batch_size=1, learning_rate=1.0, targets=())
+    plan = task_plans.TrainingPlan(cycle_steps=100, max_cycles=3, batch_size=1, learning_rate=1.0, targets=())
     factors = [plan.learning_rate_factor(step) for step in range(300)]
     assert factors[0] == pytest.approx(0.2) and factors[4] == pytest.approx(1.0, abs=1e-2)  # 5 warm-up steps
     assert factors[99] < 1e-3 and factors[100] == pytest.approx(0.1)  # the second cycle warms up again
@@ -146,8 +146,8 @@ def _tiny_lm():
 @pytest.mark.model
 def test_training_goes_on_cycle_by_cycle_until_the_targets_hold():
     tokenizer, model = _tiny_lm()
-    plan = task_models.TrainingPlan(
-        cycle_steps=2, max_cycles=5, batch_size=2, learning_rate=1e-3, targets=(task_models.Target("score", low=0.9),)
+    plan = task_plans.TrainingPlan(
+        cycle_steps=2, max_cycles=5, batch_size=2, learning_rate=1e-3, targets=(task_plans.Target("score", low=0.9),)
     )
     evaluate, calls = _scripted_figures([0.5, 0.8, 0.95, 0.99, 0.99])
     rng = random.Random(0)
@@ -162,9 +162,9 @@ def test_training_goes_on_cycle_by_cycle_until_the_targets_hold():
 @pytest.mark.model
 def test_a_missed_target_fails_with_the_figures_of_every_check():
     tokenizer, model = _tiny_lm()
-    plan = task_models.TrainingPlan(
+    plan = task_plans.TrainingPlan(
         cycle_steps=2, max_cycles=2, batch_size=2, learning_rate=1e-3,
-        targets=(task_models.Target("score", low=0.05, high=0.35), task_models.Target("score", low=0.5)),
+        targets=(task_plans.Target("score", low=0.05, high=0.35), task_plans.Target("score", low=0.5)),
     )
     evaluate, _ = _scripted_figures([0.3, 0.4])
     rng = random.Random(0)
@@ -180,7 +180,7 @@ def test_a_missed_target_fails_with_the_figures_of_every_check():
 @pytest.mark.model
 def test_a_role_that_misses_its_targets_leaves_no_model(few_steps, tmp_path):
     """The real held-out evaluation, with a target nothing reaches: the job fails and writes nothing."""
-    impossible = dataclasses.replace(task_models.PLANS["base"], targets=(task_models.Target("sampled_accuracy_clear", low=1.5),))
+    impossible = dataclasses.replace(task_models.PLANS["base"], targets=(task_plans.Target("sampled_accuracy_clear", low=1.5),))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(task_models, "PLANS", {**task_models.PLANS, "base": impossible})
         with pytest.raises(task_models.TargetsMissed, match=r"train base: after 3 steps \(1 cycles\) still missed sampled_accuracy_clear ≥ 1.5"):
@@ -206,9 +206,7 @@ def test_unknown_task_role_or_missing_base_are_named(tmp_path):
         task_models.train_task_model("phrasing", "frozen", tmp_path / "x")
 
 
-def test_the_schema_and_the_workflow_name_the_tasks_and_roles_defined_here():
+def test_the_schema_names_the_tasks_defined_here_and_the_base_comes_first():
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
-    assert schema["$defs"]["model"]["properties"]["task"]["enum"] == list(task_models.TASKS)
-    common = (ROOT / "rules/common.smk").read_text()
-    assert 'role="|".join(["base", *TINY_ROLES.values()])' in common
-    assert task_models.ROLES == ("base", "frozen", "reward", "prompter")
+    assert schema["$defs"]["model"]["properties"]["task"]["enum"] == list(task_plans.TASKS)
+    assert task_plans.ROLES[0] == "base" and set(task_plans.PLANS) == set(task_plans.ROLES)

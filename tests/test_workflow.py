@@ -30,7 +30,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from alignpro import tables, task_models
+from alignpro import tables, task_plans
 from openai_stub import JudgeStub
 
 pytestmark = pytest.mark.workflow
@@ -91,9 +91,9 @@ def run_snakemake(
     return result
 
 
-def planned_jobs(workdir: Path, *args: str, targets: tuple[str, ...] = ()) -> dict[str, int]:
+def planned_jobs(workdir: Path, *args: str, targets: tuple[str, ...] = (), env: dict[str, str] | None = None) -> dict[str, int]:
     """Jobs per rule that a dry run plans (empty when there is nothing to do)."""
-    result = run_snakemake(workdir, "--dry-run", *args, targets=targets)
+    result = run_snakemake(workdir, "--dry-run", *args, targets=targets, env=env)
     output = result.stdout + result.stderr
     if "Nothing to be done" in output:
         return {}
@@ -223,11 +223,11 @@ def test_align_pro_works_on_another_float_path(finished_run_on_another_float_pat
 
 def training_cards(workdir: Path) -> dict[str, dict]:
     models = workdir / f"results/task_models/{DATASET}"
-    return {role: json.loads((models / role / task_models.TRAINING_CARD).read_text()) for role in task_models.ROLES}
+    return {role: json.loads((models / role / task_plans.TRAINING_CARD).read_text()) for role in task_plans.ROLES}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("float_path", task_models.FLOAT_PATHS)
+@pytest.mark.parametrize("float_path", task_plans.FLOAT_PATHS)
 def test_every_role_meets_its_targets_on_each_float_path(float_path, request, tmp_path):
     """The task models train to their targets whichever SIMD kernels torch picks (users run on every
     CPU). On the native path and the other one the embedded default runs on, the cards are those of
@@ -253,8 +253,8 @@ def test_every_role_meets_its_targets_on_each_float_path(float_path, request, tm
     for role, card in cards.items():
         print(role, card["steps"], "steps:", {key: value for key, value in card.items() if key.startswith(("sampled_", "pairwise_"))})
         assert card["cpu_capability"] == float_path and card["seed"] == 0
-        assert card["targets"] == [str(target) for target in task_models.PLANS[role].targets]
-        assert all(target.met(card) for target in task_models.PLANS[role].targets), (role, card)
+        assert card["targets"] == [str(target) for target in task_plans.PLANS[role].targets]
+        assert all(target.met(card) for target in task_plans.PLANS[role].targets), (role, card)
     frozen = cards["frozen"]
     assert frozen["sampled_accuracy_clear"] >= 0.9 and frozen["sampled_accuracy_vague"] <= 0.5  # phrasing matters
 
@@ -458,6 +458,14 @@ def test_rerun_plans_nothing_and_generation_change_reruns_downstream_only(finish
     other_checker = derive_config(config, "contains.yaml", datasets={DATASET: {**dataset, "checker": "contains"}})
     assert planned_jobs(workdir, "--configfile", str(other_checker)) == {"all": 1, "report": 1}
 
+    # a changed training plan retrains that role's task model (and what it feeds), not the others
+    package = Path(task_plans.__file__).parent
+    changed = shutil.copytree(package, workdir.parent / "changed_plans" / "alignpro")
+    plans = changed / "task_plans.py"
+    plans.write_text(plans.read_text().replace("cycle_steps=300, max_cycles=4", "cycle_steps=301, max_cycles=4", 1))
+    planned = planned_jobs(workdir, env={"PYTHONPATH": str(changed.parent)})
+    assert planned["task_model"] == 1 and planned["score"] == 8 and "dataset" not in planned
+
 
 @pytest.mark.slow
 def test_a_second_run_gives_identical_tables(finished_run, first_tables, tmp_path):
@@ -465,7 +473,7 @@ def test_a_second_run_gives_identical_tables(finished_run, first_tables, tmp_pat
     The second run builds a slice that passes through every kind of job but rho*'s and the task
     models' (the dataset, sft pairs, SFT, PPO of the prompter and of the frozen model, rewrites,
     answers, scores and verdicts). To bound the time it starts from a copy of the first run's task
-    models (their seeded training gives the same weights: test_task_models.py::test_training_is_seeded;
+    models (their seeded training gives the same weights: test_task_plans.py::test_training_is_seeded;
     `--rerun-triggers mtime`, as the copies have no run record), and leaves out the beta sweep's PPO
     runs, the main run's code with another beta."""
     first, _ = finished_run
