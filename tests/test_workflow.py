@@ -473,7 +473,7 @@ def test_a_second_run_gives_identical_tables(finished_run, first_tables, tmp_pat
     The second run builds a slice that passes through every kind of job but rho*'s and the task
     models' (the dataset, sft pairs, SFT, PPO of the prompter and of the frozen model, rewrites,
     answers, scores and verdicts). To bound the time it starts from a copy of the first run's task
-    models (their seeded training gives the same weights: test_task_plans.py::test_training_is_seeded;
+    models (their seeded training gives the same weights: test_task_models.py::test_training_is_seeded;
     `--rerun-triggers mtime`, as the copies have no run record), and leaves out the beta sweep's PPO
     runs, the main run's code with another beta."""
     first, _ = finished_run

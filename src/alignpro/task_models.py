@@ -26,7 +26,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -403,9 +403,10 @@ def train_task_model(task_name: str, role: str, out_dir, *, base_dir=None, seed:
             f"train {role}",
         )
     seconds = time.perf_counter() - started
+    float_path = torch.backends.cpu.get_cpu_capability().lower()
     log.info(
         "%s model trained in %.0f s, %d steps, on torch's %s float path: %s",
-        role, seconds, len(losses), torch.backends.cpu.get_cpu_capability(), json.dumps(checks[-1].metrics),
+        role, seconds, len(losses), float_path, json.dumps(checks[-1].metrics),
     )
     if role != "reward":
         config = model.config
@@ -416,8 +417,8 @@ def train_task_model(task_name: str, role: str, out_dir, *, base_dir=None, seed:
         "task": task_name,
         "role": role,
         "seed": seed,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability().lower(),
-        **{field.name: getattr(plan, field.name) for field in fields(plan) if field.name != "targets"},
+        "cpu_capability": float_path,
+        **asdict(plan),
         "targets": [str(target) for target in plan.targets],
         "steps": len(losses),
         "seconds": round(seconds, 1),
