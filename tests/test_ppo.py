@@ -317,6 +317,23 @@ def test_logprobs_align_with_generation_and_training_forward(tiny_prompter, tmp_
     assert torch.allclose(vpreds[mask], values[index][mask], atol=1e-5)
 
 
+@pytest.mark.model
+def test_the_first_advantages_are_the_returns(tiny_prompter, tmp_path):
+    """A fresh value head predicts zero at every position, so the first step's advantages are the
+    discounted returns (a randomly initialised head biased them by position and once collapsed the
+    embedded default's prompter); its first update moves it off zero."""
+    trainer = make_trainer(tiny_prompter, tmp_path, small_config(batch_size=4, mini_batch_size=2))
+    queries = [encode_chat(trainer.tokenizer, trainer.query_fn(p)) for p in PROMPTS[:4]]
+    torch.manual_seed(0)
+    responses, _ = trainer.generate(queries)
+    batch = build_rollout_batch(queries, responses, trainer.tokenizer.pad_token_id)
+    _, values, _, _ = trainer.rollout_statistics(batch)
+    assert values.abs().max().item() == 0.0
+    trainer.update(batch, torch.tensor([1.0, -1.0, 2.0, -2.0]))
+    _, values, _, _ = trainer.rollout_statistics(batch)
+    assert values[batch.response_mask.bool()].abs().min().item() > 0.0
+
+
 # --------------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------------

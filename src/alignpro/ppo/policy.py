@@ -11,12 +11,20 @@ import torch.nn as nn
 
 class ValueHead(nn.Module):
     """A scalar value per position: dropout, then a linear layer on the last hidden state, in float32.
-    Mirrors trl.models.modeling_value_head.ValueHead (summary_dropout_prob 0.1, default random init)."""
+    Mirrors trl.models.modeling_value_head.ValueHead (summary_dropout_prob 0.1), but starts at zero.
+
+    TRL keeps nn.Linear's random init. Its values then bias every advantage of the first steps by an
+    amount that depends on the position, not on the reward. In the embedded default, one such step
+    pushed down the prompter's near-certain first token ("<" of its "<prompt>" tag, log-prob -0.005 ->
+    -5.0 in two optimizer steps), and the policy collapsed into rewrites that drop the task's words.
+    A zero head makes the first advantages the discounted returns; it learns from there."""
 
     def __init__(self, hidden_size: int, dropout: float = 0.1):
         super().__init__()
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.summary = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.summary.weight)
+        nn.init.zeros_(self.summary.bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden = self.dropout(hidden_states).to(self.summary.weight.dtype)
