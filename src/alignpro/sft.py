@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 from alignpro.atomic import atomic_directory
 from alignpro.datasets import file_suffix, header_columns, normalise_whitespace, read_records
 from alignpro.generation import Sampling
-from alignpro.lora import LoraSettings
+from alignpro.lora import LoraSettings, log_adapters
 from alignpro.modeling import checkpoint_dtype, named_dtype
 from alignpro.settings import from_section
 from alignpro.rewrite import Rewrite, prompter_conversation, sample_rewrites
@@ -237,6 +237,8 @@ def build_sft_trainer(
         callbacks=[LogMetrics()],
     )
     trainer.remove_callback(PrinterCallback)  # LogMetrics reports through logging instead of print
+    if settings.lora.enabled:
+        log_adapters(trainer.model, model)
     log_truncation(pairs.num_rows, [len(ids) for ids in trainer.train_dataset["input_ids"]], settings.max_length)
     return trainer
 

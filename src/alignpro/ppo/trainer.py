@@ -22,6 +22,7 @@ import torch
 
 from alignpro.atomic import atomic_directory
 from alignpro.generation import Completion
+from alignpro.lora import log_adapters
 from alignpro.modeling import checkpoint_dtype, context_length, eos_ids, fit_to_context, load_tokenizer, named_dtype
 from alignpro.ppo.config import PPOConfig
 from alignpro.ppo.maths import (
@@ -166,6 +167,7 @@ class PPOTrainer:
             from peft import get_peft_model
 
             lm = get_peft_model(base, peft_config)
+            log_adapters(lm, self.model_name)
             self.reference = None
         else:
             lm = base
