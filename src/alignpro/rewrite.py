@@ -7,8 +7,9 @@ text to work on; (2) small instruction-tuned models follow user-turn instruction
 than system prompts; (3) some chat templates (Gemma's, for one) reject a system role.
 
 The prompter is asked to put x' between <prompt> tags; `extract_rewrite` also accepts the usual
-deviations (a label such as "Rewritten prompt:", quotes, code fences, several candidates) and falls
-back to x when nothing usable is left, so the frozen model always gets a prompt.
+deviations (a label such as "Rewritten prompt:", quotes, code fences, several candidates, an
+"Explanation:" after an untagged rewrite) and falls back to x when nothing usable is left, so the
+frozen model always gets a prompt.
 """
 
 from __future__ import annotations
@@ -49,11 +50,17 @@ _LABEL = (
     r"(?:here(?:'s|’s|\s+is)\s+(?:(?:the|an?|my|your)\s+)?)?"
     rf"(?:(?:{_ADJECTIVE}\s+)?(?:version\s+of\s+(?:(?:the|your)\s+)?)?(?:prompt|rewrite)(?:\s*#?\d+)?"
     rf"|{_ADJECTIVE}\s+version(?:\s*#?\d+)?"
-    r"|(?:option|candidate|alternative|version)\s*#?\d+)"
+    r"|(?:option|candidate|alternative|version)\s*#?\d+(?:\s*\([^()\n]*\))?)"  # "Option 1 (Concise):"
     r"[*_\s]*:[*_]*"
 )
 _LEADING_LABEL = re.compile(_LABEL, re.IGNORECASE)
 _LABEL_LINE = re.compile(rf"^{_LABEL}", re.IGNORECASE | re.MULTILINE)
+# After a leading label, a paragraph that comments on the rewrite ends it.
+_AFTERWORD = re.compile(
+    r"\n[ \t]*\n[#*_\s]*(?:explanation\b[^\n:]*:"
+    r"|this\s+(?:(?:rewritten|revised|improved|new)\s+(?:prompt|version)|prompt|rewrite)\b)",
+    re.IGNORECASE,
+)
 _FENCED = re.compile(r"```[^\n]*\n((?:(?!```).)*?)\n?```", re.DOTALL)
 _QUOTE_PAIRS = ('""', "''", "“”", "‘’", "«»")
 
@@ -104,10 +111,13 @@ def _first_tagged(raw: str) -> tuple[str, bool] | None:
 
 
 def _first_labelled_candidate(raw: str) -> str:
-    """When the output starts with a label, a later line starting with one begins another candidate."""
+    """When the output starts with a label, a later line starting with one begins another candidate,
+    and a paragraph explaining the rewrite ("Explanation:", "This rewritten prompt ...") ends it."""
     label = _LEADING_LABEL.match(raw)
-    next_label = _LABEL_LINE.search(raw, label.end()) if label else None
-    return raw[: next_label.start()] if next_label else raw
+    if label is None:
+        return raw
+    ends = [m.start() for m in (_LABEL_LINE.search(raw, label.end()), _AFTERWORD.search(raw, label.end())) if m]
+    return raw[: min(ends)] if ends else raw
 
 
 def _unwrap(text: str) -> str:
