@@ -40,8 +40,9 @@ def one_seed(results: Path, config: dict, ppo: dict, seed: int, work: Path) -> d
     """Train the prompter with `seed`, answer and score the test split; the figures of that seed."""
     import polars as pl
 
-    from alignpro import checkers, stages
+    from alignpro import stages, tables
     from alignpro.generation import GenerationSettings
+    from alignpro.report import summarize
 
     frozen, reward = model(results / f"task_models/{DATASET}/frozen"), model(results / f"task_models/{DATASET}/reward")
     test = results / f"data/{DATASET}/test.parquet"
@@ -70,20 +71,20 @@ def one_seed(results: Path, config: dict, ppo: dict, seed: int, work: Path) -> d
         responses_path=str(work / "responses.parquet"), out_path=str(work / "scores.parquet"),
         reward_model="phrasing-reward", model=reward, params=config["reward"],
     )
-    references = dict(pl.read_parquet(test).select("prompt_id", "reference").iter_rows())
-    check = checkers.CHECKERS[config["datasets"][DATASET]["checker"]]
-
-    def accuracy(scores) -> float:
-        return sum(check(r, references[p]) for p, r in scores.select("prompt_id", "response").iter_rows()) / scores.height
-
-    base = pl.read_parquet(results / f"scores/{DATASET}/{FROZEN}/base.parquet")
-    scores = pl.read_parquet(work / "scores.parquet")
+    # accuracy and mean reward as the report computes them, base's from the run's own scores
+    table = summarize(
+        [tables.read_table(path, tables.SCORES) for path in (results / f"scores/{DATASET}/{FROZEN}/base.parquet", work / "scores.parquet")],
+        prompters=[PROMPTER],
+        references=stages._test_prompts_frame({DATASET: str(test)}),
+        checkers={DATASET: config["datasets"][DATASET]["checker"]},
+    )
+    base, trained = (table.row(by_predicate=pl.col("method") == method, named=True) for method in ("base", "alignpro"))
     metrics = pl.read_parquet(work / "metrics.parquet")
     return {
         "seed": seed,
-        "reward_gain": round(scores["reward"].mean() - base["reward"].mean(), 3),
-        "accuracy": round(accuracy(scores), 3),
-        "base_accuracy": round(accuracy(base), 3),
+        "reward_gain": round(trained["mean_reward"] - base["mean_reward"], 3),
+        "accuracy": round(trained["accuracy"], 3),
+        "base_accuracy": round(base["accuracy"], 3),
         "kl_last_10_steps": round(metrics["kl"].tail(10).mean(), 2),
         "score_last_10_steps": round(metrics["score_mean"].tail(10).mean(), 2),
     }

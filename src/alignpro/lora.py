@@ -78,4 +78,3 @@ def log_adapters(model, model_name: str) -> None:
             "lora.target_modules leaves these linear layers of %s without adapters: %s (%r adapts them all)",
             model_name, ", ".join(sorted(plain)), ALL_LINEAR,
         )
-
