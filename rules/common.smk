@@ -108,6 +108,11 @@ def model_dir(kind, name):
     return f"results/models/{kind}/{name}"
 
 
+def standin_dir(kind, name):
+    """Where the stand-in of a model is built."""
+    return f"results/standins/{kind}/{name}"
+
+
 def task_model_dir(task, role):
     """Where the workflow trains the `role` model of a bundled task (`base` is the others' origin)."""
     return f"results/task_models/{task}/{role}"
@@ -118,8 +123,8 @@ HUB_CACHE = hub.cache_root(config["models"]["cache_dir"])
 
 
 def model_source(kind, name, weights=False):
-    """`tiny` (built here with random weights), `task` (trained here on a bundled task), `local` (an
-    existing directory), `pinned` (a hub id at a commit: fetched once into HUB_CACHE by the fetch_model
+    """`tiny` (built here with random weights), `task` (trained here on a bundled task), `standin` (a
+    stand-in of the model at `path`, built here), `local` (an existing directory), `pinned` (a hub id at a commit: fetched once into HUB_CACHE by the fetch_model
     job), `hub` (a hub id at a branch or tag: each job resolves and loads it itself) or `api` (a frozen
     model behind an API). With `weights`, an API model's is that of the local weights its `path`
     names (what rlhf trains)."""
@@ -130,14 +135,18 @@ def model_source(kind, name, weights=False):
         return "tiny"
     if "task" in spec:
         return "task"
+    if spec.get("standin"):
+        return "standin"
     if os.path.isdir(spec["path"]):
         return "local"
     return "pinned" if hub.is_commit(spec["revision"]) else "hub"
 
 
 def built_model_dir(kind, name):
-    """The directory the workflow builds (tiny) or trains (task) model `name` of section `kind` in."""
+    """The directory the workflow builds (tiny, standin) or trains (task) model `name` of section `kind` in."""
     spec = config["models"][kind][name]
+    if spec.get("standin"):
+        return standin_dir(kind, name)
     return model_dir(kind, name) if spec.get("tiny") else task_model_dir(spec["task"], TINY_ROLES[kind])
 
 
@@ -161,6 +170,8 @@ def model_spec(kind, name, weights=False):
         return {"api": spec["api"], "name": name}
     if source in ("tiny", "task"):
         return {"path": built_model_dir(kind, name), "revision": "main", "dtype": "float32", "trust_remote_code": False}
+    if source == "standin":
+        return {**{key: spec[key] for key in ("dtype", "trust_remote_code")}, "path": built_model_dir(kind, name), "revision": "main"}
     model = {key: spec[key] for key in ("path", "revision", "dtype", "trust_remote_code")}
     if source == "pinned":
         model["path"] = hub.snapshot_dir(HUB_CACHE, spec["path"], spec["revision"])
@@ -176,7 +187,7 @@ def model_input(kind, name, weights=False):
     """What a job that loads the model waits for: the built directory of a tiny model, the fetch record
     of a pinned hub model; nothing for local directories, unpinned hub models and API models."""
     source = model_source(kind, name, weights)
-    if source in ("tiny", "task"):
+    if source in ("tiny", "task", "standin"):
         return [built_model_dir(kind, name)]
     if source == "pinned":
         return [fetch_marker(kind, name)]

@@ -33,6 +33,28 @@ rule fetch_model:
         "../workflow/scripts/fetch_model.py"
 
 
+rule standin_model:
+    """Build a stand-in of a real model: its architecture, vocabulary, tokenizer, chat template and
+    generation config with 2 layers of random weights. Local: it fetches the repository's small files
+    from the hub, which cluster nodes may not reach; the build takes seconds."""
+    output:
+        directory("results/standins/{kind}/{name}"),
+    params:
+        source=lambda wildcards: hub_entry(wildcards)["path"],
+        revision=lambda wildcards: hub_entry(wildcards)["revision"],
+        role=lambda wildcards: TINY_ROLES[wildcards.kind],
+        seed=config["seed"],
+        cache_dir=HUB_CACHE,
+        trust_remote_code=lambda wildcards: hub_entry(wildcards)["trust_remote_code"],
+    log:
+        "logs/standin_model/{kind}/{name}.log",
+    localrule: True
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/standin_model.py"
+
+
 rule task_model:
     """Train a small model on a bundled task (the embedded default's models): `base`, an LM of the
     task's correct answers, then the frozen model, reward model and prompter fine-tuned from it."""

@@ -81,13 +81,17 @@ class HubStub:
 
     # ------------------------------------------------------------------ content
 
-    def add_repo(self, repo_id: str, files: dict[str, bytes], *, branch: str = "main", gated: bool = False) -> str:
-        """Serve `files` (repo path -> bytes) as `repo_id` at one commit, reachable as `branch`; returns the commit."""
+    def add_repo(
+        self, repo_id: str, files: dict[str, bytes], *, branch: str = "main", gated: bool = False, commit: str | None = None
+    ) -> str:
+        """Serve `files` (repo path -> bytes) as `repo_id` at one commit, reachable as `branch`; returns the
+        commit: `commit` (a config's pinned one, say), else a hash of the files."""
         stored = {path: StoredFile(content, path.endswith(LFS_SUFFIXES)) for path, content in files.items()}
-        digest = hashlib.sha1(repo_id.encode())
-        for path in sorted(stored):
-            digest.update(f"{path}\0{stored[path].blob_id}\0".encode())
-        commit = digest.hexdigest()
+        if commit is None:
+            digest = hashlib.sha1(repo_id.encode())
+            for path in sorted(stored):
+                digest.update(f"{path}\0{stored[path].blob_id}\0".encode())
+            commit = digest.hexdigest()
         self.repos[repo_id] = Repo(stored, commit, {branch: commit}, gated)
         return commit
 

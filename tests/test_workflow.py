@@ -73,7 +73,7 @@ def run_snakemake(
     """snakemake in `workdir` (for `targets`, else the default target), with `env` added to the
     environment; with `cache`, eligible rules use it as the between-workflow cache. Targets go first:
     list options such as --resources would take them."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     if cache is not None:
         env["SNAKEMAKE_OUTPUT_CACHE"] = str(cache)
         args = (*args, "--cache")
@@ -815,6 +815,13 @@ def test_an_api_prompter_is_named(tmp_path):
     assert "config models.prompters.remote.api: only a frozen model can be called through an API" in dry_run_error(tmp_path, config)
 
 
+def test_a_standin_without_a_model_to_stand_in_for_is_named(tmp_path):
+    config = default_config()
+    config["models"]["reward"] = {"rm": {"task": "phrasing", "standin": True}}
+    error = dry_run_error(tmp_path, config)
+    assert "standin" in error and "'path' is a required property" in error
+
+
 def test_an_api_frozen_model_plans_no_model_job_and_rlhf_trains_its_weights(tmp_path):
     """No tiny or task model is built for the API entry; rlhf (and only rlhf) waits for its local weights."""
     workdir = copy_workflow(tmp_path / "workflow")
@@ -865,6 +872,23 @@ def test_paper_config_plans_the_whole_grid(tmp_path):
         assert len(requests[rule]) == planned[rule], rule
         expected = {"gpu=1", f"mem_mb={resources['mem_mb']}", f"runtime={resources['runtime']}"}
         assert all(expected <= request for request in requests[rule]), (rule, requests[rule][0])
+
+
+def test_rehearsal_plans_what_paper_plans_per_cell(tmp_path):
+    """config/rehearsal.yaml is paper.yaml's grid on stand-ins: per (dataset, frozen model) cell and per
+    judge the same jobs of every rule, and a stand-in built where paper.yaml fetches a model."""
+    workdir = copy_workflow(tmp_path / "workflow")
+    plans = {}
+    for name in ("paper", "rehearsal"):
+        configfile = f"config/{name}.yaml"
+        config = yaml.safe_load((workdir / configfile).read_text())
+        planned = planned_jobs(workdir, "--configfile", configfile, "--replace-workflow-config")
+        print(name, planned)
+        runs = len(config["datasets"]) * len(config["models"]["frozen"])
+        planned["judge"] //= len(config["judges"])
+        plans[name] = {rule: count / (runs if rule not in ("fetch_model", "standin_model", "report", "all") else 1) for rule, count in planned.items()}
+    assert plans["rehearsal"].pop("standin_model") == plans["paper"].pop("fetch_model") == 5
+    assert plans["rehearsal"] == plans["paper"]
 
 
 def test_spawned_jobs_replace_the_workflow_config_as_their_main_process_did(tmp_path, monkeypatch):

@@ -142,6 +142,7 @@ def fetch_model(
     marker_path: str | os.PathLike | None = None,
     *,
     label: str | None = None,
+    allow_patterns: list[str] | None = None,
 ) -> dict:
     """Download `repo_id` at `revision` into `cache_dir` (None: huggingface_hub's default cache), only
     the files the loaders read, and check that it loads with `trust_remote_code` as configured.
@@ -151,7 +152,8 @@ def fetch_model(
     access (huggingface_hub >= 1.26 caches the file listing; older ones list the files again).
     Returns, and writes atomically to `marker_path`, a record of the fetch: repo, revision, commit,
     snapshot directory, file names and total bytes. `label` names the model in errors (e.g. its
-    config key); it defaults to `repo_id`."""
+    config key); it defaults to `repo_id`. `allow_patterns` fetches only the files that match (a
+    stand-in's small files)."""
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
     from huggingface_hub.hf_api import RepoFile
@@ -166,14 +168,16 @@ def fetch_model(
         if files is None:
             files = [entry.path for entry in api.list_repo_tree(repo_id, recursive=True, revision=commit) if isinstance(entry, RepoFile)]
         ignore = ignore_patterns(files)
-        wanted = sorted(filter_repo_objects(files, ignore_patterns=ignore))
+        wanted = sorted(filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore))
         skipped = sorted(set(files) - set(wanted))
+        if allow_patterns is not None and "config.json" not in wanted:
+            raise RuntimeError(f"{label}: {repo_id}@{commit} has no config.json among its files: {sorted(files)}")
         log.info(
             "%s: fetching %s@%s into %s: %d files%s",
             label, repo_id, commit, cache, len(wanted), f", skipping {len(skipped)}: {', '.join(skipped)}" if skipped else "",
         )
         # With a commit, a file already in the cache is not asked for again.
-        path = snapshot_download(repo_id, revision=commit, cache_dir=cache, ignore_patterns=ignore)
+        path = snapshot_download(repo_id, revision=commit, cache_dir=cache, allow_patterns=allow_patterns, ignore_patterns=ignore)
     except GatedRepoError as error:
         raise RuntimeError(
             f"{label}: {repo_id} is gated: accept its licence on the hub with your account, then export HF_TOKEN "

@@ -77,6 +77,15 @@ def fetch_model(
     fetch(repo, revision, cache_dir, trust_remote_code, marker_path, label=label)
 
 
+def build_standin(
+    *, source: str, revision: str, role: str, seed: int, cache_dir: str | None, trust_remote_code: bool, out_dir: str, label: str
+) -> None:
+    """The model stage of a rehearsal: the stand-in of the model at `source` (a hub id or a directory)."""
+    from alignpro.standins import build_standin as build
+
+    build(source, out_dir, role=role, seed=seed, revision=revision, cache_dir=cache_dir, trust_remote_code=trust_remote_code, label=label)
+
+
 def prepare_dataset(*, name: str, spec: dict, seed: int, train_path: str, test_path: str) -> None:
     from alignpro.datasets import prepare_dataset as prepare
 
