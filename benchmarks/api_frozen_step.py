@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from alignpro.frozen_api import APIGenerator, FrozenAPISettings  # noqa: E402
-from alignpro.generation import Completion, Sampling  # noqa: E402
+from alignpro.sampling import Completion, Sampling  # noqa: E402
 from alignpro.training import RewriteReward  # noqa: E402
 from openai_stub import JudgeStub  # noqa: E402
 

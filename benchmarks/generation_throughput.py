@@ -53,7 +53,8 @@ import torch  # noqa: E402
 from transformers import GenerationConfig, LlamaConfig, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 from transformers import LlamaForCausalLM  # noqa: E402
 
-from alignpro.generation import Sampling, generate_responses, load_generator  # noqa: E402
+from alignpro.generation import generate_responses, load_generator  # noqa: E402
+from alignpro.sampling import Sampling  # noqa: E402
 from cpu_contention import add_arguments, runner_from  # noqa: E402  (benchmarks/cpu_contention.py)
 from alignpro.tinymodels import IM_END, PAD_TOKEN, build_tokenizer  # noqa: E402
 

@@ -32,8 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASET, FROZEN, PROMPTER = "phrasing", "phrasing-frozen", "phrasing-prompter"  # config.yaml's names
 
 
-def model(path: Path) -> dict:
-    return {"path": str(path), "revision": "main", "dtype": "float32", "trust_remote_code": False}
+def model(section: str, path: Path):
+    """A model the finished run built or trained, as config.yaml's entry `section` names it."""
+    from alignpro.model_spec import ModelSpec
+
+    return ModelSpec(f"models.{section}", str(path), dtype="float32")
 
 
 def one_seed(results: Path, config: dict, ppo: dict, seed: int, work: Path) -> dict:
@@ -44,12 +47,12 @@ def one_seed(results: Path, config: dict, ppo: dict, seed: int, work: Path) -> d
     from alignpro.generation import GenerationSettings
     from alignpro.report import summarize
 
-    frozen, reward = model(results / f"task_models/{DATASET}/frozen"), model(results / f"task_models/{DATASET}/reward")
+    frozen, reward = model(f"frozen.{FROZEN}", results / f"task_models/{DATASET}/frozen"), model("reward.phrasing-reward", results / f"task_models/{DATASET}/reward")
     test = results / f"data/{DATASET}/test.parquet"
     stages.ppo(
         train_path=str(results / f"data/{DATASET}/train.parquet"),
         workdir=str(work),
-        model=model(results / f"train/{DATASET}/{FROZEN}/{PROMPTER}/sft"),
+        model=model(f"prompters.{PROMPTER}", results / f"train/{DATASET}/{FROZEN}/{PROMPTER}/sft"),
         frozen=frozen,
         reward=reward,
         ppo=ppo,
@@ -60,7 +63,7 @@ def one_seed(results: Path, config: dict, ppo: dict, seed: int, work: Path) -> d
     )
     stages.rewrite(
         prompts_path=str(test), out_path=str(work / "rewrites.parquet"), prompter=PROMPTER,
-        model=model(work / "model"), params=config["rewrite"], seed=config["seed"],
+        model=model(f"prompters.{PROMPTER}", work / "model"), params=config["rewrite"], seed=config["seed"],
     )
     stages.generate(
         inputs_path=str(work / "rewrites.parquet"), out_path=str(work / "responses.parquet"), dataset=DATASET,

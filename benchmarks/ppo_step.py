@@ -35,7 +35,8 @@ from transformers import (  # noqa: E402
     Qwen2Config,
 )
 
-from alignpro.generation import Sampling, load_generator  # noqa: E402
+from alignpro.generation import load_generator  # noqa: E402
+from alignpro.sampling import Sampling  # noqa: E402
 from alignpro.ppo import PPOConfig, PPOTrainer  # noqa: E402
 from alignpro.reward import RewardScorer  # noqa: E402
 from alignpro.rewrite import prompter_conversation  # noqa: E402

@@ -9,6 +9,7 @@ from snakemake.utils import validate
 from alignpro import hub
 from alignpro.generation import GenerationSettings
 from alignpro.judge_prompts import judge_prompt
+from alignpro.model_spec import ModelSpec
 from alignpro.systems import REFERENCE, System, grid, system_pattern, systems, training_runs
 from alignpro.task_plans import PLANS as TASK_PLANS, ROLES as TASK_ROLES
 from alignpro.datasets import category_column, check_local_file, is_bundled
@@ -161,21 +162,23 @@ def fetch_marker(kind, name):
 
 
 def model_spec(kind, name, weights=False):
-    """The model as the stage scripts load it: path, revision, dtype, trust_remote_code (or, for an API
-    model, its `api` settings and name). A pinned hub model is loaded from its snapshot directory in the
-    cache, so jobs need no hub access. `weights` as in model_source."""
+    """The model as the stage scripts load it (alignpro.model_spec.ModelSpec, as params): the weights'
+    directory or hub id with revision, dtype and trust_remote_code, or an API model's `api` settings.
+    A pinned hub model is loaded from its snapshot directory in the cache, so jobs need no hub access.
+    `weights` as in model_source."""
     spec = config["models"][kind][name]
     source = model_source(kind, name, weights)
+    label = f"models.{kind}.{name}"
     if source == "api":
-        return {"api": spec["api"], "name": name}
-    if source in ("tiny", "task"):
-        return {"path": built_model_dir(kind, name), "revision": "main", "dtype": "float32", "trust_remote_code": False}
-    if source == "standin":
-        return {**{key: spec[key] for key in ("dtype", "trust_remote_code")}, "path": built_model_dir(kind, name), "revision": "main"}
-    model = {key: spec[key] for key in ("path", "revision", "dtype", "trust_remote_code")}
-    if source == "pinned":
-        model["path"] = hub.snapshot_dir(HUB_CACHE, spec["path"], spec["revision"])
-    return model
+        model = ModelSpec(label, api=spec["api"])
+    elif source in ("tiny", "task"):
+        model = ModelSpec(label, built_model_dir(kind, name), dtype="float32")
+    elif source == "standin":
+        model = ModelSpec(label, built_model_dir(kind, name), dtype=spec["dtype"], trust_remote_code=spec["trust_remote_code"])
+    else:
+        path = hub.snapshot_dir(HUB_CACHE, spec["path"], spec["revision"]) if source == "pinned" else spec["path"]
+        model = ModelSpec(label, path, spec["revision"], spec["dtype"], spec["trust_remote_code"])
+    return model.as_params()
 
 
 def trained_spec(kind, name, path):

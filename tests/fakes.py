@@ -3,7 +3,7 @@ and whole table rows with defaults, so a test states only the columns it is abou
 
 import pyarrow as pa
 
-from alignpro.generation import Completion
+from alignpro.sampling import Completion
 from alignpro.tables import PROMPTS, prompt_id_of
 
 LLM_JUDGE = "gpt4"

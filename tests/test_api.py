@@ -12,7 +12,9 @@ import pytest
 
 from alignpro import stages
 from alignpro.frozen_api import APIAnswersMissing, APIGenerator, FrozenAPISettings
-from alignpro.generation import Completion, Sampling, SamplingSettings
+from alignpro.generation import SamplingSettings
+from alignpro.model_spec import ModelSpec
+from alignpro.sampling import Completion, Sampling
 from alignpro.judge import JudgeSettings
 from alignpro.tables import PPO_METRICS, PROMPTS, RESPONSES, SCORES, VERDICTS, read_table, write_table
 from alignpro.training import RewriteReward
@@ -38,7 +40,7 @@ def api_section(stub, tmp_path, **overrides) -> dict:
 
 
 def generator(stub, tmp_path, **overrides) -> APIGenerator:
-    return SamplingSettings().generator({"api": api_section(stub, tmp_path, **overrides), "name": "remote"}, seed=0)
+    return SamplingSettings().generator(ModelSpec("models.frozen.remote", api=api_section(stub, tmp_path, **overrides)), seed=0)
 
 
 def chats(questions):
@@ -86,7 +88,7 @@ def test_an_outage_raises_after_the_retries_keeping_what_was_answered(stub, tmp_
 
 def test_a_missing_key_and_a_missing_model_are_named(stub, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="config models.frozen.remote.api.model: the API's name for the model is required"):
-        SamplingSettings().generator({"api": api_section(stub, tmp_path) | {"model": ""}, "name": "remote"}, seed=0)
+        SamplingSettings().generator(ModelSpec("models.frozen.remote", api=api_section(stub, tmp_path) | {"model": ""}), seed=0)
     monkeypatch.delenv(KEY_ENV)
     with pytest.raises(RuntimeError, match=f"frozen model remote's API key is read from \\${KEY_ENV}"):
         generator(stub, tmp_path)
@@ -98,7 +100,7 @@ def test_the_generate_stage_answers_through_the_api(stub, tmp_path):
     stages.generate(
         inputs_path=str(tmp_path / "test.parquet"), out_path=str(tmp_path / "responses.parquet"), dataset="toy",
         method="base", frozen="remote", prompter=None, beta=None,
-        model={"api": api_section(stub, tmp_path), "name": "remote"},
+        model=ModelSpec("models.frozen.remote", api=api_section(stub, tmp_path)),
         params={"backend": "transformers", "n_samples": 2, "max_new_tokens": 16}, seed=1,
     )
     responses = read_table(tmp_path / "responses.parquet", RESPONSES)
@@ -136,8 +138,8 @@ def test_generate_ppo_and_judge_complete_at_a_50_percent_fault_rate(stub, tmp_pa
     null content, JSON cut short, HTML page): every job still completes with no answer missing."""
     stub.fault_rate = 0.5
     patient = {"max_retries": 12, "timeout_s": 1.0}
-    frozen = {"api": api_section(stub, tmp_path, **patient), "name": "remote"}
-    local = lambda path: {"path": str(path), "revision": "main", "dtype": "float32", "trust_remote_code": False}  # noqa: E731
+    frozen = ModelSpec("models.frozen.remote", api=api_section(stub, tmp_path, **patient))
+    local = lambda path: ModelSpec("models.test.local", str(path), dtype="float32")  # noqa: E731
     questions = [f"Question {index}?" for index in range(12)]
     write_table(prompts_table(questions), tmp_path / "prompts.parquet", PROMPTS)
     counts = {}
@@ -171,7 +173,7 @@ def test_generate_ppo_and_judge_complete_at_a_50_percent_fault_rate(stub, tmp_pa
 
     scored("first", "base")
     scored("second", "alignpro")
-    judge_api = dataclasses.asdict(JudgeSettings(**{k: v for k, v in frozen["api"].items() if k not in ("cache", "send_seed", "model")}))
+    judge_api = dataclasses.asdict(JudgeSettings(**{k: v for k, v in frozen.api.items() if k not in ("cache", "send_seed", "model")}))
     settings = {"backend": "api", "samples_per_prompt": None, "api": judge_api | {"cache": str(tmp_path / "judge.sqlite")}}
     served("judge", lambda: stages.judge(
         scores_path=str(tmp_path / "second_scores.parquet"), base_scores_path=str(tmp_path / "first_scores.parquet"),
@@ -190,18 +192,19 @@ def test_generate_ppo_and_judge_complete_at_a_50_percent_fault_rate(stub, tmp_pa
 KILLABLE_GENERATE = """
 import json, sys
 from alignpro import stages
+from alignpro.model_spec import ModelSpec
 prompts, out, model = sys.argv[1:]
 stages.generate(inputs_path=prompts, out_path=out, dataset="toy", method="base", frozen="remote", prompter=None,
-                beta=None, model=json.loads(model), params={"backend": "transformers", "n_samples": 2}, seed=0)
+                beta=None, model=ModelSpec.from_params(json.loads(model)), params={"backend": "transformers", "n_samples": 2}, seed=0)
 """
 
 
 def test_a_killed_generate_job_reruns_paying_only_for_the_answers_it_lacked(stub, tmp_path):
     stub.latency_s = 0.1
     write_table(prompts_table([f"Question {index}?" for index in range(20)]), tmp_path / "prompts.parquet", PROMPTS)
-    model = {"api": api_section(stub, tmp_path, concurrency=2), "name": "remote"}
+    model = ModelSpec("models.frozen.remote", api=api_section(stub, tmp_path, concurrency=2))
     out = tmp_path / "responses.parquet"
-    kill_after_requests(stub, KILLABLE_GENERATE, str(tmp_path / "prompts.parquet"), str(out), json.dumps(model), requests=16)
+    kill_after_requests(stub, KILLABLE_GENERATE, str(tmp_path / "prompts.parquet"), str(out), json.dumps(model.as_params()), requests=16)
     assert not out.exists()
     with sqlite3.connect(tmp_path / "frozen.sqlite") as db:
         answered = db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]

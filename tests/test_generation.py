@@ -12,7 +12,8 @@ import pytest
 
 import vllm_run  # tests/vllm_run.py: the vLLM subprocess's prompts and sampling
 from fakes import prompts_table
-from alignpro.generation import Completion, Sampling, generate_responses, load_generator
+from alignpro.generation import generate_responses, load_generator
+from alignpro.sampling import Completion, Sampling
 from alignpro.tables import RESPONSES, conform
 
 pytestmark = pytest.mark.model
@@ -66,7 +67,7 @@ def test_unknown_backend_is_named():
 
 def test_transformers_backend_runs_without_importing_vllm(tiny_frozen):
     code = (
-        "import sys; from alignpro.generation import Sampling, load_generator; "
+        "import sys; from alignpro.generation import load_generator; from alignpro.sampling import Sampling; "
         f"generator = load_generator('transformers', {str(tiny_frozen)!r}); "
         "generator.chat([[{'role': 'user', 'content': 'hi'}]], Sampling(max_new_tokens=4)); "
         "assert 'vllm' not in sys.modules"

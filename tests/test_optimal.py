@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from alignpro.generation import Sampling
+from alignpro.sampling import Sampling
 from alignpro.optimal import (
     closed_form,
     effective_sample_size,

@@ -587,6 +587,7 @@ def test_the_stage_names_the_config_key_of_a_checkpoint_past_its_steps(tmp_path,
     import pyarrow as pa
 
     from alignpro import ppo, stages, tables
+    from alignpro.model_spec import ModelSpec
     from alignpro.tables import PROMPTS
 
     class Refusing:
@@ -599,7 +600,7 @@ def test_the_stage_names_the_config_key_of_a_checkpoint_past_its_steps(tmp_path,
     monkeypatch.setattr(ppo, "PPOTrainer", Refusing)
     train = tmp_path / "train.parquet"
     tables.write_table(pa.Table.from_pylist([{"prompt_id": "1", "prompt": "p", "source": "s", "reference": None}], schema=PROMPTS), train, PROMPTS)
-    model = {"path": "m", "revision": "main", "dtype": "auto", "trust_remote_code": False}
+    model = ModelSpec("models.frozen.m", "m")
     with pytest.raises(ValueError, match=r"^config rlhf.steps: steps is 1, but .* at step 2"):
         stages._train_ppo(
             section="rlhf", train_path=str(train), workdir=str(tmp_path), model=model, ppo={"steps": 1, "max_prompts": 1},

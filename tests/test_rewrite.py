@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from alignpro.generation import Completion, Sampling
+from alignpro.sampling import Completion, Sampling
 from alignpro.rewrite import (
     INSTRUCTIONS,
     META_PROMPT,

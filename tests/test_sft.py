@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from alignpro.generation import Sampling, load_generator
+from alignpro.generation import load_generator
+from alignpro.sampling import Sampling
 from alignpro.lora import LoraSettings
 from alignpro.reward import RewardScorer
 from alignpro.rewrite import prompter_conversation

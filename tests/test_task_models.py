@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from transformers import Qwen2ForCausalLM
 
 from alignpro import task_models, task_plans
-from alignpro.generation import Sampling, load_generator
+from alignpro.generation import load_generator
+from alignpro.sampling import Sampling
 from alignpro.reward import RewardScorer
 from alignpro.rewrite import prompter_conversation
 

@@ -1,6 +1,6 @@
 import pytest
 
-from alignpro.generation import Completion, Sampling
+from alignpro.sampling import Completion, Sampling
 from alignpro.training import ResponseReward, RewriteReward
 
 

@@ -8,7 +8,8 @@ import json
 import sys
 from dataclasses import asdict
 
-from alignpro.generation import Sampling, load_generator
+from alignpro.generation import load_generator
+from alignpro.sampling import Sampling
 
 # More prompts than one batch, so both a full batch of 32 and a partial one are exercised.
 BATCH_SIZE = 32

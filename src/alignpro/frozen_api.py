@@ -9,7 +9,7 @@ import weakref
 from dataclasses import dataclass
 
 from alignpro.api import APISettings, Budget, CallCache, ChatClient, cache_key
-from alignpro.generation import Completion, Sampling
+from alignpro.sampling import Completion, Sampling
 from alignpro.progress import progress_bar
 from alignpro.settings import from_section
 

@@ -17,23 +17,14 @@ from operator import attrgetter
 
 import pyarrow as pa
 
+from alignpro.model_spec import ModelSpec
 from alignpro.modeling import context_length, eos_ids, fit_to_context, inference_dtype, load_tokenizer
 from alignpro.progress import progress_bar
+from alignpro.sampling import Completion, Sampling
 from alignpro.settings import from_section
 from alignpro.tables import RESPONSES
 
 BACKENDS = ("vllm", "transformers")
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How to sample: n completions per conversation; temperature 0 means greedy decoding."""
-
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -51,23 +42,14 @@ class SamplingSettings:
     def sampling(self, *, seed: int, n: int = 1) -> Sampling:
         return Sampling(n=n, temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens, seed=seed)
 
-    def generator(self, model: dict, *, seed: int):
-        """`model` (a stage's model spec: path, revision, dtype, trust_remote_code) loaded with this
-        backend, or, for a frozen model behind an API (a spec with `api`), its client."""
-        if "api" in model:
+    def generator(self, model: ModelSpec, *, seed: int):
+        """`model` loaded with this backend, or, for a frozen model behind an API, its client."""
+        if model.api is not None:
             from alignpro.frozen_api import APIGenerator, FrozenAPISettings
 
-            settings = FrozenAPISettings.from_config(model["api"], f"models.frozen.{model['name']}.api")
-            return APIGenerator(settings, name=model["name"])
+            return APIGenerator(FrozenAPISettings.from_config(model.api, f"{model.label}.api"), name=model.name)
         return load_generator(
-            self.backend,
-            model["path"],
-            revision=model["revision"],
-            dtype=model["dtype"],
-            trust_remote_code=model["trust_remote_code"],
-            batch_size=self.batch_size,
-            seed=seed,
-            vllm_options=self.vllm,
+            self.backend, model.path, **model.load_options(), batch_size=self.batch_size, seed=seed, vllm_options=self.vllm
         )
 
 
@@ -86,15 +68,6 @@ class GenerationSettings(SamplingSettings):
         """The section as training stages take it (one answer per rewrite there): without n_samples, so
         changing the evaluation's number of samples retrains nothing."""
         return {key: value for key, value in section.items() if key != "n_samples"}
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One sampled answer. finish_reason is "stop" (end of sequence) or "length" (hit max_new_tokens)."""
-
-    text: str
-    finish_reason: str
-    num_tokens: int
 
 
 def load_generator(

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from alignpro.generation import Completion, Sampling, SamplingSettings
+from alignpro.generation import SamplingSettings
+from alignpro.sampling import Completion, Sampling
 from alignpro.settings import from_section
 from alignpro.tables import REWRITES
 

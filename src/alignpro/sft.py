@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 
 from alignpro.atomic import atomic_directory
 from alignpro.datasets import file_suffix, header_columns, normalise_whitespace, read_records
-from alignpro.generation import Sampling
+from alignpro.sampling import Sampling
 from alignpro.lora import LoraSettings, log_adapters
 from alignpro.modeling import checkpoint_dtype, named_dtype
 from alignpro.settings import from_section

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from alignpro import tables
+from alignpro.model_spec import ModelSpec
 from alignpro.systems import answers_original
 
 log = logging.getLogger("alignpro")
@@ -107,15 +108,15 @@ def _rewriting(section: dict):
     return RewriteSettings.from_config(section)
 
 
-def _generator(model: dict, settings, *, seed: int):
-    if "api" in model:
-        log.info("frozen model %s: %s at %s, through its API", model["name"], model["api"]["model"], model["api"]["base_url"])
+def _generator(model: ModelSpec, settings, *, seed: int):
+    if model.api is not None:
+        log.info("frozen model %s: %s at %s, through its API", model.name, model.api["model"], model.api["base_url"])
     else:
-        log.info("loading %s at revision %s for %s generation", model["path"], model["revision"], settings.backend)
+        log.info("loading %s at revision %s for %s generation (%s)", model.path, model.revision, settings.backend, model.label)
     return settings.generator(model, seed=seed)
 
 
-def rewrite(*, prompts_path: str, out_path: str, prompter: str, model: dict, params: dict, seed: int) -> None:
+def rewrite(*, prompts_path: str, out_path: str, prompter: str, model: ModelSpec, params: dict, seed: int) -> None:
     """The rewrite stage: x -> x' for every test prompt with the prompter and the meta-prompt."""
     from alignpro.rewrite import rewrite_prompts
 
@@ -141,7 +142,7 @@ def generate(
     frozen: str,
     prompter: str | None,
     beta: float | None,
-    model: dict,
+    model: ModelSpec,
     params: dict,
     seed: int,
 ) -> None:
@@ -170,21 +171,14 @@ def generate(
     tables.write_table(responses, out_path, tables.RESPONSES)
 
 
-def _scorer(model: dict, params: dict):
+def _scorer(model: ModelSpec, params: dict):
     from alignpro.reward import RewardScorer
 
-    log.info("loading reward model %s at revision %s", model["path"], model["revision"])
-    return RewardScorer(
-        model["path"],
-        revision=model["revision"],
-        dtype=model["dtype"],
-        trust_remote_code=model["trust_remote_code"],
-        batch_size=params["batch_size"],
-        max_length=params["max_length"],
-    )
+    log.info("loading reward model %s at revision %s (%s)", model.path, model.revision, model.label)
+    return RewardScorer(model.path, **model.load_options(), batch_size=params["batch_size"], max_length=params["max_length"])
 
 
-def score(*, responses_path: str, out_path: str, reward_model: str, model: dict, params: dict) -> None:
+def score(*, responses_path: str, out_path: str, reward_model: str, model: ModelSpec, params: dict) -> None:
     """The reward stage: r(x, y) for every sampled response, x the original prompt."""
     from alignpro.reward import score_responses
 
@@ -207,9 +201,9 @@ def sft_pairs(
     train_path: str,
     out_path: str,
     pairs: dict,
-    prompter: dict,
-    frozen: dict,
-    reward: dict,
+    prompter: ModelSpec,
+    frozen: ModelSpec,
+    reward: ModelSpec,
     rewrite: dict,
     generation: dict,
     scoring: dict,
@@ -237,34 +231,30 @@ def sft_pairs(
     log.info("%d SFT pairs written to %s", table.num_rows, out_path)
 
 
-def sft(*, pairs_path: str, out_dir: str, model: dict, settings: dict, seed: int) -> None:
+def sft(*, pairs_path: str, out_dir: str, model: ModelSpec, settings: dict, seed: int) -> None:
     """rho_sft: the prompter fine-tuned on the pairs, saved as a full model."""
     from alignpro.sft import SFTSettings, train_sft
 
     train_sft(
-        model["path"],
+        model.path,
         tables.read_table(pairs_path, tables.SFT_PAIRS),
         out_dir,
         SFTSettings.from_config({**settings, "seed": seed}),
-        revision=model["revision"],
-        dtype=model["dtype"],
-        trust_remote_code=model["trust_remote_code"],
+        **model.load_options(),
     )
 
 
-def _train_ppo(*, section: str, train_path: str, workdir: str, model: dict, ppo: dict, seed: int, query_fn, reward_fn) -> None:
+def _train_ppo(*, section: str, train_path: str, workdir: str, model: ModelSpec, ppo: dict, seed: int, query_fn, reward_fn) -> None:
     """PPO as configured by the config's `section` (ppo or rlhf)."""
     from alignpro.ppo import CheckpointPastSteps, PPOConfig, PPOTrainer
 
     trainer = PPOTrainer(
         PPOConfig.from_config({**ppo, "seed": seed}, section),
-        model=model["path"],
+        model=model.path,
         query_fn=query_fn,
         reward_fn=reward_fn,
         output_dir=workdir,
-        revision=model["revision"],
-        dtype=model["dtype"],
-        trust_remote_code=model["trust_remote_code"],
+        **model.load_options(),
     )
     try:
         trainer.train(_training_prompts(train_path, ppo["max_prompts"], section).column("prompt").to_pylist())
@@ -276,9 +266,9 @@ def ppo(
     *,
     train_path: str,
     workdir: str,
-    model: dict,
-    frozen: dict,
-    reward: dict,
+    model: ModelSpec,
+    frozen: ModelSpec,
+    reward: ModelSpec,
     ppo: dict,
     rewrite: dict,
     generation: dict,
@@ -307,7 +297,7 @@ def ppo(
     )
 
 
-def rlhf(*, train_path: str, workdir: str, model: dict, reward: dict, ppo: dict, scoring: dict, seed: int) -> None:
+def rlhf(*, train_path: str, workdir: str, model: ModelSpec, reward: ModelSpec, ppo: dict, scoring: dict, seed: int) -> None:
     """The RLHF oracle: the same PPO on the frozen model, rewarded with r(x, y) of its own answers."""
     from alignpro.training import ResponseReward
 
@@ -328,9 +318,9 @@ def star_candidates(
     prompts_path: str,
     out_path: str,
     prompter_name: str,
-    prompter: dict,
-    frozen: dict,
-    reward: dict,
+    prompter: ModelSpec,
+    frozen: ModelSpec,
+    reward: ModelSpec,
     settings: dict,
     rewrite: dict,
     generation: dict,

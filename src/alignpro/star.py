@@ -11,7 +11,7 @@ from statistics import fmean
 
 import pyarrow as pa
 
-from alignpro.generation import Sampling
+from alignpro.sampling import Sampling
 from alignpro.rewrite import sample_rewrites
 from alignpro.tables import STAR_CANDIDATES
 from alignpro.training import rewrite_rewards

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from statistics import fmean
 
-from alignpro.generation import Completion, Sampling
+from alignpro.sampling import Completion, Sampling
 from alignpro.rewrite import extract_rewrite
 
 

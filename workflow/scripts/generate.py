@@ -1,5 +1,6 @@
 """Snakemake adapter: rule generate -> alignpro.stages.generate (vLLM needs the __main__ guard)."""
 from alignpro import stages
+from alignpro.model_spec import ModelSpec
 
 if __name__ == "__main__":
     with stages.logging_to(snakemake.log[0]):
@@ -11,7 +12,7 @@ if __name__ == "__main__":
             frozen=snakemake.wildcards.frozen,
             prompter=snakemake.params.prompter,
             beta=snakemake.params.beta,
-            model=dict(snakemake.params.model),
+            model=ModelSpec.from_params(snakemake.params.model),
             params=dict(snakemake.params.sampling),
             seed=snakemake.params.seed,
         )

@@ -1,14 +1,15 @@
 """Snakemake adapter: rule ppo -> alignpro.stages.ppo (vLLM needs the __main__ guard)."""
 from alignpro import stages
+from alignpro.model_spec import ModelSpec
 
 if __name__ == "__main__":
     with stages.logging_to(snakemake.log[0]):
         stages.ppo(
             train_path=snakemake.input.train,
             workdir=snakemake.params.workdir,
-            model=dict(snakemake.params.model),
-            frozen=dict(snakemake.params.frozen),
-            reward=dict(snakemake.params.reward),
+            model=ModelSpec.from_params(snakemake.params.model),
+            frozen=ModelSpec.from_params(snakemake.params.frozen),
+            reward=ModelSpec.from_params(snakemake.params.reward),
             ppo=dict(snakemake.params.ppo),
             rewrite=dict(snakemake.params.rewrite),
             generation=dict(snakemake.params.generation),

@@ -1,5 +1,6 @@
 """Snakemake adapter: rule score -> alignpro.stages.score."""
 from alignpro import stages
+from alignpro.model_spec import ModelSpec
 
 if __name__ == "__main__":
     with stages.logging_to(snakemake.log[0]):
@@ -7,6 +8,6 @@ if __name__ == "__main__":
             responses_path=snakemake.input.responses,
             out_path=snakemake.output[0],
             reward_model=snakemake.params.reward_model,
-            model=dict(snakemake.params.model),
+            model=ModelSpec.from_params(snakemake.params.model),
             params=dict(snakemake.params.options),
         )

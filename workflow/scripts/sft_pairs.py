@@ -1,5 +1,6 @@
 """Snakemake adapter: rule sft_pairs -> alignpro.stages.sft_pairs (vLLM needs the __main__ guard)."""
 from alignpro import stages
+from alignpro.model_spec import ModelSpec
 
 if __name__ == "__main__":
     with stages.logging_to(snakemake.log[0]):
@@ -7,9 +8,9 @@ if __name__ == "__main__":
             train_path=snakemake.input.train,
             out_path=snakemake.output[0],
             pairs=dict(snakemake.params.pairs),
-            prompter=dict(snakemake.params.prompter),
-            frozen=dict(snakemake.params.frozen),
-            reward=dict(snakemake.params.reward),
+            prompter=ModelSpec.from_params(snakemake.params.prompter),
+            frozen=ModelSpec.from_params(snakemake.params.frozen),
+            reward=ModelSpec.from_params(snakemake.params.reward),
             rewrite=dict(snakemake.params.rewrite),
             generation=dict(snakemake.params.generation),
             scoring=dict(snakemake.params.scoring),

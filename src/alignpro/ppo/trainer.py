@@ -21,7 +21,7 @@ import pyarrow as pa
 import torch
 
 from alignpro.atomic import atomic_directory
-from alignpro.generation import Completion
+from alignpro.sampling import Completion
 from alignpro.lora import log_adapters
 from alignpro.modeling import checkpoint_dtype, context_length, eos_ids, fit_to_context, load_tokenizer, named_dtype
 from alignpro.ppo.config import PPOConfig
