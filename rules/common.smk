@@ -6,7 +6,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from alignpro import hub
+from alignpro import hub, memory
 from alignpro.generation import GenerationSettings
 from alignpro.judge_prompts import judge_prompt
 from alignpro.model_spec import ModelSpec
@@ -20,7 +20,17 @@ if "judge" in config:  # the one-judge section of earlier versions: say where it
         "config judge: the judge section is now judges, judges by name; move it under a name, e.g. "
         "judges: {gpt4: {backend: api, api: {...}}} (the name is the verdicts' judge column)"
     )
+for section, job, engine in (("rewrite", "rewrite", "prompter_engine"), ("generation", "generate", "frozen_engine")):
+    if "gpu_memory_utilization" in (config.get(section) or {}).get("vllm", {}):  # where earlier versions had it
+        raise WorkflowError(
+            f"config {section}.vllm.gpu_memory_utilization: an engine's share of the device is set per job in "
+            f"gpu_memory (e.g. gpu_memory.{job}.{engine}), so that the engines and models of one job fit together"
+        )
 validate(config, "../workflow/schemas/config.schema.yaml")
+try:
+    memory.check_plan(config["gpu_memory"])
+except ValueError as error:
+    raise WorkflowError(str(error)) from None
 
 # The role of a tiny or task model follows from the config section it is declared in.
 TINY_ROLES = {"prompters": "prompter", "frozen": "frozen", "reward": "reward"}
@@ -95,6 +105,12 @@ def system_of(wildcards):
 def beta_of(system):
     """The beta of a system, as configured (its tag only prints it)."""
     return None if system.beta_tag is None else BETAS[system.beta_tag]
+
+
+def engine_sampling(section, job, engine):
+    """A sampling section (rewrite, generation) as `job`'s `engine` starts with it: with the vllm backend,
+    its engine takes its share of the device in the memory plan (gpu_memory)."""
+    return memory.with_engine_share(section, config["gpu_memory"], job, engine)
 
 
 def ppo_settings(wildcards):

@@ -11,7 +11,7 @@ rule generate:
         prompter=lambda wildcards: system_of(wildcards).prompter,
         beta=lambda wildcards: beta_of(system_of(wildcards)),
         model=generation_model,
-        sampling=config["generation"],
+        sampling=engine_sampling(config["generation"], "generate", "frozen_engine"),
         seed=config["seed"],
     resources:
         gpu=generation_gpus,

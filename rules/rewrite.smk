@@ -9,7 +9,7 @@ rule rewrite:
     params:
         prompter=lambda wildcards: system_of(wildcards).prompter,
         model=lambda wildcards: trained_spec("prompters", system_of(wildcards).prompter, trained_model(wildcards)),
-        sampling=config["rewrite"],
+        sampling=engine_sampling(config["rewrite"], "rewrite", "prompter_engine"),
         seed=config["seed"],
     resources:
         gpu=gpus("rewrite", "rewrite"),

@@ -13,8 +13,8 @@ rule star_candidates:
         frozen=lambda wildcards: model_spec("frozen", wildcards.frozen),
         reward=model_spec("reward", REWARD_MODEL),
         settings=config["alignpro_star"],
-        rewrite=config["rewrite"],
-        generation=TRAINING_GENERATION,
+        rewrite=engine_sampling(config["rewrite"], "star_candidates", "prompter_engine"),
+        generation=engine_sampling(TRAINING_GENERATION, "star_candidates", "frozen_engine"),
         scoring=config["reward"],
         seed=config["seed"],
     resources:

@@ -12,8 +12,8 @@ rule sft_pairs:
         prompter=lambda wildcards: model_spec("prompters", wildcards.prompter),
         frozen=lambda wildcards: model_spec("frozen", wildcards.frozen),
         reward=model_spec("reward", REWARD_MODEL),
-        rewrite=config["rewrite"],
-        generation=TRAINING_GENERATION,
+        rewrite=engine_sampling(config["rewrite"], "sft_pairs", "prompter_engine"),
+        generation=engine_sampling(TRAINING_GENERATION, "sft_pairs", "frozen_engine"),
         scoring=config["reward"],
         seed=config["seed"],
     resources:
@@ -71,8 +71,8 @@ rule ppo:
         frozen=lambda wildcards: model_spec("frozen", wildcards.frozen),
         reward=model_spec("reward", REWARD_MODEL),
         ppo=ppo_settings,
-        rewrite=config["rewrite"],
-        generation=TRAINING_GENERATION,
+        rewrite=config["rewrite"],  # its fallback settings: the prompter is the policy, not an engine
+        generation=engine_sampling(TRAINING_GENERATION, "ppo", "frozen_engine"),
         scoring=config["reward"],
         seed=config["seed"],
     resources:

@@ -571,8 +571,9 @@ def test_vllm_backend_runs_generation_end_to_end(finished_run):
     and inside PPO's steps (one PPO run and base's answers are built, to bound the time)."""
     workdir, config = finished_run
     with_vllm = derive_config(
-        config, "vllm.yaml", generation={"backend": "vllm", "vllm": {"gpu_memory_utilization": 0.2, "max_model_len": 512}},
+        config, "vllm.yaml", generation={"backend": "vllm", "vllm": {"max_model_len": 512}},
         ppo={"steps": 4, "save_every": 2},  # vLLM answering inside PPO's steps, not the prompter learning, is tested
+        gpu_memory={job: {"frozen_engine": 0.2} for job in ("generate", "sft_pairs", "star_candidates", "ppo")},
     )
     retrained = {"sft_pairs": 1, "sft": 1, "ppo": 3, "rewrite": 4, "star_candidates": 1, "star_rewrites": 2}
     evaluated = {"generate": 8, "score": 8, "judge": 7, "report": 1}
@@ -813,6 +814,20 @@ def test_an_api_prompter_is_named(tmp_path):
     config = default_config()
     config["models"]["prompters"] = {"remote": SERVED}
     assert "config models.prompters.remote.api: only a frozen model can be called through an API" in dry_run_error(tmp_path, config)
+
+
+def test_a_memory_plan_beyond_the_device_is_named(tmp_path):
+    config = default_config()
+    config["gpu_memory"] = {"star_candidates": {"prompter_engine": 0.5, "frozen_engine": 0.5}}  # + reward_model's 0.15
+    error = dry_run_error(tmp_path, config)
+    assert "config gpu_memory.star_candidates: the shares of this job's parts add up to 1.15 of the device" in error
+
+
+def test_an_engines_memory_where_earlier_versions_had_it_is_named(tmp_path):
+    config = default_config()
+    config["generation"]["vllm"] = {"gpu_memory_utilization": 0.5}
+    error = dry_run_error(tmp_path, config)
+    assert "config generation.vllm.gpu_memory_utilization: an engine's share of the device is set per job in gpu_memory (e.g. gpu_memory.generate.frozen_engine)" in error
 
 
 def test_a_standin_without_a_model_to_stand_in_for_is_named(tmp_path):

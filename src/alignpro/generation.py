@@ -17,6 +17,7 @@ from operator import attrgetter
 
 import pyarrow as pa
 
+from alignpro.memory import device_fraction
 from alignpro.model_spec import ModelSpec
 from alignpro.modeling import context_length, eos_ids, fit_to_context, inference_dtype, load_tokenizer
 from alignpro.progress import progress_bar
@@ -124,9 +125,10 @@ class VLLMGenerator:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
-        self.llm = LLM(
-            model=model, revision=revision, seed=seed, dtype=dtype, trust_remote_code=trust_remote_code, **vllm_options
-        )
+        options = dict(vllm_options)
+        if "gpu_memory_utilization" in options:  # the memory plan's share of the device (alignpro.memory)
+            options["gpu_memory_utilization"] = device_fraction(options["gpu_memory_utilization"])
+        self.llm = LLM(model=model, revision=revision, seed=seed, dtype=dtype, trust_remote_code=trust_remote_code, **options)
         self.model = model
         self.tokenizer = load_tokenizer(model, revision=revision, trust_remote_code=trust_remote_code)
         self.batch_size = batch_size
