@@ -170,8 +170,6 @@ def fetch_model(
         ignore = ignore_patterns(files)
         wanted = sorted(filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore))
         skipped = sorted(set(files) - set(wanted))
-        if allow_patterns is not None and "config.json" not in wanted:
-            raise RuntimeError(f"{label}: {repo_id}@{commit} has no config.json among its files: {sorted(files)}")
         log.info(
             "%s: fetching %s@%s into %s: %d files%s",
             label, repo_id, commit, cache, len(wanted), f", skipping {len(skipped)}: {', '.join(skipped)}" if skipped else "",

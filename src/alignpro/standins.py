@@ -88,6 +88,7 @@ def build_standin(
     if os.path.isdir(source):
         origin = {"path": str(Path(source).resolve())}
         folder = Path(source)
+        hub.check_remote_code(folder / "config.json", trust_remote_code=trust_remote_code, label=label)  # fetch_model checks a hub id's
     else:
         record = hub.fetch_model(source, revision, cache_dir, trust_remote_code, label=label, allow_patterns=SMALL_FILES)
         origin = {"repo": source, "revision": revision, "commit": record["commit"]}
@@ -96,7 +97,6 @@ def build_standin(
     if not config_path.is_file():
         raise FileNotFoundError(f"{label}: {folder} has no config.json, so its architecture is unknown")
     real = json.loads(config_path.read_text())
-    hub.check_remote_code(config_path, trust_remote_code=trust_remote_code, label=label)
     config = transformers.AutoConfig.for_model(**shrink_config(real))
     auto = transformers.AutoModelForSequenceClassification if role == "reward" else transformers.AutoModelForCausalLM
     torch.manual_seed(seed)
