@@ -38,6 +38,10 @@ include: "rules/judge.smk"
 include: "rules/report.smk"
 
 
+onstart:
+    check_api_endpoints(workflow.dag.needrun_jobs())
+
+
 rule all:
     input:
         final_outputs(),

@@ -1,16 +1,17 @@
 # Config validation and the path/grid helpers every rule file uses.
 import os
 import re
+from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from alignpro import hub, memory
+from alignpro import api, hub, memory
 from alignpro.generation import GenerationSettings
 from alignpro.judge_prompts import judge_prompt
 from alignpro.model_spec import ModelSpec
-from alignpro.systems import REFERENCE, System, grid, system_pattern, systems, training_runs
+from alignpro.systems import ORACLE, REFERENCE, System, grid, system_pattern, systems, training_runs
 from alignpro.task_plans import PLANS as TASK_PLANS, ROLES as TASK_ROLES
 from alignpro.datasets import category_column, check_local_file, is_bundled
 
@@ -370,25 +371,59 @@ def judge_settings(name):
     return {key: judge[key] for key in ("backend", "samples_per_prompt", "api")}
 
 
-def check_api_judges():
-    """An API judge reads its key from the environment at run time: say so now, not hours later. An
-    unknown judge prompt stops the run at start, naming the prompts there are."""
-    for name, judge in JUDGES.items():
-        if judge["backend"] != "api":
-            continue
-        api = judge["api"]
-        if not os.environ.get(api["api_key_env"]):
+def api_sections():
+    """Config key -> section, for every endpoint the workflow may call: frozen models and judges behind an API."""
+    frozen = {f"models.frozen.{name}.api": spec["api"] for name, spec in config["models"]["frozen"].items() if "api" in spec}
+    return frozen | {f"judges.{name}.api": judge["api"] for name, judge in JUDGES.items() if judge["backend"] == "api"}
+
+
+def check_api_sections():
+    """An API's key is read from the environment at run time: say at planning that it is unset (the run
+    itself stops in check_api_endpoints). An unknown judge prompt stops the run, naming those there are."""
+    for key, section in api_sections().items():
+        if not os.environ.get(section["api_key_env"]):
             logger.warning(
-                f"config judges.{name} asks an API but ${api['api_key_env']} is not set: its judge jobs will fail "
-                f"until it holds the key for {api['base_url']}"
+                f"config {key}: ${section['api_key_env']} is not set; a run that calls {section['base_url']} stops "
+                "at start until it holds the key"
             )
+    for name, judge in JUDGES.items():
+        if judge["backend"] == "api":
+            try:
+                judge_prompt(judge["api"]["prompt"])
+            except ValueError as error:
+                raise WorkflowError(f"config judges.{name}.api.prompt: {error}") from None
+
+
+check_api_sections()
+
+
+def api_sections_of(jobs):
+    """The API sections that the params of `jobs` carry (a frozen model's spec, a judge's settings), by config key."""
+    sections, found = api_sections(), {}
+
+    def walk(value):
+        if isinstance(value, dict):
+            found.update((key, section) for key, section in sections.items() if value == section)
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    for job in jobs:
+        walk(list(job.params))
+    return found
+
+
+def check_api_endpoints(jobs):
+    """Before the first job (the onstart handler: not in a dry run, not when nothing is to be done): each
+    endpoint these jobs will call answers one authenticated request, else the run stops naming the
+    config key, the key's variable and the cause, before any local work is spent."""
+    for key, section in api_sections_of(jobs).items():
         try:
-            judge_prompt(api["prompt"])
-        except ValueError as error:
-            raise WorkflowError(f"config judges.{name}.api.prompt: {error}") from None
-
-
-check_api_judges()
+            api.probe_endpoint(section, f"config {key}")
+        except api.EndpointUnusable as error:
+            raise WorkflowError(f"{error}; no job was started") from None
 
 
 def verdict_files():
@@ -408,11 +443,33 @@ def score_files():
 
 
 def final_outputs():
-    return [
-        "results/report/summary.parquet",
-        "results/report/report.md",
-        "results/report/report.html",
-    ]
+    """What the default target asks for: the report, and every file a job of the grid writes on the way (see
+    stage_outputs)."""
+    return ["results/report/summary.parquet", "results/report/report.md", "results/report/report.html", *stage_outputs()]
+
+
+def stage_outputs():
+    """Every model, table and trained model the grid's jobs write. Snakemake removes a failed job's
+    output; were that file only an input of jobs whose outputs exist, a plain rerun would take it for
+    a deleted temporary file, never make it again and keep what a params or code change had made
+    stale downstream. As a target it is made again, and then everything that reads it."""
+    outputs = [path for kind in TINY_ROLES for name in config["models"][kind] for path in model_input(kind, name)]
+    if ORACLE in METHODS:  # the frozen model's own weights, which rlhf trains
+        outputs += [path for name in FROZEN for path in model_input("frozen", name, weights=True)]
+    outputs += [f"results/data/{dataset}/{split}.parquet" for dataset in DATASETS for split in ("train", "test")]
+    for cell in GRID:
+        wildcards = SimpleNamespace(dataset=cell.dataset, frozen=cell.frozen, system=cell.system.path, prompter=cell.system.prompter)
+        kind = cell.system.kind
+        if cell.system.prompter is not None:
+            outputs += [f"{train_dir(wildcards)}/sft_pairs.parquet", f"{train_dir(wildcards)}/sft"]
+        if kind.rewrites == "prompter" or kind.answered_by == "trained":
+            outputs.append(trained_model(wildcards))
+        if kind.rewrites == "rho*":
+            outputs.append(f"results/star/{cell.dataset}/{cell.frozen}/{cell.system.prompter}/candidates.parquet")
+        if kind.rewrites is not None:
+            outputs.append(f"results/rewrites/{cell.path}.parquet")
+        outputs.append(f"results/responses/{cell.path}.parquet")
+    return list(dict.fromkeys(outputs + score_files() + verdict_files() + [run["path"] for run in ppo_runs() + star_runs()]))
 
 
 wildcard_constraints:

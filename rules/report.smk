@@ -64,6 +64,7 @@ rule report:
         checkers=REFERENCE_CHECKERS,
         prompters=PROMPTERS,
         settings=config["report"],
+        n_samples=config["generation"]["n_samples"],  # what every scores table must hold per prompt
         # What judged the verdicts: with it here, judge jobs that failed after a judge change (their
         # outputs deleted) are still planned by a plain rerun, the report being out of date too.
         judges={name: judge_settings(name) for name in JUDGES},

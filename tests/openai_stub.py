@@ -8,6 +8,7 @@ a dropped connection, an unparsable verdict, or a 200 that is no chat completion
 content, a JSON body cut short, an HTML error page), as proxies send them. Its verdict: the answer containing MARKER wins, a tie
 when both or neither do (or, `wordy`, a chance verdict favouring the longer answer and the first slot), in the format of the judge prompt it reads (pairwise-v1's VERDICT line or MT-bench's [[A]]). Its reasoning echoes both answers verbatim, so steering text inside an answer
 (a fake "VERDICT: A" line) reaches the judge's output the way a quoting LLM would put it there.
+`GET /v1/models` lists `served_models`; given an `api_key`, the stub answers 401 to a request without it.
 """
 
 from __future__ import annotations
@@ -51,8 +52,12 @@ class JudgeStub:
 
     def __init__(
         self, latency_s: float = 0.0, retry_after_s: float = 1.0, hang_s: float = 1.0, answers_chats: bool = False,
-        fault_rate: float = 0.0, seed: int = 0, wordy: bool = False,
+        fault_rate: float = 0.0, seed: int = 0, wordy: bool = False, api_key: str | None = None,
     ):
+        self.api_key = api_key  # when set, a request without "Authorization: Bearer <api_key>" gets a 401
+        self.served_models = ["gpt-4", "served-frozen"]  # what GET /v1/models lists
+        self.get_requests: Counter[str] = Counter()  # path -> GET requests, 401s included
+        self.unauthorized = 0
         self.answers_chats = answers_chats  # also answer requests that are not the judge's, as a chat model
         self.wordy = wordy  # judge as LLM judges tend to: longer answers and the first slot favoured, by chance
         self.fault_rate = fault_rate  # a request not given an injected fault suffers a random one this often
@@ -169,8 +174,31 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
 
+    def authorized(self) -> bool:
+        """False, after sending a 401 as OpenAI does, when the stub wants a key and the request lacks it."""
+        stub: JudgeStub = self.server.stub
+        if stub.api_key is None or self.headers.get("Authorization") == f"Bearer {stub.api_key}":
+            return True
+        with stub._lock:
+            stub.unauthorized += 1
+        self._send(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}})
+        return False
+
+    def do_GET(self) -> None:
+        stub: JudgeStub = self.server.stub
+        with stub._lock:
+            stub.get_requests[self.path] += 1
+        if not self.authorized():
+            return
+        if self.path != "/v1/models":
+            self._send(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
+            return
+        self._send(200, {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "stub"} for name in stub.served_models]})
+
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if not self.authorized():
+            return
         if self.path != "/v1/chat/completions":
             self._send(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
             return

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import re
 import sqlite3
 
 import pyarrow as pa
 import pytest
 
 from alignpro import stages
-from alignpro.frozen_api import APIAnswersMissing, APIGenerator, FrozenAPISettings
+from alignpro.frozen_api import APIAnswersMissing, APIGenerator, FrozenAPISettings, answer_key, request_seed
 from alignpro.generation import SamplingSettings
 from alignpro.model_spec import ModelSpec
 from alignpro.sampling import Completion, Sampling
@@ -47,15 +49,31 @@ def chats(questions):
     return [[{"role": "user", "content": question}] for question in questions]
 
 
-def test_every_sample_is_one_request_with_its_seed_and_sampling(stub, tmp_path):
-    answers = generator(stub, tmp_path).chat(chats(["Why?", "How?"]), SAMPLING)
+def test_every_sample_is_one_request_with_its_own_seed_and_the_sampling(stub, tmp_path):
+    frozen = generator(stub, tmp_path)
+    answers = frozen.chat(chats(["Why?", "How?"]), SAMPLING)
+    seeds = {
+        question: [request_seed(answer_key(frozen.settings, chat, SAMPLING, index, None)) for index in range(2)]
+        for question, chat in zip(("Why?", "How?"), chats(["Why?", "How?"]))
+    }
     assert [[c.text for c in of_one] for of_one in answers] == [
-        [f"An answer to [{q}] (seed {seed}, temperature 0.7, max 16)" for seed in (5, 6)] for q in ("Why?", "How?")
+        [f"An answer to [{q}] (seed {seed}, temperature 0.7, max 16)" for seed in seeds[q]] for q in ("Why?", "How?")
     ]
+    assert len({seed for pair in seeds.values() for seed in pair}) == 4
     assert all(c.finish_reason == "stop" and c.num_tokens > 0 for of_one in answers for c in of_one)
     assert stub.requests_for("Why?", "") == stub.requests_for("How?", "") == 2
+    reseeded = generator(stub, tmp_path).chat(chats(["Why?"]), dataclasses.replace(SAMPLING, seed=6))
+    assert not {c.text for c in reseeded[0]} & {c.text for c in answers[0]}
     unseeded = generator(stub, tmp_path, send_seed=False).chat(chats(["Why?"]), SAMPLING)
     assert {c.text for c in unseeded[0]} == {"An answer to [Why?] (seed None, temperature 0.7, max 16)"}
+
+
+def test_identical_calls_in_one_request_batch_are_sent_once(stub, tmp_path):
+    frozen = generator(stub, tmp_path)
+    answers = frozen.chat(chats(["Why?"] * 4), SAMPLING)
+    assert stub.requests_for("Why?", "") == 2  # one per sample, not one per copy
+    assert [[c.text for c in of_one] for of_one in answers] == [[c.text for c in answers[0]]] * 4
+    assert frozen.usage["repeated"] == 6 and "6 repeats of a call asked for once" in frozen.usage_line()
 
 
 def test_answers_come_from_the_cache_on_a_rerun_and_keys_name_fresh_calls(stub, tmp_path):
@@ -67,13 +85,47 @@ def test_answers_come_from_the_cache_on_a_rerun_and_keys_name_fresh_calls(stub, 
     assert stub.total_requests == 4
 
 
-def test_faults_and_malformed_replies_are_retried(stub, tmp_path):
+def test_faults_and_malformed_replies_are_retried_each_with_a_log_line(stub, tmp_path, caplog):
     faults = ["429", "500", "timeout", "drop", "no_choices", "null_content", "not_json", "html"]
     for index, fault in enumerate(faults):
         stub.inject(f"Q{index}", "", fault)
-    answers = generator(stub, tmp_path).chat(chats([f"Q{index}" for index in range(len(faults))]), SAMPLING)
+    with caplog.at_level(logging.WARNING, logger="alignpro.api"):
+        answers = generator(stub, tmp_path).chat(chats([f"Q{index}" for index in range(len(faults))]), SAMPLING)
     assert all(len(of_one) == 2 for of_one in answers)
     assert all(stub.requests_for(f"Q{index}", "") == 3 for index in range(len(faults)))  # 2 samples + 1 retry
+    retries = [record.getMessage() for record in caplog.records if record.name == "alignpro.api"]
+    print("\n".join(retries))
+    assert len(retries) == len(faults)
+    assert all(line.startswith(f"frozen model remote at {stub.base_url}: ") and "; retry 1 of 6 in " in line for line in retries)
+    assert sum("RateLimitError" in line for line in retries) == 1 and sum("MalformedReply" in line for line in retries) == 3
+    assert any("APIConnectionError: Connection error. (caused by " in line for line in retries)  # the dropped connection
+
+
+def test_a_url_without_a_scheme_is_not_retried_and_its_cause_is_named(stub, tmp_path):
+    no_scheme = stub.base_url.removeprefix("http://")
+    with pytest.raises(APIAnswersMissing, match=r"\(first: error: APIConnectionError: Connection error\. \(caused by UnsupportedProtocol: "):
+        generator(stub, tmp_path, base_url=no_scheme).chat(chats(["Q0"]), Sampling(n=1, max_new_tokens=16))
+
+
+def test_a_seeded_server_answers_a_repeated_rewrite_afresh_at_each_step_and_alike_on_a_rerun(stub, tmp_path):
+    """y ~ frozen(x'): the same rewrite in two rollouts and at two PPO steps gets four draws, not one
+    answer repeated; the same step asked again (a resumed run without the cache) gets the same answers."""
+    rollouts = [Completion("<prompt>One rewrite</prompt>", "stop", 5)] * 2
+
+    def answers(step: int, cache: str) -> list[str]:
+        scorer = RecordingScorer()
+        frozen = generator(stub, tmp_path, cache=str(tmp_path / cache))
+        RewriteReward(frozen, scorer, Sampling(max_new_tokens=16), fallback_on_truncation=True, max_length_ratio=8.0)(
+            ["x0", "x1"], rollouts, step=step
+        )
+        [responses] = scorer.seen
+        return responses
+
+    first = answers(step=1, cache="run.sqlite")
+    later = answers(step=2, cache="run.sqlite")
+    assert len(set(first)) == len(set(later)) == 2 and not set(first) & set(later)
+    assert answers(step=1, cache="another.sqlite") == first
+    assert stub.total_requests == 6
 
 
 def test_an_outage_raises_after_the_retries_keeping_what_was_answered(stub, tmp_path):
@@ -105,7 +157,19 @@ def test_the_generate_stage_answers_through_the_api(stub, tmp_path):
     )
     responses = read_table(tmp_path / "responses.parquet", RESPONSES)
     assert responses.num_rows == 6 and stub.total_requests == 6
-    assert responses.column("response").to_pylist()[0] == "An answer to [Why?] (seed 1, temperature 1.0, max 16)"
+    answers = responses.column("response").to_pylist()
+    assert re.fullmatch(r"An answer to \[Why\?\] \(seed \d+, temperature 1\.0, max 16\)", answers[0]) and len(set(answers)) == 6
+
+
+class RecordingScorer:
+    """Scores 0 and keeps the answers it was given, one list per call."""
+
+    def __init__(self):
+        self.seen: list[list[str]] = []
+
+    def score(self, prompts, responses):
+        self.seen.append(list(responses))
+        return [0.0] * len(responses)
 
 
 class LengthScorer:

@@ -158,7 +158,8 @@ def test_retries_equal_the_injected_faults(stub, cache):
     assert column(verdicts, "retries") == [1, 2, 1, 1, 3, 3]  # the last two exhaust max_retries=3
     assert column(verdicts, "verdict") == ["win"] * 4 + ["not_judged"] * 2  # 4 faults > 3 retries
     assert column(verdicts, "not_judged_reason")[4:] == [
-        "error: APIConnectionError: Connection error.",  # the last fault was a dropped connection
+        # the last fault was a dropped connection, named by its cause
+        "error: APIConnectionError: Connection error. (caused by RemoteProtocolError: Server disconnected without sending a response.)",
         "error: InternalServerError: Error code: 500 - server error",
     ]
     for row, injected in zip(rows[:4], faults):

@@ -10,6 +10,7 @@ import matplotlib.image
 import matplotlib.pyplot as plt
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from alignpro.report import judge_agreement, pick_examples, ppo_kl, star_kl, summarize, verdicts_frame, win_rates, write_report
@@ -968,13 +969,14 @@ def test_accuracy_needs_a_plot_path_and_the_checker_names(checked_summary, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
-def test_report_stage_reads_the_reference_tables(tmp_path):
-    """stages.report as the rule calls it: score tables and one dataset's test prompts from files."""
+def _report_stage(tmp_path, score_tables: list[pa.Table], n_samples: int) -> dict:
+    """stages.report as the rule calls it, on these score tables and the math dataset's test prompts;
+    returns its output paths."""
     from alignpro import stages
     from alignpro import tables as stage_tables
 
     score_paths = []
-    for index, table in enumerate(_math_scores()):
+    for index, table in enumerate(score_tables):
         score_paths.append(tmp_path / f"scores{index}.parquet")
         stage_tables.write_table(table, score_paths[-1], SCORES)
     prompts = pa.table({
@@ -990,8 +992,18 @@ def test_report_stage_reads_the_reference_tables(tmp_path):
     stages.report(
         scores_paths=score_paths, verdicts_paths=[], training_runs=[], star_runs=[],
         test_prompts={"math": str(tmp_path / "test.parquet")}, checkers={"math": "numeric"}, prompters=["org/prompter-a"],
-        settings={"confidence": 0.95, "bootstrap_samples": 100, "examples": 0, "min_category_prompts": 3}, seed=0, **outputs,
+        settings={"confidence": 0.95, "bootstrap_samples": 100, "examples": 0, "min_category_prompts": 3},
+        n_samples=n_samples, seed=0, **outputs,
     )
+    return outputs
+
+
+def test_report_stage_reads_the_reference_tables(tmp_path):
+    """stages.report as the rule calls it: score tables and one dataset's test prompts from files."""
+    from alignpro import tables as stage_tables
+
+    scores = _math_scores()
+    outputs = _report_stage(tmp_path, scores, n_samples=scores[0].num_rows // len(MATH_REFERENCES))
     summary = stage_tables.read_table(outputs["summary_path"], SUMMARY).to_pylist()
     assert sorted((row["method"], row["accuracy"]) for row in summary) == [("alignpro", 0.75), ("base", 0.5)]
     assert outputs["accuracy_plot"].read_bytes().startswith(PNG_SIGNATURE)
@@ -999,6 +1011,20 @@ def test_report_stage_reads_the_reference_tables(tmp_path):
     by_category = text.split("## By category", 1)[1]
     assert "Left out, with fewer than 3 test prompts: math/other (1)." in by_category
     assert "| sums | 3 | org/prompter-a | org/frozen-7b | alignpro |" in by_category and "| other |" not in by_category
+
+
+def test_a_scores_table_made_under_other_sampling_settings_is_named_not_mixed_in(tmp_path):
+    """After generation.n_samples changed, a scores table still holding the old number of answers per
+    prompt (a job that never reran) stops the report, naming the file."""
+    from alignpro import tables as stage_tables
+
+    base, alignpro = _math_scores()
+    per_prompt = base.num_rows // len(MATH_REFERENCES)
+    assert per_prompt > 1
+    stale = alignpro.filter(pc.equal(alignpro["sample_index"], 0))
+    with pytest.raises(stage_tables.SchemaError, match=rf"scores1\.parquet: 1 answer\(s\) per prompt where generation\.n_samples is {per_prompt}"):
+        _report_stage(tmp_path, [base, stale], n_samples=per_prompt)
+    assert not (tmp_path / "report").exists()
 
 
 def test_control_characters_are_shown_escaped_not_written_raw():

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -371,6 +372,62 @@ def test_vllm_serves_the_standin_like_transformers(hub_id, vllm_runs, loaded):
     assert run["prompt_token_ids"] == chat_ids(tokenizer), "vLLM rendered or tokenized the chat differently"
     assert len(run["token_ids"]) == VLLM_NEW_TOKENS
     assert run["token_ids"] == greedy_continuation(model, run["prompt_token_ids"], VLLM_NEW_TOKENS)
+
+
+# --- the rehearsal run, one cell ----------------------------------------------------------------------
+
+CELL = {"prompters": "phi-3.5-mini", "frozen": "llama-3.1-8b"}
+
+
+def job_log_lines(workdir: Path, rule: str, needle: str) -> dict[str, list[str]]:
+    """Each log of `rule` (relative path) -> its lines that contain `needle`."""
+    return {
+        str(path.relative_to(workdir / "logs" / rule)): [line for line in path.read_text().splitlines() if needle.lower() in line.lower()]
+        for path in sorted((workdir / "logs" / rule).glob("**/*.log"))
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.model
+@pytest.mark.workflow
+def test_a_rehearsal_cell_runs_end_to_end_with_vllm_for_both_models(built, paper_hub):
+    """config/rehearsal.yaml as it is (both backends vLLM, LoRA on, every method, the beta sweep, the
+    memory plan of jobs with two engines), narrowed to one prompter and one frozen model to bound the
+    time: Phi-3.5, whose fused projections the default LoRA targets missed, prompting Llama-3.1. The
+    whole grid is the README's rehearsal command (176 jobs)."""
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM is not installed")
+    hub_ids = {name: hub_id for hub_id, (_, name, _) in rehearsal_models().items()}
+    workdir = built[hub_ids[CELL["prompters"]]].parents[3]
+    config = yaml.safe_load((workdir / REHEARSAL).read_text())
+    assert config["generation"]["backend"] == config["rewrite"]["backend"] == "vllm"
+    for kind, name in CELL.items():
+        config["models"][kind] = {name: config["models"][kind][name]}
+    (workdir / "config/rehearsal-cell.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    env = hub_env(paper_hub, workdir / "home", HF_HUB_CACHE=str(workdir / "hub-cache"), HF_HUB_OFFLINE="0")
+    start = time.perf_counter()
+    run_snakemake(workdir, "--configfile", "config/rehearsal-cell.yaml", "--replace-workflow-config", env=env)
+    print(f"one cell of the rehearsal in {time.perf_counter() - start:.0f} s")
+
+    summary = pq.read_table(workdir / "results/report/summary.parquet").to_pylist()
+    print({(row["method"], row["beta"]): round(row["mean_reward"], 3) for row in summary})
+    assert {row["method"] for row in summary} == set(config["methods"])
+    assert {row["beta"] for row in summary if row["method"] == "alignpro"} >= set(config["beta_sweep"])
+    assert {(row["prompter"], row["frozen"]) for row in summary} == {(CELL["prompters"], CELL["frozen"])}
+    for rule, needle in (("rewrite", "vLLM"), ("generate", "vLLM"), ("sft_pairs", "vLLM"), ("ppo", "vLLM")):
+        logs = job_log_lines(workdir, rule, needle)
+        assert logs and all(logs.values()), (rule, logs)
+    trained = {"sft": CELL["prompters"], "ppo": CELL["prompters"], "rlhf": CELL["frozen"]}
+    for rule, name in trained.items():
+        hub_id = hub_ids[name]
+        for log, lines in job_log_lines(workdir, rule, "LoRA adapters on").items():
+            print(rule, log, lines)
+            [line] = lines
+            kinds = set(line.split("'s ", 1)[1].split(":", 1)[0].split(", "))
+            assert kinds == LINEAR_LAYERS.get(hub_id, LINEAR_LAYERS["llama"]), line
+            assert " of " in line and "parameters train" in line
+            assert not job_log_lines(workdir, rule, "without adapters")[log], log
 
 
 def vllm_chat(model: str, out_path: str) -> None:

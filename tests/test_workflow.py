@@ -84,6 +84,7 @@ def run_snakemake(
         capture_output=True,
         text=True,
         timeout=1800,
+        umask=0o022,  # as most users' shells: results must come out readable by others (alignpro.atomic)
     )
     if check and result.returncode != 0:
         logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted(workdir.glob("logs/**/*.log")))
@@ -211,6 +212,20 @@ def win_rate_rows(workdir: Path, judge: str = "offline") -> dict[str, dict]:
 def test_align_pro_works_on_the_embedded_default(finished_run):
     workdir, _ = finished_run
     assert_align_pro_works(workdir)
+
+
+@pytest.mark.slow
+def test_collaborators_can_read_every_result(finished_run):
+    """Under umask 0022 every file under results/ is 0644 and every directory 0755 (on a shared cluster
+    directory the others in the group read them), whichever way a stage wrote it. (Outputs taken from
+    Snakemake's between-workflow cache are its links to files it makes 0666.)"""
+    import stat
+
+    workdir, _ = finished_run
+    written = [path for path in (workdir / "results").rglob("*") if not path.is_symlink()]
+    modes = {str(path.relative_to(workdir)): stat.S_IMODE(path.stat().st_mode) for path in written}
+    wrong = {path: oct(mode) for path, mode in modes.items() if mode != (0o755 if (workdir / path).is_dir() else 0o644)}
+    assert len(modes) > 50 and not wrong, wrong
 
 
 @pytest.mark.slow
@@ -801,6 +816,109 @@ def test_test_size_larger_than_the_dataset_is_named_before_any_job(tmp_path):
 
 
 SERVED = {"api": {"model": "llama-8b", "base_url": "http://localhost:8000/v1"}}
+
+
+@pytest.mark.slow
+def test_a_job_that_failed_in_a_rerun_a_params_change_caused_is_made_again_by_a_plain_rerun(tmp_path):
+    """The frozen model behind an API (the stub); generation.n_samples changes, and the server fails
+    every request of one system's generate job, alignpro's then base's: the job fails and Snakemake
+    removes its output. A plain rerun once the server answers makes it again, and every scores table
+    and the report then hold the new number of answers; a further rerun has nothing to do. (Before,
+    the removed answers were taken for a deleted intermediate file: rc 0, "Nothing to be done", and
+    the report mixing 2 answers per prompt for alignpro with 3 for base.)"""
+    workdir = copy_workflow(tmp_path / "workflow")
+    config = yaml.safe_load((workdir / "config/tiny.yaml").read_text()) | {"methods": ["base", "sft", "alignpro"], "beta_sweep": []}
+    key_env = "ALIGNPRO_TEST_SERVED_KEY"
+    env = {key_env: "sk-test"}
+    args = ("--configfile", "config/served.yaml", "--replace-workflow-config")
+
+    def run(n_samples: int, **kwargs):
+        config["generation"]["n_samples"] = n_samples
+        (workdir / "config/served.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        return run_snakemake(workdir, *args, env=env, **kwargs)
+
+    def answers_per_prompt() -> dict[str, set[int]]:
+        counts = {}
+        for stage in ("responses", "scores"):
+            for path in sorted((workdir / "results" / stage).rglob("*.parquet")):
+                table = pq.read_table(path).group_by("prompt_id").aggregate([("sample_index", "count")])
+                counts[str(path.relative_to(workdir / "results"))] = set(table.column("sample_index_count").to_pylist())
+        summary = pq.read_table(workdir / "results/report/summary.parquet").to_pylist()
+        counts["summary"] = {row["n_samples"] // row["n_prompts"] for row in summary}
+        return counts
+
+    with JudgeStub(answers_chats=True) as stub:
+        config["models"]["frozen"] = {
+            "served": {"api": {"model": "served-frozen", "base_url": stub.base_url, "api_key_env": key_env, "max_retries": 1, "backoff_base_s": 0.01}}
+        }
+        run(n_samples=2)
+        test_prompts = pq.read_table(workdir / f"results/data/{next(iter(config['datasets']))}/test.parquet").column("prompt").to_pylist()
+        rewrites = next(path for path in (workdir / "results/rewrites").rglob("*.parquet") if "/alignpro/" in str(path))
+        victims = {
+            "alignpro": [rewrite for rewrite in pq.read_table(rewrites).column("rewrite").to_pylist() if rewrite not in test_prompts],
+            "base": test_prompts,
+        }
+        for n_samples, (victim, questions) in zip((3, 4), victims.items()):
+            assert questions, victim
+            for question in questions:  # the server fails every request of the victim's generate job
+                stub.faults[(question, "")] = ["500"] * 100
+            failed = run(n_samples, check=False)
+            assert failed.returncode != 0 and "Error in rule generate" in failed.stdout + failed.stderr, victim
+            stub.faults.clear()
+            run(n_samples)  # a plain rerun, the server answering again
+            counts = answers_per_prompt()
+            print(victim, counts)
+            assert all(count == {n_samples} for count in counts.values()), (victim, counts)
+            assert planned_jobs(workdir, *args, env=env) == {}, victim
+
+
+def refused_at_start(workdir: Path, api: dict, env: dict[str, str]) -> str:
+    """Run (not dry-run) the embedded default with its frozen model behind `api`: the run must stop
+    before any job; its output is returned."""
+    config = default_config() | {"methods": ["base", "sft", "alignpro"]}
+    config["models"]["frozen"] = {"served": {"api": {"model": "served-frozen"} | api}}
+    (workdir / "config/served.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    result = run_snakemake(workdir, "--configfile", "config/served.yaml", "--replace-workflow-config", check=False, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert not (workdir / "results").exists() and "no job was started" in output, output[-3000:]
+    return output
+
+
+def test_an_api_endpoint_that_cannot_answer_stops_the_run_before_any_job(tmp_path):
+    """An unset key, a key the server refuses (401), a URL whose /models is not there (404) and a port
+    nobody listens on each stop the run at start, naming the config key, the key's variable and the
+    cause; each costs at most one request to the endpoint (its model list), none to chat."""
+    workdir = copy_workflow(tmp_path / "workflow")
+    key_env = "ALIGNPRO_TEST_SERVED_KEY"
+    with JudgeStub(api_key="sk-right", answers_chats=True) as stub:
+        api = {"base_url": stub.base_url, "api_key_env": key_env}
+        unset = refused_at_start(workdir, api, {key_env: ""})
+        print(unset[-600:])
+        assert f"config models.frozen.served.api's API key is read from ${key_env}, which is not set" in unset
+
+        wrong = refused_at_start(workdir, api, {key_env: "sk-wrong"})
+        print(wrong[-600:])
+        assert f"config models.frozen.served.api: {stub.base_url} refuses the key in ${key_env}: AuthenticationError: Error code: 401" in wrong
+        assert stub.unauthorized == 1 and stub.get_requests == {"/v1/models": 1} and stub.total_requests == 0
+
+        no_v1 = refused_at_start(workdir, api | {"base_url": stub.base_url.removesuffix("/v1")}, {key_env: "sk-right"})
+        print(no_v1[-600:])
+        assert "/models is not found: base_url must be the API's root" in no_v1 and "NotFoundError: Error code: 404" in no_v1
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    nobody = refused_at_start(workdir, {"base_url": f"http://127.0.0.1:{port}/v1", "api_key_env": key_env}, {key_env: "sk-right"})
+    print(nobody[-600:])
+    assert f"http://127.0.0.1:{port}/v1 cannot be reached: APIConnectionError: Connection error. (caused by ConnectError:" in nobody
+
+
+def test_a_base_url_without_its_scheme_is_named(tmp_path):
+    config = default_config()
+    config["models"]["frozen"] = {"served": {"api": {"model": "llama-8b", "base_url": "127.0.0.1:8041/v1"}}}
+    config["methods"] = ["base", "sft", "alignpro"]
+    error = dry_run_error(tmp_path, config)
+    assert "127.0.0.1:8041/v1" in error and "does not match" in error and "base_url" in error, error[-2000:]
 
 
 def test_rlhf_with_an_api_frozen_model_and_no_weights_is_named(tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -23,12 +24,34 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import openai
 
+log = logging.getLogger(__name__)
 
 # Faults worth another try: rate limits, server errors, timeouts and dropped connections (the
-# SDK's APITimeoutError is an APIConnectionError).
+# SDK's APITimeoutError is an APIConnectionError)...
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)
+# ... but not a connection error caused by the URL itself: no retry can mend it.
+BAD_URL = (httpx.UnsupportedProtocol, httpx.InvalidURL)
+
+
+def describe(error: BaseException) -> str:
+    """The error with the chain of causes the SDK keeps (its "Connection error." hides whether the
+    connection was refused, the name did not resolve or the URL was bad)."""
+    text, last, cause = f"{type(error).__name__}: {error}", None, error.__cause__
+    while cause is not None:
+        part = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+        if part != last:  # httpx re-raises httpcore's error under the same name and text
+            text += f" (caused by {part})"
+        last, cause = part, cause.__cause__
+    return text
+
+
+def retryable(error: BaseException) -> bool:
+    return isinstance(error, (*RETRYABLE, MalformedReply, openai.APIResponseValidationError, json.JSONDecodeError)) and not isinstance(
+        error.__cause__, BAD_URL
+    )
 
 
 class MalformedReply(Exception):
@@ -183,11 +206,11 @@ def retry_after_seconds(error: Exception) -> float | None:
 
 
 def api_key(settings: APISettings, who: str) -> str:
-    """The key from the environment variable the settings name; a missing one is an error naming it."""
-    try:
-        return os.environ[settings.api_key_env]
-    except KeyError:
-        raise RuntimeError(f"{who}'s API key is read from ${settings.api_key_env}, which is not set") from None
+    """The key from the environment variable the settings name; a missing or empty one is an error naming it."""
+    key = os.environ.get(settings.api_key_env)
+    if not key:
+        raise RuntimeError(f"{who}'s API key is read from ${settings.api_key_env}, which is not set")
+    return key
 
 
 class ChatClient:
@@ -195,6 +218,7 @@ class ChatClient:
 
     def __init__(self, settings: APISettings, budget: Budget, *, who: str):
         self.settings = settings
+        self.who = who
         self.budget = budget
         self.semaphore = asyncio.Semaphore(settings.concurrency)
         self.openai = openai.AsyncOpenAI(
@@ -225,18 +249,22 @@ class ChatClient:
                         model=self.settings.model, messages=messages, max_tokens=max_tokens, **sampling
                     )
                     call = self.completed_call(response, messages)
-                except (*RETRYABLE, MalformedReply, openai.APIResponseValidationError, json.JSONDecodeError) as error:
+                except (openai.APIError, MalformedReply, json.JSONDecodeError) as error:
                     self.budget.finish(estimate, 0.0)
+                    if not retryable(error):
+                        return Attempted(None, retry + 1, f"error: {describe(error)}")
                     last_error = error
-                except openai.APIError as error:
-                    self.budget.finish(estimate, 0.0)
-                    return Attempted(None, retry + 1, f"error: {type(error).__name__}: {error}")
                 else:
                     self.budget.finish(estimate, call.cost_usd)
                     return Attempted(call, retry + 1)
             if retry < self.settings.max_retries:
-                await asyncio.sleep(self.retry_delay(retry, last_error))
-        return Attempted(None, self.settings.max_retries + 1, f"error: {type(last_error).__name__}: {last_error}")
+                delay = self.retry_delay(retry, last_error)
+                log.warning(
+                    "%s at %s: %s; retry %d of %d in %.1f s",
+                    self.who, self.settings.base_url, describe(last_error), retry + 1, self.settings.max_retries, delay,
+                )
+                await asyncio.sleep(delay)
+        return Attempted(None, self.settings.max_retries + 1, f"error: {describe(last_error)}")
 
     def completed_call(self, response, messages: list[dict]) -> CompletedCall:
         """Content, finish reason, usage and cost; usage is estimated at 4 characters a token if the
@@ -256,3 +284,36 @@ class ChatClient:
             prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
         finish_reason = choices[0].finish_reason or "stop"
         return CompletedCall(content, finish_reason, prompt_tokens, completion_tokens, self.settings.cost(prompt_tokens, completion_tokens))
+
+
+class EndpointUnusable(RuntimeError):
+    """An endpoint that no retry can make answer: a refused key, a wrong URL, no server there."""
+
+
+def probe_endpoint(section: dict, who: str) -> list[str]:
+    """One authenticated request to the endpoint of an API config section (its model list), made before
+    any job calls it, so a wrong key, URL or host stops the run naming `who`, the key's variable and
+    the cause, instead of every job failing after its local work. Returns the models it serves; a
+    model it does not list is only warned about (some providers list aliases differently)."""
+    settings = APISettings(**{field: section[field] for field in APISettings.__dataclass_fields__ if field in section})
+    try:
+        key = api_key(settings, who)
+    except RuntimeError as error:
+        raise EndpointUnusable(str(error)) from None
+    client = openai.OpenAI(base_url=settings.base_url, api_key=key, max_retries=2, timeout=min(settings.timeout_s, 30.0))
+    try:
+        served = [model.id for model in client.models.list()]
+    except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
+        raise EndpointUnusable(f"{who}: {settings.base_url} refuses the key in ${settings.api_key_env}: {describe(error)}") from None
+    except openai.NotFoundError as error:
+        raise EndpointUnusable(
+            f"{who}: {settings.base_url}/models is not found: base_url must be the API's root (OpenAI-compatible servers "
+            f"end it in /v1): {describe(error)}"
+        ) from None
+    except openai.APIError as error:
+        raise EndpointUnusable(f"{who}: {settings.base_url} cannot be reached: {describe(error)}") from None
+    finally:
+        client.close()
+    if settings.model not in served:
+        log.warning("%s: %s does not list the model %r among the %d it serves", who, settings.base_url, settings.model, len(served))
+    return served

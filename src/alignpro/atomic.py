@@ -1,5 +1,7 @@
 """Write files and directories so that a killed job leaves either the old result or the new one,
 never a half-written one that a rerun would take for finished: write beside the target, then rename.
+What is renamed into place has the permissions the user's umask gives a new file or directory (the
+temporary ones are private, 0600 and 0700), so collaborators on a shared directory can read results.
 """
 
 from __future__ import annotations
@@ -12,6 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: it is set straight back)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path`; it replaces `path` if the block succeeds, else is removed."""
@@ -21,6 +30,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     os.close(handle)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -40,6 +50,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~current_umask())
         old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))

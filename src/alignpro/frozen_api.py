@@ -56,19 +56,27 @@ class APIAnswersMissing(RuntimeError):
     """Some answers could not be had after every retry; those that were are in the cache."""
 
 
+def request_seed(key: str) -> int:
+    """The seed a request carries, taken from its whole cache key (the sampling seed, the sample and, in
+    training, the step and rollout): a seeded server gives a rewrite repeated at a later step or in
+    another rollout a fresh draw, y ~ frozen(x'), and the same call the same one."""
+    return int(key[:8], 16) & 0x7FFFFFFF
+
+
 class APIGenerator:
     """The frozen model behind an API, with the `.chat(conversations, sampling)` of the local generators.
 
-    Each of the `sampling.n` answers to a conversation is one request (n=1, seed `sampling.seed +
-    sample index` where the server takes one), all sent concurrently up to `concurrency`, each stored
-    in the cache the moment it returns. A call returns every answer or raises APIAnswersMissing: a
-    table with answers missing is never written, and a rerun pays only for the rest.
+    Each of the `sampling.n` answers to a conversation is one request (n=1, seeded from its cache key
+    where the server takes a seed), all sent concurrently up to `concurrency`, each stored in the cache
+    the moment it returns; identical calls in one `.chat` are sent once. A call returns every answer or
+    raises APIAnswersMissing: a table with answers missing is never written, and a rerun pays only for
+    the rest.
     """
 
     def __init__(self, settings: FrozenAPISettings, *, name: str):
         self.settings = settings
         self.name = name
-        self.usage = {"requests": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+        self.usage = {"requests": 0, "cached": 0, "repeated": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
         # One event loop, client, budget and cache for the generator's life (a job): PPO calls it once
         # a step, and keeping the client keeps its connections open from one step to the next.
         self.loop = asyncio.new_event_loop()
@@ -84,16 +92,22 @@ class APIGenerator:
         return answers
 
     async def _chat(self, conversations, sampling, keys):
-        cache, client = self.cache, self.client
+        extras = keys or [None] * len(conversations)
+        calls = [
+            (answer_key(self.settings, messages, sampling, index, extra), messages)
+            for messages, extra in zip(conversations, extras)
+            for index in range(sampling.n)
+        ]
+        unique = dict(calls)  # key -> messages, once per key (a key includes the messages)
+        self.usage["repeated"] += len(calls) - len(unique)
         failures: list[str] = []
-        progress = progress_bar(total=len(conversations) * sampling.n, desc=f"answering with {self.settings.model}", unit="answer")
+        progress = progress_bar(total=len(unique), desc=f"answering with {self.settings.model}", unit="answer")
 
-        async def answer(messages: list[dict], sample_index: int, extra: str | None) -> Completion | None:
-            key = answer_key(self.settings, messages, sampling, sample_index, extra)
-            call = cache.get(key)
+        async def answer(key: str, messages: list[dict]) -> Completion | None:
+            call = self.cache.get(key)
             if call is None:
-                seed = {"seed": sampling.seed + sample_index} if self.settings.send_seed else {}
-                attempted = await client.complete(
+                seed = {"seed": request_seed(key)} if self.settings.send_seed else {}
+                attempted = await self.client.complete(
                     messages, max_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p, **seed
                 )
                 self.usage["requests"] += attempted.requests
@@ -102,7 +116,7 @@ class APIGenerator:
                     failures.append(attempted.failure)
                     progress.update()
                     return None
-                cache.put(key, self.settings.model, call)
+                self.cache.put(key, self.settings.model, call)
                 self.usage["prompt_tokens"] += call.prompt_tokens
                 self.usage["completion_tokens"] += call.completion_tokens
                 self.usage["cost_usd"] += call.cost_usd or 0.0
@@ -113,16 +127,15 @@ class APIGenerator:
             return Completion(call.content, finish_reason, call.completion_tokens)
 
         try:
-            extras = keys or [None] * len(conversations)
-            answers = await asyncio.gather(
-                *(answer(messages, index, extra) for messages, extra in zip(conversations, extras) for index in range(sampling.n))
-            )
+            answered = dict(zip(unique, await asyncio.gather(*(answer(key, messages) for key, messages in unique.items()))))
         finally:
             progress.close()
+        answers = [answered[key] for key, _ in calls]
         if failures:
+            missing = sum(answer is None for answer in answers)
             raise APIAnswersMissing(
-                f"frozen model {self.name} ({self.settings.model} at {self.settings.base_url}): {len(failures)} of "
-                f"{len(answers)} answers could not be had (first: {failures[0]}). The {len(answers) - len(failures)} "
+                f"frozen model {self.name} ({self.settings.model} at {self.settings.base_url}): {missing} of "
+                f"{len(answers)} answers could not be had (first: {failures[0]}). The {len(answers) - missing} "
                 f"answered are cached in {self.settings.cache}: rerun to ask for the rest, paying only for them"
             )
         return [answers[start : start + sampling.n] for start in range(0, len(answers), sampling.n)]
@@ -134,6 +147,7 @@ class APIGenerator:
         cost = f"${usage['cost_usd']:.4f}" if self.settings.priced else "no cost (no prices given)"
         return (
             f"frozen model {self.name}: {usage['requests']} requests, {usage['cached']} answers from the cache, "
+            f"{usage['repeated']} repeats of a call asked for once, "
             f"{usage['prompt_tokens']} / {usage['completion_tokens']} tokens in / out, {cost}"
         )
 

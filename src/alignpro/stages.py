@@ -438,6 +438,20 @@ def _test_prompts_frame(test_prompts: dict[str, str]):
     return pl.concat(frames).select(list(schema)) if frames else pl.DataFrame(schema=schema)
 
 
+def check_samples_per_prompt(table, n_samples: int, path: str) -> None:
+    """Every prompt of a scores table has `n_samples` answers (generation.n_samples), else the table was
+    made under other settings and is named: stale, not to be averaged beside fresh ones."""
+    import polars as pl
+
+    counts = table.group_by("prompt_id").agg(pl.len().alias("answers"))["answers"].unique().sort().to_list()
+    if counts != [n_samples]:
+        raise tables.SchemaError(
+            f"{path}: {', '.join(map(str, counts))} answer(s) per prompt where generation.n_samples is {n_samples}: it "
+            f"was made under other settings. Delete it and the responses table it scored, and run snakemake again: "
+            "both are made afresh, and what reads them"
+        )
+
+
 def report(
     *,
     scores_paths: list[str],
@@ -448,6 +462,7 @@ def report(
     checkers: dict[str, str],
     prompters: list[str],
     settings: dict,
+    n_samples: int,
     seed: int,
     summary_path: str,
     win_rates_path: str,
@@ -467,13 +482,17 @@ def report(
     reference answers, and all of it by category where prompts have one. `training_runs` are PPO runs
     (metrics path, label and system keys), `star_runs` rho*'s rewrite tables (path and keys);
     `test_prompts` maps each dataset to its test prompts table (reference answers, categories), `checkers`
-    each dataset with reference answers to its checker's name; `settings` is the config's `report` section."""
+    each dataset with reference answers to its checker's name; `settings` is the config's `report` section.
+    A scores table without `n_samples` answers to each prompt is stale and named, never mixed in."""
     import polars as pl
 
     from alignpro.report import judge_agreement, pick_examples, summarize, verdicts_frame, win_rates, write_report
     from alignpro.report.categories import by_category, prompt_categories
 
-    scores = pl.concat([pl.from_arrow(tables.read_table(path, tables.SCORES)) for path in scores_paths])
+    score_tables = {path: pl.from_arrow(tables.read_table(path, tables.SCORES)) for path in scores_paths}
+    for path, table in score_tables.items():
+        check_samples_per_prompt(table, n_samples, path)
+    scores = pl.concat(list(score_tables.values()))
     verdicts = verdicts_frame([tables.read_table(path, tables.VERDICTS) for path in verdicts_paths])
     prompts = _test_prompts_frame(test_prompts)
     training = {run["label"]: pl.from_arrow(tables.read_table(run["path"], tables.PPO_METRICS)) for run in training_runs}

@@ -12,6 +12,7 @@ if __name__ == "__main__":
             checkers=dict(snakemake.params.checkers),
             prompters=list(snakemake.params.prompters),
             settings=dict(snakemake.params.settings),
+            n_samples=snakemake.params.n_samples,
             seed=snakemake.params.seed,
             summary_path=snakemake.output.summary,
             win_rates_path=snakemake.output.win_rates,
