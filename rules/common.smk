@@ -11,11 +11,17 @@ from alignpro import api, hub, memory
 from alignpro.generation import GenerationSettings
 from alignpro.judge_prompts import judge_prompt
 from alignpro.model_spec import ModelSpec
+from alignpro.config_files import check_unique_keys
 from alignpro.systems import ORACLE, REFERENCE, System, grid, system_pattern, systems, training_runs
 from alignpro.task_plans import PLANS as TASK_PLANS, ROLES as TASK_ROLES
 from alignpro.datasets import category_column, check_local_file, is_bundled
 
 
+for configfile in workflow.configfiles:
+    try:
+        check_unique_keys(configfile)
+    except ValueError as error:
+        raise WorkflowError(f"config file {error}") from None
 if "judge" in config:  # the one-judge section of earlier versions: say where it went, not only "unknown key"
     raise WorkflowError(
         "config judge: the judge section is now judges, judges by name; move it under a name, e.g. "
@@ -364,11 +370,13 @@ JUDGE_PATTERN = "|".join(re.escape(name) for name in JUDGES)
 
 def judge_settings(name):
     """Judge `name` as its judge jobs use it: only the chosen backend's settings, so changing a setting
-    of the other backend reruns nothing."""
+    of the other backend reruns nothing; an API judge's with its prompt file's digest, so editing the
+    file reruns its jobs (its cache still answers the calls whose text did not change)."""
     judge = JUDGES[name]
     if judge["backend"] == "offline":
         return {key: judge[key] for key in ("backend", "margin", "samples_per_prompt")}
-    return {key: judge[key] for key in ("backend", "samples_per_prompt", "api")}
+    settings = {key: judge[key] for key in ("backend", "samples_per_prompt", "api")}
+    return settings | {"prompt_sha256": judge_prompt(judge["api"]["prompt"]).sha256}
 
 
 def api_sections():

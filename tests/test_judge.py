@@ -10,16 +10,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import sqlite3
 import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from alignpro import stages
 from alignpro.judge import JUDGMENT_COLUMNS, PAIRS, JudgeSettings, bradley_terry_pairs, judge_pairs, pairs_from_scores
-from alignpro.judge_prompts import judge_prompt, judge_prompt_names
+from alignpro.judge_prompts import JudgePrompt, judge_prompt, judge_prompt_names
 from alignpro.tables import SCORES, VERDICTS, SchemaError, read_table, write_table
 from openai_stub import MARKER, JudgeStub, kill_after_requests
 
@@ -108,6 +110,47 @@ def test_both_shipped_prompts_are_data_with_their_criteria():
         judge_prompt("gpt-judge")
 
 
+def shipped_prompt_text(name: str) -> str:
+    from importlib import resources
+
+    return (resources.files("alignpro.judge_prompts") / f"{name}.yaml").read_text(encoding="utf-8")
+
+
+BROKEN_PROMPTS = {
+    # a verdict pattern that never matches a real reply: before, rc 0 and most verdicts invalid, all paid for
+    "never matches": ("pattern: 'VERDICT\\s*:\\s*(A|B|TIE)'", "pattern: 'JUDGEMENT\\s*:\\s*(A|B|TIE)'", r"examples\[0\]: verdict\.pattern reads None"),
+    # no capture group: before, IndexError: no such group in every judge job, naming no file
+    "no group": ("pattern: 'VERDICT\\s*:\\s*(A|B|TIE)'", "pattern: 'VERDICT\\s*:\\s*(?:A|B|TIE)'", r"verdict\.pattern: has no group"),
+    "does not compile": ("pattern: 'VERDICT\\s*:\\s*(A|B|TIE)'", "pattern: 'VERDICT\\s*:\\s*(A|B|TIE'", r"verdict\.pattern: does not compile"),
+    "a lower-case label": ("labels: {A: A, B: B, TIE: TIE}", "labels: {A: A, B: B, tie: TIE}", r"verdict\.labels: .* upper-case labels"),
+    "a label the pattern reads unmapped": (
+        "labels: {A: A, B: B, TIE: TIE}", "labels: {A: A, B: B, T: TIE}", r"examples\[2\]: verdict\.pattern reads the label 'TIE', which verdict\.labels lacks"
+    ),
+    "a template placeholder misspelt": ("  {answer_b}\n", "  {answer_2}\n", r"user: its placeholders are \['answer_2', 'answer_a', 'fence', 'question'\]"),
+    "a field missing": ("reminder: |-", "remainder: |-", r"reminder: missing"),
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_PROMPTS))
+def test_a_broken_prompt_file_is_refused_naming_the_file_and_the_field(broken, tmp_path):
+    old, new, message = BROKEN_PROMPTS[broken]
+    text = shipped_prompt_text("pairwise-v1")
+    assert old in text, old
+    file = tmp_path / "pairwise-v1.yaml"
+    file.write_text(text.replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"judge prompt file {re.escape(str(file))}: {message}"):
+        JudgePrompt.from_file(file, "pairwise-v1")
+
+
+def test_each_shipped_prompt_reads_its_own_examples_and_has_one_per_verdict():
+    for name in judge_prompt_names():
+        examples = yaml.safe_load(shipped_prompt_text(name))["examples"]
+        prompt = judge_prompt(name)
+        assert {example["verdict"] for example in examples} >= {"A", "B", "TIE"}
+        assert [prompt.parse(example["reply"]) for example in examples] == [example["verdict"] for example in examples]
+        assert len(prompt.sha256) == 64
+
+
 # ---------------------------------------------------------------------------- judging against the stub
 
 
@@ -123,6 +166,10 @@ def test_every_pair_is_judged_in_both_orders(stub, cache):
     assert column(verdicts, "verdict_base_first") == ["B", "A", "TIE", "A", "TIE"]
     assert column(verdicts, "inconsistent") == [False, False, False, True, False]
     assert column(verdicts, "calls") == [2, 2, 2, 2, 0]  # identical answers: a tie without a call
+    assert column(verdicts, "cost_usd")[4] == 0.0  # priced: nothing paid for identical answers
+    unpriced = settings_for(stub, price_input_per_1k=None, price_output_per_1k=None)
+    identical = judge_pairs(pairs_table([pair(4, PLAIN, PLAIN)]), unpriced, cache, name="gpt4")
+    assert column(identical, "cost_usd") == [None]  # as every row of a judge without prices: no cost known, not 0.0
     for question, answer, base in [(r["prompt"], r["answer"], r["base_answer"]) for r in rows[:4]]:
         assert stub.requests_for(question, answer) == stub.requests_for(question, base) == 1
     assert stub.total_requests == sum(column(verdicts, "calls")) == 8

@@ -494,7 +494,8 @@ def test_markdown_has_the_win_rate_table_diagnostics_usage_and_examples(judged_r
     alignpro = rates.filter(pl.col("method") == "alignpro").row(0, named=True)
     assert alignpro["lc_win_pct"] is not None
     cells = " | ".join(_cell(alignpro, outcome) for outcome in ("win", "tie", "loss", "preference", "lc_win"))
-    assert f"| org/prompter-a | org/frozen-7b | alignpro | 8 | 8 | {cells} |" in section
+    assert alignpro["n_prompts"] == 4  # the prompt count beside the pairs: 2 samples each
+    assert f"| org/prompter-a | org/frozen-7b | alignpro | 4 | 8 | 8 | {cells} |" in section
     assert alignpro["preference_pct"] == 62.5  # 4 wins and 2 ties of 8
     assert section.split("### Length", 1)[0].count("| – | org/frozen-7b | rlhf |") == 1  # one judge job, no prompter
     assert "| judge |" not in section.split("###", 1)[0]  # one judge: no judge column in the win-rate table
@@ -544,7 +545,7 @@ def test_two_judges_each_get_their_win_rates_and_their_agreement(tables, tmp_pat
     paths = {**_paths(tmp_path), "win_plot": tmp_path / "win.png"}
     write_report(summary, **paths, win_rates=rates, agreement=agreement)
     section = paths["markdown"].read_text(encoding="utf-8").split("## Win rate against base", 1)[1]
-    assert "| judge | prompter |" in section and section.count("| alignpro | 8 | 8 |") == 2
+    assert "| judge | prompter |" in section and section.count("| alignpro | 4 | 8 | 8 |") == 2
     assert f"| {LLM_JUDGE} | {OFFLINE_JUDGE} | 8 | 100.0 | 1.000" in section
 
 
@@ -842,7 +843,7 @@ def test_judged_beta_variants_keep_their_own_win_rates_and_examples(tmp_path):
     paths = {**_paths(tmp_path), "win_plot": tmp_path / "win.png", "frontier_plot": tmp_path / "frontier.png"}
     write_report(summary, **paths, win_rates=rates, examples=examples)
     section = paths["markdown"].read_text(encoding="utf-8").split("## Win rate against base", 1)[1]
-    assert "| org/prompter-a | org/frozen-7b | alignpro β=0.1 | 8 | 8 | 0.0 [" in section
+    assert f"| org/prompter-a | org/frozen-7b | alignpro β=0.1 | {_row(rates, 'alignpro', 0.1)['n_prompts']} | 8 | 8 | 0.0 [" in section
     assert "| – | org/frozen-7b | alignpro β=0.1 (hh) |" not in section and "| alignpro β=0.1 (hh) |" in section
     assert f"#### hh · org/prompter-a → org/frozen-7b · alignpro β=0.1 · judge {LLM_JUDGE}: loss" in section
     assert "**alignpro β=0.1 answer**" in section

@@ -84,3 +84,15 @@ def test_training_stages_take_the_generation_section_without_n_samples():
     training = GenerationSettings.for_training(section)
     assert training == {"backend": "transformers", "temperature": 0.7, "max_new_tokens": 32}
     assert GenerationSettings.from_config(training).sampling(seed=3).temperature == 0.7
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused_naming_it_and_its_lines(tmp_path):
+    from alignpro.config_files import check_unique_keys
+
+    path = tmp_path / "twice.yaml"
+    path.write_text("judges:\n  gpt4: {backend: offline}\n  local: {backend: offline}\n  gpt4: {backend: api}\nseed: 0\n")
+    with pytest.raises(ValueError, match=rf"{path}: key 'gpt4' is given twice in one mapping, on lines 2 and 4"):
+        check_unique_keys(path)
+    merged = tmp_path / "merged.yaml"  # a merge key's keys overridden beside it are not duplicates
+    merged.write_text("ppo: &ppo {steps: 2, lr: 1}\nrlhf:\n  <<: *ppo\n  steps: 4\n")
+    check_unique_keys(merged)

@@ -554,7 +554,7 @@ def test_api_judges_run_through_an_openai_compatible_server(finished_run, monkey
         markdown = (workdir / "results/report/report.md").read_text()
         section = markdown.split("## Win rate against base", 1)[1]
         assert "Judge gpt4: gpt-4 with prompt pairwise-v1, an LLM" in section and "Judge mtbench: gpt-4 with prompt mt-bench-pair-v1" in section
-        assert "**judge, base's answer shown as A**" in section and "| judge | prompter | frozen | method | pairs | decided |" in section
+        assert "**judge, base's answer shown as A**" in section and "| judge | prompter | frozen | method | prompts | pairs | decided |" in section
         assert "### Length and position" in section and section.count(f"| gpt4 | {PROMPTER} |") >= len(JUDGED) - 1
         agreement = section.split("### Agreement between judges", 1)[1].split("###", 1)[0]
         assert {line.split(" | ")[0][2:] + "/" + line.split(" | ")[1] for line in agreement.splitlines() if line.startswith("| ") and "---" not in line} == {
@@ -567,6 +567,12 @@ def test_api_judges_run_through_an_openai_compatible_server(finished_run, monkey
         assert planned_jobs(workdir, "--configfile", str(with_api)) == {}
         run_snakemake(workdir, "--configfile", str(with_api), "--forcerun", "judge")
         assert stub.total_requests == requests
+        # Editing a prompt file reruns its judge's jobs (and the report), no other judge's.
+        edited = shutil.copytree(ROOT / "src", workdir.parent / "edited-src")
+        prompt_file = edited / "alignpro/judge_prompts/mt-bench-pair-v1.yaml"
+        prompt_file.write_text(prompt_file.read_text().replace("Be as objective as possible.", "Be objective."))
+        replanned = planned_jobs(workdir, "--configfile", str(with_api), env={"PYTHONPATH": str(edited)})
+        assert replanned == {"all": 1, "judge": len(JUDGED), "report": 1}, replanned
     assert_key_written_nowhere(workdir, key)
 
 
@@ -783,6 +789,19 @@ def test_the_one_judge_section_of_earlier_versions_is_named(tmp_path):
     config = default_config()
     config["judge"] = config.pop("judges")["offline"]
     assert "config judge: the judge section is now judges" in dry_run_error(tmp_path, config)
+
+
+def test_a_judge_given_twice_is_named_with_its_lines(tmp_path):
+    """YAML keeps the last of two entries with one name: the run stops instead of dropping a judge."""
+    workdir = copy_workflow(tmp_path / "workflow")
+    text = (workdir / "config/config.yaml").read_text()
+    assert "judges:\n  offline:\n" in text
+    text = text.replace("judges:\n  offline:\n", "judges:\n  offline:\n    backend: offline\n  offline:\n", 1)
+    (workdir / "config/twice.yaml").write_text(text)
+    result = run_snakemake(workdir, "--dry-run", "--configfile", "config/twice.yaml", "--replace-workflow-config", check=False)
+    output = result.stdout + result.stderr
+    line = text.splitlines().index("judges:") + 2
+    assert result.returncode != 0 and f"config/twice.yaml: key 'offline' is given twice in one mapping, on lines {line} and {line + 2}" in output, output[-2000:]
 
 
 def test_an_unknown_judge_prompt_is_named(tmp_path):

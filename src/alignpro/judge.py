@@ -172,7 +172,7 @@ class JudgingRun:
     async def judge_pair(self, pair: dict) -> dict:
         question, answer, base = pair["prompt"], pair["answer"], pair["base_answer"]
         if answer == base:
-            return identical_answers_row(pair, self.identity)
+            return identical_answers_row(pair, self.identity, priced=self.settings.priced)
         method_first, base_first = await asyncio.gather(
             self.judge_order(question, answer, base, "method_first"),
             self.judge_order(question, base, answer, "base_first"),
@@ -216,10 +216,11 @@ def verdict_row(pair: dict, judge: dict, method_first: OrderOutcome, base_first:
     return row if priced else row | {"cost_usd": None}
 
 
-def identical_answers_row(pair: dict, judge: dict) -> dict:
-    """Identical answers are a tie in either order; no call is paid for them."""
+def identical_answers_row(pair: dict, judge: dict, priced: bool) -> dict:
+    """Identical answers are a tie in either order; no call is paid for them (cost 0, or null, as every
+    row of a judge without prices)."""
     same = OrderOutcome(raw="TIE", reason="identical answers: a tie without a call")
-    return verdict_row(pair, judge, same, same)
+    return verdict_row(pair, judge, same, same, priced=priced)
 
 
 async def _judge_all(pairs: list[dict], settings: JudgeSettings, cache_path, name: str) -> list[dict]:

@@ -233,7 +233,7 @@ def _rate_cell(row: dict, outcome: str) -> str:
 
 def _judge_header(rates: pl.DataFrame) -> list[str]:
     judge = ["judge"] if rates["judge"].n_unique() > 1 else []
-    return [*judge, "prompter", "frozen", "method", "pairs", "decided", "win %", "tie %", "loss %", "win + ½ tie %", "LC win %",
+    return [*judge, "prompter", "frozen", "method", "prompts", "pairs", "decided", "win %", "tie %", "loss %", "win + ½ tie %", "LC win %",
             "inconsistent %", "invalid %", "not judged %"]
 
 
@@ -247,7 +247,7 @@ def _judge_rows(rates: pl.DataFrame, dataset: str) -> list[list[str]]:
     rows = []
     for row in rates.filter(pl.col("dataset") == dataset).iter_rows(named=True):
         rows.append(
-            ([row["judge"]] if several else []) + _who(row) + [str(row["n_pairs"]), str(row["n_decided"])]
+            ([row["judge"]] if several else []) + _who(row) + [str(row["n_prompts"]), str(row["n_pairs"]), str(row["n_decided"])]
             + [_rate_cell(row, outcome) for outcome in ("win", "tie", "loss", "preference", "lc_win")]
             + [_format(row[name], "{:.1f}") for name in ("inconsistent_pct", "invalid_pct", "not_judged_pct")]
         )
