@@ -486,7 +486,8 @@ def report(
     A scores table without `n_samples` answers to each prompt is stale and named, never mixed in."""
     import polars as pl
 
-    from alignpro.report import judge_agreement, pick_examples, summarize, verdicts_frame, win_rates, write_report
+    from alignpro.report import identical_answer_pairs, judge_agreement, pick_examples, summarize, verdicts_frame, win_rates, write_report
+    from alignpro.systems import REFERENCE
     from alignpro.report.categories import by_category, prompt_categories
 
     score_tables = {path: pl.from_arrow(tables.read_table(path, tables.SCORES)) for path in scores_paths}
@@ -521,7 +522,7 @@ def report(
         training=training,
         training_plot=training_plot,
         win_rates=rates,
-        agreement=judge_agreement(verdicts, settings["confidence"]),
+        agreement=judge_agreement(verdicts, settings["confidence"], free_ties=identical_answer_pairs(scores, REFERENCE)),
         win_plot=win_plot,
         frontier_plot=frontier_plot,
         length_plot=length_plot,

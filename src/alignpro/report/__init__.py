@@ -16,9 +16,9 @@ length-controlled win rate, position bias, agreement between judges), `plots` (t
 and `write_report`).
 """
 
-from alignpro.report.judging import judge_agreement
+from alignpro.report.judging import identical_answer_pairs, judge_agreement
 from alignpro.report.sections import write_report
 from alignpro.report.statistics import win_rates
 from alignpro.report.summary import pick_examples, ppo_kl, star_kl, summarize, verdicts_frame
 
-__all__ = ["judge_agreement", "pick_examples", "ppo_kl", "star_kl", "summarize", "verdicts_frame", "win_rates", "write_report"]
+__all__ = ["identical_answer_pairs", "judge_agreement", "pick_examples", "ppo_kl", "star_kl", "summarize", "verdicts_frame", "win_rates", "write_report"]

@@ -117,23 +117,35 @@ def position_bias(group: pl.DataFrame) -> dict:
 
 
 AGREEMENT_SCHEMA = {
-    "judge_a": pl.String, "judge_b": pl.String, "both_decided": pl.Int64, "agreement_pct": pl.Float64,
+    "judge_a": pl.String, "judge_b": pl.String, "both_decided": pl.Int64, "free_ties": pl.Int64, "agreement_pct": pl.Float64,
     "kappa": pl.Float64, "kappa_ci_low": pl.Float64, "kappa_ci_high": pl.Float64,
 }
 
 
-def judge_agreement(verdicts: pl.DataFrame, confidence: float = 0.95) -> pl.DataFrame:
-    """For every two judges, over the pairs both decided (win, tie or loss): how many, the percentage
-    with the same verdict, and Cohen's kappa (statsmodels) with its normal interval; kappa is null when
-    it is undefined (both judges always gave the same one verdict)."""
+def identical_answer_pairs(scores: pl.DataFrame, reference: str) -> pl.DataFrame:
+    """The pairs (PAIR_KEYS) whose method answer is `reference`'s answer to the same prompt and sample,
+    word for word: a tie for every judge without a judgment (an LLM judge makes no call for them)."""
+    keys = ["dataset", "prompt_id", "frozen", "sample_index"]
+    base = scores.filter(pl.col("method") == reference).select(*keys, base_response=pl.col("response"))
+    methods = scores.filter(pl.col("method") != reference)
+    return methods.join(base, on=keys).filter(pl.col("response") == pl.col("base_response")).select(PAIR_KEYS)
+
+
+def judge_agreement(verdicts: pl.DataFrame, confidence: float = 0.95, free_ties: pl.DataFrame | None = None) -> pl.DataFrame:
+    """For every two judges, over the pairs both decided (win, tie or loss) less `free_ties` (the pairs
+    of identical answers, tied by every judge without judging, which would inflate agreement; counted
+    apart): how many, the percentage with the same verdict, and Cohen's kappa (statsmodels) with its
+    normal interval, clipped to [-1, 1] (a variance statsmodels returns a hair below 0 counts as 0);
+    kappa is null when it is undefined (both judges always gave the same one verdict)."""
     decided = verdicts.filter(pl.col("verdict").is_in(DECIDED)).select(*PAIR_KEYS, "judge", "verdict")
+    if free_ties is not None:
+        free_ties = free_ties.select(pl.col(key).cast(decided.schema[key]) for key in PAIR_KEYS)
     rows = []
     z = float(stats.norm.ppf(0.5 + confidence / 2.0))
     for judge_a, judge_b in itertools.combinations(sorted(decided["judge"].unique().to_list()), 2):
-        joined = decided.filter(judge=judge_a).join(
-            decided.filter(judge=judge_b), on=PAIR_KEYS, nulls_equal=True, suffix="_b"
-        )
-        row = {"judge_a": judge_a, "judge_b": judge_b, "both_decided": joined.height}
+        both = decided.filter(judge=judge_a).join(decided.filter(judge=judge_b), on=PAIR_KEYS, nulls_equal=True, suffix="_b")
+        joined = both if free_ties is None else both.join(free_ties, on=PAIR_KEYS, how="anti", nulls_equal=True)
+        row = {"judge_a": judge_a, "judge_b": judge_b, "both_decided": joined.height, "free_ties": both.height - joined.height}
         if joined.height:
             table = np.zeros((len(DECIDED), len(DECIDED)))
             for a, b in joined.select("verdict", "verdict_b").iter_rows():
@@ -144,7 +156,8 @@ def judge_agreement(verdicts: pl.DataFrame, confidence: float = 0.95) -> pl.Data
                 kappa = cohens_kappa(table)
             if np.isfinite(kappa.kappa):
                 row["kappa"] = float(kappa.kappa)
-            if np.isfinite([kappa.kappa, kappa.std_kappa]).all():
-                row["kappa_ci_low"], row["kappa_ci_high"] = kappa.kappa - z * kappa.std_kappa, kappa.kappa + z * kappa.std_kappa
+                if np.isfinite(kappa.var_kappa):
+                    half = z * float(np.sqrt(max(kappa.var_kappa, 0.0)))
+                    row["kappa_ci_low"], row["kappa_ci_high"] = max(row["kappa"] - half, -1.0), min(row["kappa"] + half, 1.0)
         rows.append(row)
     return pl.DataFrame(rows, schema=AGREEMENT_SCHEMA)

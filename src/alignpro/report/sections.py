@@ -181,7 +181,7 @@ USAGE_NOTE = (
     "and cost nothing again. Tokens and cost are the requests' alone; a judge without prices shows no cost."
 )
 BIAS_HEADER = ["judge", "prompter", "frozen", "method", "tokens, method − base", "first slot wins %", "flips % (pairs)"]
-AGREEMENT_HEADER = ["judge", "other judge", "pairs both decided", "same verdict %", "Cohen's κ [CI]"]
+AGREEMENT_HEADER = ["judge", "other judge", "pairs both decided", "identical answers left out", "same verdict %", "Cohen's κ [CI]"]
 EXAMPLE_CHARACTERS = 1200  # texts longer than this are cut in the report (the tables keep them whole)
 
 
@@ -273,7 +273,8 @@ def _bias_rows(rates: pl.DataFrame) -> list[list[str]]:
 
 def _agreement_note(confidence: float) -> str:
     return (
-        "For every two judges, over the pairs both decided: the share with the same verdict (win, tie or loss) and "
+        "For every two judges, over the pairs both decided, less those whose answers are identical (a tie for every "
+        "judge, judged by none): the share with the same verdict (win, tie or loss) and "
         f"Cohen's κ, agreement beyond chance (1: always the same, 0: as by chance), with its {confidence:.0%} normal "
         "interval (a dash: undefined, both judges always giving the one same verdict)."
     )
@@ -283,7 +284,9 @@ def _agreement_rows(agreement: pl.DataFrame) -> list[list[str]]:
     rows = []
     for row in agreement.iter_rows(named=True):
         kappa = _format(row["kappa"]) + ("" if row["kappa_ci_low"] is None else f" [{row['kappa_ci_low']:.3f}, {row['kappa_ci_high']:.3f}]")
-        rows.append([row["judge_a"], row["judge_b"], str(row["both_decided"]), _format(row["agreement_pct"], "{:.1f}"), kappa])
+        rows.append([
+            row["judge_a"], row["judge_b"], str(row["both_decided"]), str(row["free_ties"]), _format(row["agreement_pct"], "{:.1f}"), kappa
+        ])
     return rows
 
 
