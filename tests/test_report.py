@@ -562,7 +562,8 @@ def test_the_breakdown_by_category_is_over_each_categorys_prompts_alone(judged):
     assert wins[("a", "alignpro")] == 50.0 and wins[("b", "alignpro")] == 50.0 and wins[("a", "rlhf")] == 100.0
     assert breakdown.left_out.is_empty()
     small = by_category(scores_frame(scores), verdicts_frame(verdicts), categories, min_prompts=3, **options)
-    assert not small.shown and small.left_out.rows() == [("hh", "a", 2), ("hh", "b", 2)]
+    assert small.summary.is_empty() and small.left_out.rows() == [("hh", "a", 2), ("hh", "b", 2)]
+    assert small.shown  # the section stays, to say every category was left out
 
 
 def test_win_rates_need_a_win_plot_path(judged, tmp_path):
@@ -971,7 +972,7 @@ def test_accuracy_needs_a_plot_path_and_the_checker_names(checked_summary, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
-def _report_stage(tmp_path, score_tables: list[pa.Table], n_samples: int) -> dict:
+def _report_stage(tmp_path, score_tables: list[pa.Table], n_samples: int, min_category_prompts: int = 3) -> dict:
     """stages.report as the rule calls it, on these score tables and the math dataset's test prompts;
     returns its output paths."""
     from alignpro import stages
@@ -994,7 +995,7 @@ def _report_stage(tmp_path, score_tables: list[pa.Table], n_samples: int) -> dic
     stages.report(
         scores_paths=score_paths, verdicts_paths=[], training_runs=[], star_runs=[],
         test_prompts={"math": str(tmp_path / "test.parquet")}, checkers={"math": "numeric"}, prompters=["org/prompter-a"],
-        settings={"confidence": 0.95, "bootstrap_samples": 100, "examples": 0, "min_category_prompts": 3},
+        settings={"confidence": 0.95, "bootstrap_samples": 100, "examples": 0, "min_category_prompts": min_category_prompts},
         n_samples=n_samples, seed=0, **outputs,
     )
     return outputs
@@ -1011,8 +1012,19 @@ def test_report_stage_reads_the_reference_tables(tmp_path):
     assert outputs["accuracy_plot"].read_bytes().startswith(PNG_SIGNATURE)
     text = outputs["markdown"].read_text(encoding="utf-8")
     by_category = text.split("## By category", 1)[1]
-    assert "Left out, with fewer than 3 test prompts: math/other (1)." in by_category
+    assert "Left out, with fewer than 3 test prompts (report.min_category_prompts; a smaller number gives wider intervals), math/other (1)." in by_category
     assert "| sums | 3 | org/prompter-a | org/frozen-7b | alignpro |" in by_category and "| other |" not in by_category
+
+
+def test_the_category_section_says_so_when_every_category_is_left_out(tmp_path):
+    """Categories all below report.min_category_prompts (MT-bench's 80 questions split 40/40 leave 3-7 a
+    category): the section is there with its note, not silently gone."""
+    scores = _math_scores()
+    outputs = _report_stage(tmp_path, scores, n_samples=scores[0].num_rows // len(MATH_REFERENCES), min_category_prompts=10)
+    text = outputs["markdown"].read_text(encoding="utf-8")
+    assert "## By category" in text
+    section = text.split("## By category", 1)[1]
+    assert "Left out, with fewer than 10 test prompts (report.min_category_prompts; a smaller number gives wider intervals), every category: math/other (1), math/sums (3)." in section
 
 
 def test_a_scores_table_made_under_other_sampling_settings_is_named_not_mixed_in(tmp_path):

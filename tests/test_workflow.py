@@ -437,7 +437,7 @@ def test_report_has_numbers_for_each_method(finished_run):
     assert "| LC win % |" in markdown and "## Reward and answer length" in markdown
     by_category = markdown.split("## By category", 1)[1].split("\n## ", 1)[0]  # the bundled set's operations
     shown = {line.split(" | ")[0].removeprefix("| ") for line in by_category.splitlines() if line.startswith("| ") and "---" not in line}
-    assert shown - {"category"} == {"count", "last", "reverse", "upper"} and "| win % (offline) |" in by_category
+    assert shown - {"category"} == {"count", "last", "reverse", "upper"} and "| win / tie / loss % (offline) | LC win % (offline) |" in by_category
     for plot in ["mean_reward.png", "reward_variance.png", "accuracy.png", "training_curves.png", "win_rates.png", "frontier.png", "answer_length.png"]:
         assert (workdir / "results/report" / plot).read_bytes().startswith(b"\x89PNG")
 

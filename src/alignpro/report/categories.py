@@ -30,7 +30,9 @@ class CategoryBreakdown:
 
     @property
     def shown(self) -> bool:
-        return not self.summary.is_empty()
+        """Whether a dataset has categories at all: the section is then in the report, saying which were
+        left out and why even when every category is too small."""
+        return not (self.summary.is_empty() and self.left_out.is_empty())
 
 
 def prompt_categories(test_prompts: pl.DataFrame) -> pl.DataFrame:

@@ -344,17 +344,30 @@ def _category_note(breakdown: CategoryBreakdown, min_prompts: int, confidence: f
     note = (
         "Mean reward and win rates over each category's test prompts alone, computed as for the whole dataset "
         f"({confidence:.0%} intervals over the category's prompts). A method that helps on one kind of request "
-        "and hurts on another shows it here, where the totals average the two away."
+        "and hurts on another shows it here, where the totals average the two away. Per judge: win / tie / loss % "
+        "of the decided pairs (their number in brackets), then the length-controlled win rate (a dash where it "
+        "cannot be fitted)."
     )
     if not breakdown.left_out.is_empty():
         left = ", ".join(f"{row['dataset']}/{row['category']} ({row['n_prompts']})" for row in breakdown.left_out.iter_rows(named=True))
-        note += f" Left out, with fewer than {min_prompts} test prompts: {left}."
+        every = " every category:" if breakdown.summary.is_empty() else ""
+        note += (
+            f" Left out, with fewer than {min_prompts} test prompts (report.min_category_prompts; a smaller number "
+            f"gives wider intervals),{every} {left}."
+        )
     return note
 
 
 def _category_header(breakdown: CategoryBreakdown) -> list[str]:
     judges = sorted(breakdown.win_rates["judge"].unique().to_list()) if not breakdown.win_rates.is_empty() else []
-    return ["category", "prompts", "prompter", "frozen", "method", "mean reward ± CI", *(f"win % ({judge})" for judge in judges)]
+    per_judge = [header for judge in judges for header in (f"win / tie / loss % ({judge})", f"LC win % ({judge})")]
+    return ["category", "prompts", "prompter", "frozen", "method", "mean reward ± CI", *per_judge]
+
+
+def _outcomes_cell(row: dict) -> str:
+    if row["win_pct"] is None:
+        return "–"
+    return f"{row['win_pct']:.1f} / {row['tie_pct']:.1f} / {row['loss_pct']:.1f} ({row['n_decided']})"
 
 
 def _category_rows(breakdown: CategoryBreakdown, dataset: str) -> list[list[str]]:
@@ -372,13 +385,14 @@ def _category_rows(breakdown: CategoryBreakdown, dataset: str) -> list[list[str]
                 pl.col("judge") == judge, pl.col("dataset") == dataset, pl.col("category") == row["category"],
                 pl.col("frozen") == row["frozen"], pl.col("method") == row["method"], beta, prompter,
             )
-            cells.append(_rate_cell(match.row(0, named=True), "win") if match.height else "–")
+            rate = match.row(0, named=True) if match.height else None
+            cells += [_outcomes_cell(rate), _rate_cell(rate, "lc_win")] if rate else ["–", "–"]
         rows.append(cells)
     return rows
 
 
 def _category_blocks(breakdown: CategoryBreakdown, min_prompts: int, confidence: float) -> list[Block]:
-    datasets = sorted(breakdown.summary["dataset"].unique().to_list())
+    datasets = [] if breakdown.summary.is_empty() else sorted(breakdown.summary["dataset"].unique().to_list())
     header = _category_header(breakdown)
     tables = _per_dataset(datasets, 3, lambda dataset: Table(header, _category_rows(breakdown, dataset)))
     return [Heading(2, "By category"), Paragraph(_category_note(breakdown, min_prompts, confidence)), *tables]
