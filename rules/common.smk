@@ -453,7 +453,8 @@ def score_files():
 def final_outputs():
     """What the default target asks for: the report, and every file a job of the grid writes on the way (see
     stage_outputs)."""
-    return ["results/report/summary.parquet", "results/report/report.md", "results/report/report.html", *stage_outputs()]
+    files = ["summary.parquet", "win_rates.parquet", "categories.parquet", "category_win_rates.parquet", "report.md", "report.html"]
+    return [f"results/report/{name}" for name in files] + stage_outputs()
 
 
 def stage_outputs():

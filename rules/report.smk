@@ -11,6 +11,8 @@ rule report:
     output:
         summary="results/report/summary.parquet",
         win_rates="results/report/win_rates.parquet",
+        categories="results/report/categories.parquet",
+        category_win_rates="results/report/category_win_rates.parquet",
         markdown=report(
             "results/report/report.md", category="Summary", labels={"file": "report (Markdown)"}
         ),

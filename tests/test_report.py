@@ -991,6 +991,7 @@ def _report_stage(tmp_path, score_tables: list[pa.Table], n_samples: int, min_ca
         ("summary_path", "summary.parquet"), ("markdown", "report.md"), ("html", "report.html"), ("mean_plot", "mean.png"),
         ("variance_plot", "variance.png"), ("accuracy_plot", "accuracy.png"), ("training_plot", "training.png"),
         ("win_plot", "win.png"), ("frontier_plot", "frontier.png"), ("length_plot", "length.png"), ("win_rates_path", "win_rates.parquet"),
+        ("categories_path", "categories.parquet"), ("category_win_rates_path", "category_win_rates.parquet"),
     )}
     stages.report(
         scores_paths=score_paths, verdicts_paths=[], training_runs=[], star_runs=[],
@@ -1014,6 +1015,9 @@ def test_report_stage_reads_the_reference_tables(tmp_path):
     by_category = text.split("## By category", 1)[1]
     assert "Left out, with fewer than 3 test prompts (report.min_category_prompts; a smaller number gives wider intervals), math/other (1)." in by_category
     assert "| sums | 3 | org/prompter-a | org/frozen-7b | alignpro |" in by_category and "| other |" not in by_category
+    categories = stage_tables.read_table(outputs["categories_path"], stage_tables.CATEGORY_SUMMARY).to_pylist()
+    assert {(row["category"], row["method"], row["n_prompts"]) for row in categories} == {("sums", "base", 3), ("sums", "alignpro", 3)}
+    assert stage_tables.read_table(outputs["category_win_rates_path"], stage_tables.CATEGORY_WIN_RATES).num_rows == 0  # no verdicts
 
 
 def test_the_category_section_says_so_when_every_category_is_left_out(tmp_path):
@@ -1025,6 +1029,9 @@ def test_the_category_section_says_so_when_every_category_is_left_out(tmp_path):
     assert "## By category" in text
     section = text.split("## By category", 1)[1]
     assert "Left out, with fewer than 10 test prompts (report.min_category_prompts; a smaller number gives wider intervals), every category: math/other (1), math/sums (3)." in section
+    from alignpro import tables as stage_tables
+
+    assert stage_tables.read_table(outputs["categories_path"], stage_tables.CATEGORY_SUMMARY).num_rows == 0
 
 
 def test_a_scores_table_made_under_other_sampling_settings_is_named_not_mixed_in(tmp_path):

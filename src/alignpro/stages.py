@@ -466,6 +466,8 @@ def report(
     seed: int,
     summary_path: str,
     win_rates_path: str,
+    categories_path: str,
+    category_win_rates_path: str,
     markdown: str,
     html: str,
     mean_plot: str,
@@ -485,6 +487,7 @@ def report(
     each dataset with reference answers to its checker's name; `settings` is the config's `report` section.
     A scores table without `n_samples` answers to each prompt is stale and named, never mixed in."""
     import polars as pl
+    import pyarrow as pa
 
     from alignpro.report import identical_answer_pairs, judge_agreement, pick_examples, summarize, verdicts_frame, win_rates, write_report
     from alignpro.systems import REFERENCE
@@ -510,6 +513,15 @@ def report(
     rates = win_rates(verdicts, n_bootstrap=settings["bootstrap_samples"], seed=seed, confidence=settings["confidence"])
     tables.write_table(summary.to_arrow(), summary_path, tables.SUMMARY)
     tables.write_table(rates.to_arrow(), win_rates_path, tables.WIN_RATES)
+    categories = by_category(
+        scores, verdicts, prompt_categories(prompts), prompters=prompters, min_prompts=settings["min_category_prompts"],
+        confidence=settings["confidence"], bootstrap_samples=settings["bootstrap_samples"], seed=seed,
+    )
+    for frame, path, schema in (
+        (categories.summary, categories_path, tables.CATEGORY_SUMMARY), (categories.win_rates, category_win_rates_path, tables.CATEGORY_WIN_RATES)
+    ):
+        rows = frame.to_arrow() if frame.height else pa.Table.from_pylist([], schema=schema)  # no categories: no rows
+        tables.write_table(rows, path, schema)
     write_report(
         summary,
         markdown=markdown,
@@ -526,10 +538,7 @@ def report(
         win_plot=win_plot,
         frontier_plot=frontier_plot,
         length_plot=length_plot,
-        categories=by_category(
-            scores, verdicts, prompt_categories(prompts), prompters=prompters, min_prompts=settings["min_category_prompts"],
-            confidence=settings["confidence"], bootstrap_samples=settings["bootstrap_samples"], seed=seed,
-        ),
+        categories=categories,
         min_category_prompts=settings["min_category_prompts"],
         examples=pick_examples(verdicts, scores, settings["examples"]),
     )

@@ -244,6 +244,17 @@ WIN_RATES = pa.schema(
     },
 )
 
+_CATEGORY = pa.field("category", pa.string(), nullable=False)
+CATEGORY_SUMMARY = pa.schema(
+    [_CATEGORY, *SUMMARY],
+    metadata={"doc": "SUMMARY over one category's test prompts alone: one row per (dataset, category, prompter, frozen, "
+              "method, beta) of the categories with at least report.min_category_prompts test prompts"},
+)
+CATEGORY_WIN_RATES = pa.schema(
+    [_CATEGORY, *WIN_RATES],
+    metadata={"doc": "WIN_RATES over one category's test prompts alone, for the categories CATEGORY_SUMMARY has"},
+)
+
 SFT_PAIRS = pa.schema(
     [
         pa.field("prompt_id", pa.string(), nullable=False),

@@ -16,6 +16,8 @@ if __name__ == "__main__":
             seed=snakemake.params.seed,
             summary_path=snakemake.output.summary,
             win_rates_path=snakemake.output.win_rates,
+            categories_path=snakemake.output.categories,
+            category_win_rates_path=snakemake.output.category_win_rates,
             markdown=snakemake.output.markdown,
             html=snakemake.output.html,
             mean_plot=snakemake.output.mean_plot,
