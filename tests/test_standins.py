@@ -23,7 +23,7 @@ from alignpro import standins
 from hub_stub import HubStub
 from paper_models import PAPER_MODELS
 from test_hub import hub_env
-from test_workflow import ROOT, copy_workflow, run_snakemake
+from test_workflow import ROOT, copy_workflow, planned_jobs, run_snakemake
 
 CAUSAL = [hub_id for hub_id, model in PAPER_MODELS.items() if model.causal]
 HI = [{"role": "user", "content": "Hi"}]
@@ -392,8 +392,8 @@ def job_log_lines(workdir: Path, rule: str, needle: str) -> dict[str, list[str]]
 @pytest.mark.model
 @pytest.mark.workflow
 def test_a_rehearsal_cell_runs_end_to_end_with_vllm_for_both_models(built, paper_hub):
-    """config/rehearsal.yaml as it is (both backends vLLM, LoRA on, every method, the beta sweep, the
-    memory plan of jobs with two engines), narrowed to one prompter and one frozen model to bound the
+    """config/rehearsal.yaml as it is (both backends vLLM, LoRA on, every method, the memory plan of jobs
+    with two engines), narrowed to one prompter, one frozen model and one beta of the sweep to bound the
     time: Phi-3.5, whose fused projections the default LoRA targets missed, prompting Llama-3.1. The
     whole grid is the README's rehearsal command (176 jobs)."""
     if importlib.util.find_spec("vllm") is None:
@@ -404,11 +404,14 @@ def test_a_rehearsal_cell_runs_end_to_end_with_vllm_for_both_models(built, paper
     assert config["generation"]["backend"] == config["rewrite"]["backend"] == "vllm"
     for kind, name in CELL.items():
         config["models"][kind] = {name: config["models"][kind][name]}
+    config["beta_sweep"] = config["beta_sweep"][:1]  # one beta of the sweep: its jobs are the others' again
     (workdir / "config/rehearsal-cell.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     env = hub_env(paper_hub, workdir / "home", HF_HUB_CACHE=str(workdir / "hub-cache"), HF_HUB_OFFLINE="0")
+    args = ("--configfile", "config/rehearsal-cell.yaml", "--replace-workflow-config")
+    planned = planned_jobs(workdir, *args, env=env)
     start = time.perf_counter()
-    run_snakemake(workdir, "--configfile", "config/rehearsal-cell.yaml", "--replace-workflow-config", env=env)
-    print(f"one cell of the rehearsal in {time.perf_counter() - start:.0f} s")
+    run_snakemake(workdir, *args, env=env)
+    print(f"one cell of the rehearsal, {sum(planned.values())} jobs {planned}, in {time.perf_counter() - start:.0f} s")
 
     summary = pq.read_table(workdir / "results/report/summary.parquet").to_pylist()
     print({(row["method"], row["beta"]): round(row["mean_reward"], 3) for row in summary})
