@@ -424,7 +424,7 @@ def test_report_has_numbers_for_each_method(finished_run):
             assert rate["n_pairs"] == rate["n_decided"] == pairs
             assert rate["win_pct"] + rate["tie_pct"] + rate["loss_pct"] == pytest.approx(100.0)
             lc = "–" if rate["lc_win_pct"] is None else f"{rate['lc_win_pct']:.1f} ["
-            assert f"| {label} | {pairs} | {pairs} | {rate['win_pct']:.1f} [" in markdown and f"] | {lc}" in markdown
+            assert f"| {label} | {test_size} | {pairs} | {pairs} | {rate['win_pct']:.1f} [" in markdown and f"] | {lc}" in markdown
         assert f"| {label} | " + ("–" if row["beta"] is None else f"{row['beta']:g}") + f" | {row['gap']:.3f} [" in markdown
     assert by_label["sft"]["kl"] == 0.0 and by_label["rlhf"]["gap"] == 0.0
     rlhf_gap = by_label["rlhf"]["mean_reward"] - by_label["alignpro-star β=1"]["mean_reward"]
