@@ -9,7 +9,9 @@ import pytest
 
 from alignpro.judge import OrderOutcome, combined_verdict
 from alignpro.report import judge_agreement, win_rates
-from alignpro.report.judging import PAIR_KEYS
+from alignpro.report.plots import win_plot
+from alignpro.report.judging import PAIR_KEYS, departs_from_raw
+from alignpro.report.simulation import simulated_verdicts, true_lc_win_pct
 from alignpro.tables import VERDICTS
 from fakes import verdict_record
 
@@ -61,15 +63,68 @@ def test_a_better_method_keeps_its_advantage_once_length_is_controlled():
     assert alignpro["lc_win_ci_low"] < 100.0 / (1.0 + np.exp(-quality)) < alignpro["lc_win_ci_high"]
 
 
-def test_length_controlled_win_rate_is_undefined_on_too_few_or_separable_pairs():
-    few = [verdict_record(prompt_id=f"p{i}", verdict="win", verdict_method_first="A", verdict_base_first="B") for i in range(5)]
+def test_length_controlled_win_rate_is_a_dash_with_its_reason_on_too_few_or_separable_pairs():
+    few = [  # 8 pairs on 2 prompts gave 34.9 [-19.1, 88.9]
+        verdict_record(prompt_id=f"p{i % 2}", sample_index=i // 2, answer_tokens=10 + i, verdict=verdict)
+        for i, verdict in enumerate(["win", "loss", "win", "win", "tie", "loss", "win", "win"])
+    ]
     separable = [
         verdict_record(prompt_id=f"p{i}", answer_tokens=20 + i, base_answer_tokens=20, verdict=verdict)
         for i, verdict in enumerate(["loss"] + ["win"] * 19)
-    ]
+    ] + [verdict_record(prompt_id=f"p{i}", sample_index=1, answer_tokens=40 + i, verdict="win") for i in range(20)]
+    notes = []
     for rows in (few, separable):
         alignpro = _row(win_rates(_frame(rows), n_bootstrap=100))
         assert alignpro["lc_win_pct"] is None and alignpro["lc_win_ci_low"] is None and alignpro["win_pct"] is not None
+        notes.append(alignpro["lc_win_note"])
+    assert notes[0] == "2 prompts and 8 decided pairs, under the 10 and 20 the fit needs"
+    assert notes[1].startswith("the verdicts separate perfectly")
+
+
+def test_length_controlled_interval_stays_within_0_and_100():
+    """20 prompts, one sample each, mostly won with longer answers: the delta method gave 81.5 [62.7, 100.4]."""
+    rng = np.random.default_rng(8)
+    rows = [
+        verdict_record(prompt_id=f"p{i}", answer_tokens=int(60 + rng.integers(0, 40)), base_answer_tokens=50, verdict=verdict)
+        for i, verdict in enumerate(["win"] * 16 + ["loss", "tie", "win", "loss"])
+    ]
+    alignpro = _row(win_rates(_frame(rows), n_bootstrap=300))
+    assert 0.0 <= alignpro["lc_win_ci_low"] <= alignpro["lc_win_pct"] <= alignpro["lc_win_ci_high"] <= 100.0
+
+
+def test_all_ties_have_a_length_controlled_win_rate_of_half():
+    rows = [verdict_record(prompt_id=f"p{i}", answer_tokens=10 + i, verdict="tie") for i in range(24)]
+    alignpro = _row(win_rates(_frame(rows), n_bootstrap=100))
+    assert (alignpro["lc_win_pct"], alignpro["lc_win_ci_low"], alignpro["lc_win_ci_high"]) == (50.0, 50.0, 50.0)
+    assert alignpro["lc_win_note"] == "every decided pair is a tie: LC is the raw rate"
+
+
+def test_a_length_controlled_rate_far_from_the_raw_one_carries_a_warning():
+    """AlpacaEval warns when LC moves more than 10 points and a quarter of the room on its side."""
+    assert departs_from_raw(72.0, 50.0) and not departs_from_raw(72.0, 55.0)  # 22 > max(10, 18); 17 is not
+    assert departs_from_raw(50.0, 62.6) and not departs_from_raw(50.0, 62.4)
+    assert departs_from_raw(95.0, 71.0) and not departs_from_raw(95.0, 72.0)  # a quarter of 95 is 23.75
+    alignpro = _row(win_rates(_frame(length_loving_judge(seed=1)), n_bootstrap=100))
+    assert alignpro["lc_win_note"] == (
+        f"LC {alignpro['lc_win_pct']:.1f} is far from the raw {alignpro['preference_pct']:.1f} (AlpacaEval's warning margin): "
+        "a sign the GLM fits badly (few prompts, extreme lengths)"
+    )
+    better = _row(win_rates(_frame(length_loving_judge(seed=2, quality=1.0)), n_bootstrap=100))
+    assert better["lc_win_note"] is None
+
+
+def test_length_controlled_interval_covers_the_truth_when_difficulty_is_estimated():
+    """Strong prompt effects shared by three methods, so the difficulty term explains much of each verdict:
+    the delta-method interval that treats the estimated difficulties as known covered 36 of these 45
+    true rates (80 %); refitting on resamples of prompts covers them as a 95 % interval should."""
+    qualities = {"alignpro": 0.5, "sft": -0.3, "star": 0.2}
+    covered = []
+    for seed in range(15):
+        rows = simulated_verdicts(seed, qualities, prompts=30, samples=8, prompt_sd=2.0, length_effect=1.0)
+        for rate in win_rates(_frame(rows), n_bootstrap=200, seed=seed).iter_rows(named=True):
+            truth = true_lc_win_pct(qualities[rate["method"]], prompt_sd=2.0)
+            covered.append(rate["lc_win_ci_low"] <= truth <= rate["lc_win_ci_high"])
+    assert len(covered) == 45 and sum(covered) >= 40
 
 
 def slot_loving_judge(seed: int, pairs: int = 600, first_slot: float = 0.7) -> list[dict]:
@@ -156,3 +211,16 @@ def test_identical_answer_pairs_come_from_the_answers_themselves():
     ]
     pairs = identical_answer_pairs(pl.DataFrame(rows), "base")
     assert pairs.to_dicts() == [{key: rows[1][key] for key in PAIR_KEYS}]
+
+
+def test_one_prompt_gives_rates_without_intervals_and_the_plot_draws_them():
+    """Resampling one prompt gives that prompt back: 62.5 [62.5, 62.5] said nothing. The rate stays, the
+    interval is null, and the win plot draws the bar without an error bar."""
+    verdicts = ["win"] * 10 + ["tie"] * 5 + ["loss"] * 5
+    rows = [verdict_record(prompt_id="p0", sample_index=i, verdict=v, verdict_method_first=RAW[v][0], verdict_base_first=RAW[v][1])
+            for i, v in enumerate(verdicts)]
+    rates = win_rates(_frame(rows), n_bootstrap=100)
+    alignpro = _row(rates)
+    assert (alignpro["n_prompts"], alignpro["win_pct"], alignpro["preference_pct"]) == (1, 50.0, 62.5)
+    assert all(alignpro[f"{outcome}_ci_{end}"] is None for outcome in ("win", "tie", "loss", "preference") for end in ("low", "high"))
+    assert win_plot(rates).startswith(b"\x89PNG")

@@ -219,6 +219,7 @@ WIN_RATES = pa.schema(
             for outcome in ("win", "tie", "loss", "preference", "lc_win")
             for statistic in ("pct", "ci_low", "ci_high")
         ),
+        pa.field("lc_win_note", pa.string(), nullable=True),
         pa.field("mean_token_difference", pa.float64(), nullable=True),
         pa.field("inconsistent_pct", pa.float64(), nullable=True),
         pa.field("invalid_pct", pa.float64(), nullable=False),
@@ -232,10 +233,10 @@ WIN_RATES = pa.schema(
     metadata={
         "doc": "one row per judge job: a judge's verdicts on one (dataset, prompter, frozen, method, beta)'s "
         "answers against base (prompter null for rlhf). win/tie/loss are percentages of the n_decided pairs "
-        "with percentile bootstrap CIs over prompts; preference is win + half the ties, the raw rate in the units of "
-        "lc_win, the length-controlled win rate "
-        "(alignpro.report.judging: AlpacaEval 2's GLM, the length term set to zero) with its delta-method "
-        "CI, null when it cannot be fitted; mean_token_difference is the method's answers' mean length "
+        "with percentile bootstrap CIs over prompts (null under two prompts); preference is win + half the ties, the raw "
+        "rate in the units of lc_win, the length-controlled win rate (alignpro.report.judging: AlpacaEval 2's GLM, the "
+        "length term set to zero) with its percentile CI over resamples of prompts refitted, null when it cannot be "
+        "fitted; lc_win_note says why it is null, or why it is doubtful (far from the raw rate); mean_token_difference is the method's answers' mean length "
         "less base's over decided pairs; inconsistent_pct is of decided pairs, invalid_pct and not_judged_pct "
         "of all pairs; first_slot_pct is the share of the decisive_readings (A or B, both orders) that chose "
         "the answer shown first, flip_pct the share of the both_decisive pairs whose winner changed with the "

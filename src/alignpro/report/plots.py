@@ -306,6 +306,13 @@ def frontier_plot(summary: pl.DataFrame) -> bytes:
     return _png(fig)
 
 
+def _interval_error(row: dict, outcome: str) -> list[list[float]] | None:
+    """errorbar's xerr for a rate's interval; None (no bar) where the interval is null (under two prompts)."""
+    if row[f"{outcome}_ci_low"] is None:
+        return None
+    return [[row[f"{outcome}_pct"] - row[f"{outcome}_ci_low"]], [row[f"{outcome}_ci_high"] - row[f"{outcome}_pct"]]]
+
+
 def win_plot(rates: pl.DataFrame) -> bytes:
     """PNG of stacked win/tie/loss bars per judged method against base, one panel per (dataset, judge), the
     win CI as an error bar and the length-controlled win rate as a diamond with its CI."""
@@ -332,18 +339,15 @@ def win_plot(rates: pl.DataFrame) -> bytes:
             ax.barh(y, widths, left=left, color=OUTCOME_COLOURS[outcome], edgecolor="black", linewidth=0.5, label=outcome)
             left = [a + b for a, b in zip(left, widths)]
         for position, row in zip(y, rows.iter_rows(named=True)):
-            ax.errorbar(
-                row["win_pct"], position, xerr=[[row["win_pct"] - row["win_ci_low"]], [row["win_ci_high"] - row["win_pct"]]],
-                color="black", capsize=3, linewidth=1,
-            )
+            ax.errorbar(row["win_pct"], position, xerr=_interval_error(row, "win"), color="black", capsize=3, linewidth=1)
             if row["lc_win_pct"] is not None:
                 ax.errorbar(
-                    row["lc_win_pct"], position - 0.28,
-                    xerr=[[row["lc_win_pct"] - row["lc_win_ci_low"]], [row["lc_win_ci_high"] - row["lc_win_pct"]]],
+                    row["lc_win_pct"], position - 0.28, xerr=_interval_error(row, "lc_win"),
                     color="black", marker="D", markersize=5, markerfacecolor="white", capsize=2, linewidth=0.8,
                 )
             ax.annotate(
-                f"{row['win_pct']:.0f}%", (row["win_ci_high"], position), xytext=(4, 0), textcoords="offset points",
+                f"{row['win_pct']:.0f}%", (row["win_ci_high"] if row["win_ci_high"] is not None else row["win_pct"], position),
+                xytext=(4, 0), textcoords="offset points",
                 va="center", fontsize=8, bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8},
             )
         ax.axvline(50.0, color="black", linewidth=0.6, linestyle=":")

@@ -20,7 +20,7 @@ from alignpro.report.render import markdown as render_markdown
 from alignpro.judge_prompts import judge_prompt
 from alignpro.systems import label as method_label
 from alignpro.report.categories import CategoryBreakdown
-from alignpro.report.judging import AGREEMENT_SCHEMA
+from alignpro.report.judging import AGREEMENT_SCHEMA, LC_RESAMPLES, MIN_DECIDED_FOR_LC, MIN_PROMPTS_FOR_LC
 from alignpro.tables import JUDGE_USAGE, LLM_JUDGE, PPO_METRICS, REWARD_JUDGE, WIN_RATES, conform
 
 
@@ -218,17 +218,35 @@ def _judge_note(rates: pl.DataFrame, confidence: float) -> str:
         "counting half), the raw rate that LC win, the length-controlled win rate, is to be compared with: AlpacaEval 2's "
         "logistic GLM of the judge's preference (win 1, tie ½, loss 0) on a method term, tanh of the answers' length "
         "difference over its standard deviation and the prompt's difficulty (the other methods' mean preference on it), "
-        "averaged with the length term set to zero, with its delta-method interval clustered by prompt (a dash: too few "
-        "decided pairs, or verdicts the model separates perfectly). Inconsistent % is of decided pairs; invalid (no "
+        "averaged with the length term set to zero. Its interval is a percentile bootstrap over prompts that refits "
+        f"the GLM on each of up to {LC_RESAMPLES} resamples, difficulty included, so it lies within [0, 100]. It is a dash under "
+        f"{MIN_PROMPTS_FOR_LC} prompts or {MIN_DECIDED_FOR_LC} decided pairs, or where the verdicts separate perfectly; "
+        "† marks an LC rate far from the raw one (by AlpacaEval's warning margin), a sign the GLM fits badly; the notes "
+        "under each table say which and why. Intervals are dashes under two prompts. Inconsistent % is of decided pairs; invalid (no "
         "parsable verdict after one retry) and not judged (budget spent or API error) are percentages of all pairs."
     )
     return " ".join(parts)
 
 
 def _rate_cell(row: dict, outcome: str) -> str:
+    """A rate with its interval (none under two prompts); a length-controlled rate with a note is marked †."""
     if row[f"{outcome}_pct"] is None:
         return "–"
-    return f"{row[f'{outcome}_pct']:.1f} [{row[f'{outcome}_ci_low']:.1f}, {row[f'{outcome}_ci_high']:.1f}]"
+    cell = f"{row[f'{outcome}_pct']:.1f}"
+    if row[f"{outcome}_ci_low"] is not None:
+        cell += f" [{row[f'{outcome}_ci_low']:.1f}, {row[f'{outcome}_ci_high']:.1f}]"
+    return cell + ("†" if outcome == "lc_win" and row["lc_win_note"] else "")
+
+
+def _lc_notes(rates: pl.DataFrame, dataset: str) -> list[Block]:
+    """A paragraph with each row's length-controlled note (why LC is a dash, or why it is marked †)."""
+    several = rates["judge"].n_unique() > 1
+    notes = [
+        f"{row['judge'] + ', ' if several else ''}{method_label(row['method'], row['beta'])}"
+        f"{', ' + row['prompter'] if row['prompter'] else ''}: {row['lc_win_note']}"
+        for row in rates.filter(pl.col("dataset") == dataset, pl.col("lc_win_note").is_not_null()).iter_rows(named=True)
+    ]
+    return [Paragraph("LC win: " + "; ".join(notes) + ".")] if notes else []
 
 
 def _judge_header(rates: pl.DataFrame) -> list[str]:
@@ -345,8 +363,8 @@ def _category_note(breakdown: CategoryBreakdown, min_prompts: int, confidence: f
         "Mean reward and win rates over each category's test prompts alone, computed as for the whole dataset "
         f"({confidence:.0%} intervals over the category's prompts). A method that helps on one kind of request "
         "and hurts on another shows it here, where the totals average the two away. Per judge: win / tie / loss % "
-        "of the decided pairs (their number in brackets), then the length-controlled win rate (a dash where it "
-        "cannot be fitted)."
+        "of the decided pairs (their number in brackets), then the length-controlled win rate (a dash under "
+        f"{MIN_PROMPTS_FOR_LC} prompts or {MIN_DECIDED_FOR_LC} decided pairs, or where it cannot be fitted)."
     )
     if not breakdown.left_out.is_empty():
         left = ", ".join(f"{row['dataset']}/{row['category']} ({row['n_prompts']})" for row in breakdown.left_out.iter_rows(named=True))
@@ -462,7 +480,8 @@ def _judge_blocks(
     datasets = sorted(rates["dataset"].unique().to_list())
     header = _judge_header(rates)
     blocks = [Heading(2, "Win rate against base"), Paragraph(_judge_note(rates, confidence))]
-    blocks += _per_dataset(datasets, 3, lambda dataset: Table(header, _judge_rows(rates, dataset)))
+    for dataset in datasets:
+        blocks += [Heading(3, dataset), Table(header, _judge_rows(rates, dataset)), *_lc_notes(rates, dataset)]
     blocks.append(plot)
     if not _llm_rates(rates).is_empty():
         blocks += [Heading(3, "Length and position"), Paragraph(BIAS_NOTE), Table(BIAS_HEADER, _bias_rows(rates))]

@@ -15,6 +15,7 @@ import pyarrow as pa
 from scipy import stats
 
 from alignpro.report.judging import length_controlled_win_rate, position_bias, with_difficulty
+from alignpro.report.resampling import percentile_interval, resampled_prompts
 from alignpro.tables import JUDGE_USAGE, VERDICTS, WIN_RATES, conform
 
 OUTCOMES = ("win", "tie", "loss")
@@ -45,12 +46,7 @@ def bootstrap_interval(
     along the first axis) drawn with replacement, all at once: `statistic` maps the resamples, shaped
     (samples, prompts, ...), to one value (or row of values) per resample. Resamples where the statistic
     is undefined (NaN) are left out; NaN when it is undefined in all."""
-    rng = np.random.default_rng(seed)
-    values = statistic(rows[rng.integers(0, len(rows), size=(samples, len(rows)))])
-    if np.isnan(values).all():
-        return np.full((2, *values.shape[1:]), np.nan)
-    tail = 100.0 * (1.0 - confidence) / 2.0
-    return np.nanpercentile(values, [tail, 100.0 - tail], axis=0)
+    return percentile_interval(statistic(rows[resampled_prompts(len(rows), samples, seed)]), confidence)
 
 
 def resample_means(resamples: np.ndarray) -> np.ndarray:
@@ -82,15 +78,18 @@ def _win_rate_row(group: pl.DataFrame, n_bootstrap: int, seed: int, confidence: 
     )
     counts = per_prompt.select(*OUTCOMES).to_numpy().astype(float)
     decided = counts.sum()
+    # One prompt's resamples are that prompt again: its interval would have zero width and say nothing.
+    intervals = decided and per_prompt.height >= 2
     low, high = bootstrap_interval(counts, resample_shares, samples=n_bootstrap, confidence=confidence, seed=seed)
     row = {"n_pairs": group.height, "n_prompts": per_prompt.height, "n_decided": int(decided)}
     for index, outcome in enumerate(OUTCOMES):
         row[f"{outcome}_pct"] = 100.0 * counts[:, index].sum() / decided if decided else None
-        row[f"{outcome}_ci_low"], row[f"{outcome}_ci_high"] = (float(low[index]), float(high[index])) if decided else (None, None)
+        row[f"{outcome}_ci_low"], row[f"{outcome}_ci_high"] = (float(low[index]), float(high[index])) if intervals else (None, None)
     low, high = bootstrap_interval(counts, resample_preferences, samples=n_bootstrap, confidence=confidence, seed=seed)
     row["preference_pct"] = 100.0 * (counts[:, 0].sum() + 0.5 * counts[:, 1].sum()) / decided if decided else None
-    row["preference_ci_low"], row["preference_ci_high"] = (float(low), float(high)) if decided else (None, None)
-    row["lc_win_pct"], row["lc_win_ci_low"], row["lc_win_ci_high"] = length_controlled_win_rate(group, confidence)
+    row["preference_ci_low"], row["preference_ci_high"] = (float(low), float(high)) if intervals else (None, None)
+    lc = length_controlled_win_rate(group, confidence, n_bootstrap=n_bootstrap, seed=seed)
+    row |= {"lc_win_pct": lc.pct, "lc_win_ci_low": lc.ci_low, "lc_win_ci_high": lc.ci_high, "lc_win_note": lc.note}
     decided_rows = group.filter(pl.col("preference").is_not_null())
     row["mean_token_difference"] = (
         (decided_rows["answer_tokens"] - decided_rows["base_answer_tokens"]).cast(pl.Float64).mean() if decided else None
@@ -108,7 +107,7 @@ def win_rates(verdicts: pa.Table | pl.DataFrame, *, n_bootstrap: int = 2000, see
     method, beta), its length-controlled win rate and the judge's position bias (alignpro.report.judging).
 
     Percentages are over decided pairs (win, tie or loss); their CIs are percentile bootstraps over
-    prompts, seeded so a rerun prints the same numbers. inconsistent_pct is over decided pairs,
+    prompts, seeded so a rerun prints the same numbers, null with fewer than two prompts. inconsistent_pct is over decided pairs,
     invalid_pct and not_judged_pct over all pairs.
     """
     frame = verdicts if isinstance(verdicts, pl.DataFrame) else pl.from_arrow(conform(verdicts, VERDICTS, "verdicts"))
