@@ -8,7 +8,9 @@ from snakemake.logging import logger
 from snakemake.utils import validate
 
 from alignpro import api, hub, memory
+from alignpro.frozen_api import FrozenAPISettings
 from alignpro.generation import GenerationSettings
+from alignpro.judge import JudgeSettings
 from alignpro.judge_prompts import judge_prompt
 from alignpro.model_spec import ModelSpec
 from alignpro.config_files import check_unique_keys
@@ -380,18 +382,28 @@ def judge_settings(name):
 
 
 def api_sections():
-    """Config key -> section, for every endpoint the workflow may call: frozen models and judges behind an API."""
-    frozen = {f"models.frozen.{name}.api": spec["api"] for name, spec in config["models"]["frozen"].items() if "api" in spec}
-    return frozen | {f"judges.{name}.api": judge["api"] for name, judge in JUDGES.items() if judge["backend"] == "api"}
+    """Config key -> (section, the settings its stage builds from it), for every endpoint the workflow may
+    call: frozen models and judges behind an API."""
+    frozen = {
+        f"models.frozen.{name}.api": (spec["api"], FrozenAPISettings.from_config(spec["api"], f"models.frozen.{name}.api"))
+        for name, spec in config["models"]["frozen"].items()
+        if "api" in spec
+    }
+    judges = {
+        f"judges.{name}.api": (judge["api"], JudgeSettings.from_config(judge["api"], name))
+        for name, judge in JUDGES.items()
+        if judge["backend"] == "api"
+    }
+    return frozen | judges
 
 
 def check_api_sections():
     """An API's key is read from the environment at run time: say at planning that it is unset (the run
     itself stops in check_api_endpoints). An unknown judge prompt stops the run, naming those there are."""
-    for key, section in api_sections().items():
-        if not os.environ.get(section["api_key_env"]):
+    for key, (_, settings) in api_sections().items():
+        if not os.environ.get(settings.api_key_env):
             logger.warning(
-                f"config {key}: ${section['api_key_env']} is not set; a run that calls {section['base_url']} stops "
+                f"config {key}: ${settings.api_key_env} is not set; a run that calls {settings.base_url} stops "
                 "at start until it holds the key"
             )
     for name, judge in JUDGES.items():
@@ -406,12 +418,13 @@ check_api_sections()
 
 
 def api_sections_of(jobs):
-    """The API sections that the params of `jobs` carry (a frozen model's spec, a judge's settings), by config key."""
+    """The settings of the API sections that the params of `jobs` carry (a frozen model's spec, a judge's
+    settings), by config key."""
     sections, found = api_sections(), {}
 
     def walk(value):
         if isinstance(value, dict):
-            found.update((key, section) for key, section in sections.items() if value == section)
+            found.update((key, settings) for key, (section, settings) in sections.items() if value == section)
             for item in value.values():
                 walk(item)
         elif isinstance(value, (list, tuple)):
@@ -427,9 +440,9 @@ def check_api_endpoints(jobs):
     """Before the first job (the onstart handler: not in a dry run, not when nothing is to be done): each
     endpoint these jobs will call answers one authenticated request, else the run stops naming the
     config key, the key's variable and the cause, before any local work is spent."""
-    for key, section in api_sections_of(jobs).items():
+    for key, settings in api_sections_of(jobs).items():
         try:
-            api.probe_endpoint(section, f"config {key}")
+            api.probe_endpoint(settings, f"config {key}")
         except api.EndpointUnusable as error:
             raise WorkflowError(f"{error}; no job was started") from None
 
@@ -457,6 +470,12 @@ def final_outputs():
     return [f"results/report/{name}" for name in files] + stage_outputs()
 
 
+def outputs_of(rule, **wildcards):
+    """`rule`'s output paths for these wildcards, from the rule's own output patterns (a path is written
+    once, in its rule)."""
+    return [str(pattern).format(**wildcards) for pattern in getattr(rules, rule).output]
+
+
 def stage_outputs():
     """Every model, table and trained model the grid's jobs write. Snakemake removes a failed job's
     output; were that file only an input of jobs whose outputs exist, a plain rerun would take it for
@@ -465,19 +484,19 @@ def stage_outputs():
     outputs = [path for kind in TINY_ROLES for name in config["models"][kind] for path in model_input(kind, name)]
     if ORACLE in METHODS:  # the frozen model's own weights, which rlhf trains
         outputs += [path for name in FROZEN for path in model_input("frozen", name, weights=True)]
-    outputs += [f"results/data/{dataset}/{split}.parquet" for dataset in DATASETS for split in ("train", "test")]
+    outputs += [path for dataset in DATASETS for path in outputs_of("dataset", dataset=dataset)]
     for cell in GRID:
         wildcards = SimpleNamespace(dataset=cell.dataset, frozen=cell.frozen, system=cell.system.path, prompter=cell.system.prompter)
         kind = cell.system.kind
         if cell.system.prompter is not None:
-            outputs += [f"{train_dir(wildcards)}/sft_pairs.parquet", f"{train_dir(wildcards)}/sft"]
+            outputs += outputs_of("sft_pairs", **vars(wildcards)) + outputs_of("sft", **vars(wildcards))
         if kind.rewrites == "prompter" or kind.answered_by == "trained":
             outputs.append(trained_model(wildcards))
         if kind.rewrites == "rho*":
-            outputs.append(f"results/star/{cell.dataset}/{cell.frozen}/{cell.system.prompter}/candidates.parquet")
+            outputs += outputs_of("star_candidates", **vars(wildcards))
         if kind.rewrites is not None:
-            outputs.append(f"results/rewrites/{cell.path}.parquet")
-        outputs.append(f"results/responses/{cell.path}.parquet")
+            outputs += outputs_of("rewrite", **vars(wildcards))  # its pattern names every system's rewrites, rho*'s too
+        outputs += outputs_of("generate", **vars(wildcards))
     return list(dict.fromkeys(outputs + score_files() + verdict_files() + [run["path"] for run in ppo_runs() + star_runs()]))
 
 

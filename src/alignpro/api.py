@@ -290,12 +290,11 @@ class EndpointUnusable(RuntimeError):
     """An endpoint that no retry can make answer: a refused key, a wrong URL, no server there."""
 
 
-def probe_endpoint(section: dict, who: str) -> list[str]:
-    """One authenticated request to the endpoint of an API config section (its model list), made before
+def probe_endpoint(settings: APISettings, who: str) -> list[str]:
+    """One authenticated request to the endpoint of an API config section's settings (its model list), made before
     any job calls it, so a wrong key, URL or host stops the run naming `who`, the key's variable and
     the cause, instead of every job failing after its local work. Returns the models it serves; a
     model it does not list is only warned about (some providers list aliases differently)."""
-    settings = APISettings(**{field: section[field] for field in APISettings.__dataclass_fields__ if field in section})
     try:
         key = api_key(settings, who)
     except RuntimeError as error:

@@ -108,9 +108,10 @@ def _length_free_preference(
     if np.ptp(difficulty[used]) > 0:
         columns.append(difficulty)
     design = np.column_stack(columns)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), np.errstate(over="ignore"):
         warnings.simplefilter("error", PerfectSeparationWarning)
         warnings.simplefilter("error", ConvergenceWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # exp overflowing on the way to a separated fit
         try:
             model = sm.GLM(preference, design, family=sm.families.Binomial(), freq_weights=weights)
             fit = model.fit(start_params=start if start is not None and len(start) == design.shape[1] else None)
