@@ -311,9 +311,9 @@ def test_logprobs_align_with_generation_and_training_forward(tiny_prompter, tmp_
 
     trainer.policy.train()
     index = torch.tensor([3, 1])
-    logits, vpreds = trainer.policy(batch.select(index))
+    train_logprobs, vpreds, _ = trainer.policy(batch.select(index))
     mask = batch.response_mask[index].bool()
-    assert torch.allclose(logprobs_from_logits(logits, batch.response_ids[index])[mask], logprobs[index][mask], atol=1e-5)
+    assert torch.allclose(train_logprobs[mask], logprobs[index][mask], atol=1e-5)
     assert torch.allclose(vpreds[mask], values[index][mask], atol=1e-5)
 
 
@@ -606,3 +606,39 @@ def test_the_stage_names_the_config_key_of_a_checkpoint_past_its_steps(tmp_path,
             section="rlhf", train_path=str(train), workdir=str(tmp_path), model=model, ppo={"steps": 1, "max_prompts": 1},
             seed=0, query_fn=None, reward_fn=None,
         )
+
+
+def _full_logits_statistics(lm, batch, temperature=1.0, *, entropy=False, chunk_tokens=None):
+    """response_statistics as the trainer computed it before the chunked head: the model's whole
+    [B, R, V] logits in float32, then log-softmax and entropy over them (0 at padding)."""
+    width = batch.response_ids.shape[1]
+    output = lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                use_cache=False, output_hidden_states=True)
+    logits = output.logits[:, -width - 1 : -1].float() / temperature
+    mask = batch.response_mask
+    return (logprobs_from_logits(logits, batch.response_ids) * mask, entropy_from_logits(logits) * mask if entropy else None,
+            output.hidden_states[-1][:, -width - 1 : -1])
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_a_run_on_the_chunked_head_equals_one_on_full_logits(word_prompter, tmp_path, monkeypatch, lora):
+    """Two PPO steps, the same seed: every logged number (reward, KL, entropy, advantages, losses, clip
+    fractions) and the trained weights agree with the full-logits computation within float32 rounding."""
+    runs = []
+    for full in (False, True):
+        if full:
+            monkeypatch.setattr("alignpro.ppo.policy.response_statistics", _full_logits_statistics)
+            monkeypatch.setattr("alignpro.ppo.trainer.response_statistics", _full_logits_statistics)
+        torch.manual_seed(0)
+        trainer = make_trainer(word_prompter, tmp_path / str(full), small_config(steps=2, temperature=0.7, lora={"enabled": lora, "r": 4}))
+        trainer.train(PROMPTS)
+        runs.append(trainer)
+    chunked, full = runs
+    compared = [name for name, value in chunked.metrics[0].items() if isinstance(value, float) and not name.startswith("time")]
+    assert {"kl", "score_mean", "entropy"} <= set(compared) and len(compared) >= 10
+    for ours, theirs in zip(chunked.metrics, full.metrics, strict=True):
+        for name in compared:
+            assert ours[name] == pytest.approx(theirs[name], rel=1e-4, abs=1e-5), name
+    for (name, value), other in zip(chunked.policy.state_dict().items(), full.policy.state_dict().values()):
+        assert torch.allclose(value, other, atol=1e-5), name

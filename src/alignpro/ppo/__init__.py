@@ -9,7 +9,9 @@ that needs another model to answer first, so this module implements the same alg
    the first end-of-sequence token, and score it with `reward_fn`.
 2. Log-probabilities and values of the response tokens under the policy (and log-probabilities
    under the frozen reference), aligned as the old trainer did: logits at position t score token
-   t + 1, the value head reads the last hidden state at the same position.
+   t + 1, the value head reads the last hidden state at the same position. The logits are never
+   held for the whole response: the output head runs over chunks of tokens and each chunk is
+   reduced to its log-probs (and the logged entropy) at once (`alignpro.ppo.policy`).
 3. Per-token rewards: -beta * (log pi - log pi_ref) on every response token, plus the score on the
    last one (`compute_rewards`); GAE over the response tokens (`compute_advantages`).
 4. `ppo_epochs` passes over shuffled minibatches with the clipped policy loss and clipped value loss
@@ -29,7 +31,10 @@ Differences from TRL v0.11, all deliberate:
   temperature of 1 this changes nothing.
 - Queries are left-padded and responses right-padded into one [query | response] layout with
   explicit position ids, instead of the old per-row start/end masks; the response tokens, their
-  positions and the mask are the same, and logits are only computed for response positions.
+  positions and the mask are the same, and logits are only computed for real response tokens
+  (padding gets log-prob and entropy 0, where the old trainer left values it then masked out).
+- Memory: the frozen reference copy of full fine-tuning is held in bfloat16 under CUDA autocast
+  (the old trainer kept a float32 copy), and Adam is torch's fused one where torch has it.
 - Not implemented (off in the gpt2-sentiment example): score scaling/normalisation, the "abs",
   "mse" and "full" KL penalties, early stopping on the policy KL, learning-rate schedulers.
 """
@@ -46,7 +51,13 @@ from alignpro.ppo.maths import (
     masked_whiten,
     ppo_loss,
 )
-from alignpro.ppo.policy import PolicyWithValueHead, RolloutBatch, ValueHead, build_rollout_batch
+from alignpro.ppo.policy import (
+    PolicyWithValueHead,
+    RolloutBatch,
+    ValueHead,
+    build_rollout_batch,
+    response_statistics,
+)
 from alignpro.ppo.trainer import CheckpointPastSteps, PPOTrainer, PromptSampler
 
 __all__ = [
@@ -69,4 +80,5 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "ppo_loss",
+    "response_statistics",
 ]

@@ -29,8 +29,6 @@ from alignpro.ppo.maths import (
     adjust_scores,
     compute_advantages,
     compute_rewards,
-    entropy_from_logits,
-    logprobs_from_logits,
     masked_mean,
     ppo_loss,
 )
@@ -40,8 +38,7 @@ from alignpro.ppo.policy import (
     ValueHead,
     build_rollout_batch,
     disable_dropout,
-    response_logits,
-    tempered,
+    response_statistics,
 )
 from alignpro.progress import nested, progress_bar
 from alignpro.tables import PPO_METRICS, read_table, write_table
@@ -123,6 +120,9 @@ class PPOTrainer:
 
     dtype "auto" keeps float32 weights (float32 on CPU, bfloat16 autocast on CUDA); another dtype
     loads and trains the weights in it. The final model is saved in the checkpoint's own dtype.
+    The frozen reference copy is held in the compute dtype (bfloat16 under autocast: it is only
+    ever run under autocast, so float32 weights would only double its memory). Adam is torch's
+    fused implementation where torch has one for the parameters' device and dtype.
     """
 
     def __init__(
@@ -171,14 +171,13 @@ class PPOTrainer:
             self.reference = None
         else:
             lm = base
-            self.reference = copy.deepcopy(base).eval().requires_grad_(False)
+            reference_dtype = torch.bfloat16 if self.autocast else load_dtype
+            self.reference = copy.deepcopy(base).to(reference_dtype).eval().requires_grad_(False)
         hidden_size = base.config.get_text_config().hidden_size
         self.policy = PolicyWithValueHead(lm, ValueHead(hidden_size)).to(self.device)
         self.policy.value_head.float()
         disable_dropout(self.policy)
-        self.optimizer = torch.optim.Adam(
-            [p for p in self.policy.parameters() if p.requires_grad], lr=config.learning_rate
-        )
+        self.optimizer = adam([p for p in self.policy.parameters() if p.requires_grad], config.learning_rate)
         self.kl_controller = config.kl_controller()
         self.metrics: list[dict] = []
         self._trained = False
@@ -302,8 +301,7 @@ class PPOTrainer:
                 for mini_start in range(0, backward_size, config.mini_batch_size):
                     index = backward_indices[mini_start : mini_start + config.mini_batch_size]
                     with self._autocast():
-                        logits, vpreds = self.policy(batch.select(index), config.temperature)
-                    logprobs = logprobs_from_logits(logits, batch.response_ids[index])
+                        logprobs, vpreds, _ = self.policy(batch.select(index), config.temperature)
                     loss, stats = ppo_loss(
                         logprobs,
                         vpreds,
@@ -319,7 +317,7 @@ class PPOTrainer:
                     )
                     (loss / config.gradient_accumulation_steps).backward()
                     minibatch_stats.append(stats)
-                    del logits, vpreds, logprobs, loss
+                    del vpreds, logprobs, loss
                 if config.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(
                         [p for p in self.policy.parameters() if p.requires_grad], config.max_grad_norm
@@ -348,24 +346,20 @@ class PPOTrainer:
     def rollout_statistics(self, batch: RolloutBatch) -> tuple[torch.Tensor, ...]:
         """Log-probs, values and per-token entropy under the policy, and log-probs under the
         reference, of the response tokens, in chunks of mini_batch_size (TRL v0.11
-        PPOTrainer.batched_forward_pass). All [B, R], float32."""
+        PPOTrainer.batched_forward_pass). All [B, R], float32. The entropy, a logged metric, is
+        computed here only, without gradients, by the same chunked head as the log-probs."""
         self.policy.eval()
+        temperature = self.config.temperature
         logprobs, values, ref_logprobs, entropy = [], [], [], []
         for start in range(0, len(batch), self.config.mini_batch_size):
             chunk = batch.select(slice(start, start + self.config.mini_batch_size))
             with self._autocast():
-                logits, chunk_values = self.policy(chunk, self.config.temperature)
-                logprobs.append(logprobs_from_logits(logits, chunk.response_ids))
-                entropy.append(entropy_from_logits(logits))
+                chunk_logprobs, chunk_values, chunk_entropy = self.policy(chunk, temperature, entropy=True)
+                logprobs.append(chunk_logprobs)
                 values.append(chunk_values.float())
-                del logits
+                entropy.append(chunk_entropy)
                 with self._reference() as reference:
-                    ref_logits, _ = response_logits(
-                        reference, chunk, want_hidden=False, logits_to_keep=self.policy.logits_to_keep
-                    )
-                ref_logits = tempered(ref_logits, self.config.temperature)
-                ref_logprobs.append(logprobs_from_logits(ref_logits, chunk.response_ids))
-                del ref_logits
+                    ref_logprobs.append(response_statistics(reference, chunk, temperature)[0])
         return torch.cat(logprobs), torch.cat(values), torch.cat(ref_logprobs), torch.cat(entropy)
 
     @torch.no_grad()
@@ -463,7 +457,8 @@ class PPOTrainer:
                 "to train a fresh run"
             )
         # Loaded on the CPU: load_state_dict copies weights to their parameters' device, and moves the
-        # optimizer's moments there while keeping Adam's step counts on the CPU, where torch wants them.
+        # optimizer's moments there and Adam's step counts where torch wants them (the CPU, or the
+        # parameters' device for fused Adam).
         self._load_trainable_weights(torch.load(checkpoint / "policy.pt", map_location="cpu"))
         self.policy.value_head.load_state_dict(torch.load(checkpoint / "value_head.pt", map_location="cpu"))
         self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu"))
@@ -565,6 +560,13 @@ def _model_fingerprint(model: str, revision: str) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def adam(parameters: list[torch.nn.Parameter], learning_rate: float) -> torch.optim.Adam:
+    """torch's fused Adam (one kernel updating every parameter) where torch has it for all the
+    parameters' devices and dtypes (floating point on CUDA or the CPU, torch >= 2.4), else its default."""
+    fused = all(p.is_floating_point() and p.device.type in ("cuda", "cpu") for p in parameters)
+    return torch.optim.Adam(parameters, lr=learning_rate, fused=fused or None)
 
 
 def _optional_float(value) -> float | None:
