@@ -235,7 +235,7 @@ WIN_RATES = pa.schema(
         "answers against base (prompter null for rlhf). win/tie/loss are percentages of the n_decided pairs "
         "with percentile bootstrap CIs over prompts (null under two prompts); preference is win + half the ties, the raw "
         "rate in the units of lc_win, the length-controlled win rate (alignpro.report.judging: AlpacaEval 2's GLM, the "
-        "length term set to zero) with its percentile CI over resamples of prompts refitted, null when it cannot be "
+        "length term set to zero) with its CI from resamples of prompts refitted (on the logit scale), null when it cannot be "
         "fitted; lc_win_note says why it is null, or why it is doubtful (far from the raw rate); mean_token_difference is the method's answers' mean length "
         "less base's over decided pairs; inconsistent_pct is of decided pairs, invalid_pct and not_judged_pct "
         "of all pairs; first_slot_pct is the share of the decisive_readings (A or B, both orders) that chose "
