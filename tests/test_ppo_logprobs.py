@@ -7,6 +7,8 @@ import torch
 from alignpro.ppo import build_rollout_batch, entropy_from_logits, logprobs_from_logits, response_statistics
 from alignpro.ppo.policy import check_output_head
 
+pytestmark = pytest.mark.model  # builds and runs small torch models
+
 
 def tiny_lm(kind: str):
     import transformers
