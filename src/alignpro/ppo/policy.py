@@ -174,11 +174,10 @@ def check_output_head(lm: nn.Module) -> None:
         )
 
 
-def response_hidden_states(lm: nn.Module, batch: RolloutBatch) -> torch.Tensor:
+def response_hidden_states(decoder: nn.Module, batch: RolloutBatch) -> torch.Tensor:
     """The decoder's last hidden state at the positions predicting the response tokens, [B, R, H].
     Position t of the response is predicted from position t - 1 of the input: the old trainer's
     logits[:, :-1] against input_ids[:, 1:] (TRL v0.11 PPOTrainer.batched_forward_pass)."""
-    decoder, _ = decoder_and_head(lm)
     output = decoder(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
@@ -203,8 +202,8 @@ def response_statistics(
     padding; the hidden states are `response_hidden_states`' [B, R, H]. The head runs over the real
     tokens `chunk_tokens` at a time, checkpointed when gradients are on (see the module doc).
     """
-    hidden = response_hidden_states(lm, batch)
-    _, head = decoder_and_head(lm)
+    decoder, head = decoder_and_head(lm)
+    hidden = response_hidden_states(decoder, batch)
     mask = batch.response_mask.bool()
     states, labels = hidden[mask], batch.response_ids[mask]
     logprobs, entropies = [], []

@@ -12,7 +12,7 @@ accuracy beside its mean reward, and a plot of one against the other: reward ove
 reward that rises while accuracy does not.
 
 By role: `summary` (the numbers), `statistics` (intervals, the bootstrap, win rates), `resampling` (the
-bootstrap's draws and percentiles), `simulation` (synthetic judges of known truth), `judging` (the
+bootstrap's draws), `simulation` (synthetic judges of known truth), `judging` (the
 length-controlled win rate, position bias, agreement between judges), `plots` (the figures), `render` (Markdown and HTML from one description) and `sections` (what each section says,
 and `write_report`).
 """

@@ -151,7 +151,7 @@ def departs_from_raw(raw: float, lc: float) -> bool:
 
 def length_controlled_win_rate(group: pl.DataFrame, confidence: float, *, n_bootstrap: int, seed: int) -> LengthControlled:
     """The length-controlled win rate of one group's decided rows of `with_difficulty`'s frame (which also
-    need `answer_tokens` and `base_answer_tokens`), with its percentile interval over `n_bootstrap`
+    need `answer_tokens` and `base_answer_tokens`), with its `logit_interval` from `n_bootstrap`
     (at most LC_RESAMPLES) resamples of prompts, each refitted; a dash with the reason under MIN_PROMPTS_FOR_LC prompts or
     MIN_DECIDED_FOR_LC decided pairs, or when the verdicts separate perfectly."""
     decided = group.filter(pl.col("preference").is_not_null()).sort("prompt_id", maintain_order=True)

@@ -15,7 +15,7 @@ import pyarrow as pa
 from scipy import stats
 
 from alignpro.report.judging import length_controlled_win_rate, position_bias, with_difficulty
-from alignpro.report.resampling import percentile_interval, resampled_prompts
+from alignpro.report.resampling import resampled_prompts
 from alignpro.tables import JUDGE_USAGE, VERDICTS, WIN_RATES, conform
 
 OUTCOMES = ("win", "tie", "loss")
@@ -46,7 +46,11 @@ def bootstrap_interval(
     along the first axis) drawn with replacement, all at once: `statistic` maps the resamples, shaped
     (samples, prompts, ...), to one value (or row of values) per resample. Resamples where the statistic
     is undefined (NaN) are left out; NaN when it is undefined in all."""
-    return percentile_interval(statistic(rows[resampled_prompts(len(rows), samples, seed)]), confidence)
+    values = statistic(rows[resampled_prompts(len(rows), samples, seed)])
+    if np.isnan(values).all():
+        return np.full((2, *values.shape[1:]), np.nan)
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    return np.nanpercentile(values, [tail, 100.0 - tail], axis=0)
 
 
 def resample_means(resamples: np.ndarray) -> np.ndarray:
