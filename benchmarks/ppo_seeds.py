@@ -49,13 +49,14 @@ def one_seed(results: Path, config: dict, ppo: dict, seed: int, work: Path) -> d
 
     frozen, reward = model(f"frozen.{FROZEN}", results / f"task_models/{DATASET}/frozen"), model("reward.phrasing-reward", results / f"task_models/{DATASET}/reward")
     test = results / f"data/{DATASET}/test.parquet"
-    stages.ppo(
+    stages.train_prompter(
+        trainer="ppo",
         train_path=str(results / f"data/{DATASET}/train.parquet"),
         workdir=str(work),
         model=model(f"prompters.{PROMPTER}", results / f"train/{DATASET}/{FROZEN}/{PROMPTER}/sft"),
         frozen=frozen,
         reward=reward,
-        ppo=ppo,
+        settings=ppo,
         rewrite=config["rewrite"],
         generation=GenerationSettings.for_training(config["generation"]),
         scoring=config["reward"],

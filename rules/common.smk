@@ -15,6 +15,7 @@ from alignpro.judge_prompts import judge_prompt
 from alignpro.model_spec import ModelSpec
 from alignpro.config_files import check_unique_keys
 from alignpro.systems import ORACLE, REFERENCE, System, grid, system_pattern, systems, training_runs
+from alignpro.trainers import TRAINERS
 from alignpro.task_plans import PLANS as TASK_PLANS, ROLES as TASK_ROLES
 from alignpro.datasets import category_column, check_local_file, is_bundled
 
@@ -122,11 +123,17 @@ def engine_sampling(section, job, engine):
     return memory.with_engine_share(section, config["gpu_memory"], job, engine)
 
 
-def ppo_settings(wildcards):
-    """The ppo section for one run: a sweep run fixes the KL coefficient at its beta."""
-    if wildcards.ppo_run == "ppo":
-        return config["ppo"]
-    return {**config["ppo"], "init_kl_coef": BETAS[wildcards.ppo_run.removeprefix("ppo-beta")], "adaptive_kl": False}
+def trainer_of_run(run):
+    """The trainer (alignpro.trainers) whose run directory `run` is (`ppo`, `ppo-beta0.1`)."""
+    return next(trainer for trainer in TRAINERS.values() if re.fullmatch(trainer.run_pattern(), run))
+
+
+def run_settings(wildcards):
+    """A trainer's config section as one of its runs trains with it: a sweep run fixes the KL coefficient
+    at its beta."""
+    trainer = trainer_of_run(wildcards.run)
+    tag = trainer.beta_tag(wildcards.run)
+    return trainer.settings(config[trainer.name], None if tag is None else BETAS[tag])
 
 
 def model_dir(kind, name):
@@ -327,8 +334,9 @@ def system_keys(cell):
     return {"dataset": cell.dataset, "frozen": cell.frozen, "prompter": system.prompter, "method": system.method, "beta": beta_of(system)}
 
 
-def ppo_runs():
-    """Every PPO run the report plots and takes the KL of: its metrics path, a label, and its system's keys."""
+def training_run_files():
+    """Every training run the report plots and takes the KL of: its metrics path, a label, and its
+    system's keys."""
     return [
         {"path": f"results/train/{cell.dataset}/{cell.frozen}/{cell.system.training_run}/metrics.parquet", "label": cell.label}
         | system_keys(cell)
@@ -497,7 +505,7 @@ def stage_outputs():
         if kind.rewrites is not None:
             outputs += outputs_of("rewrite", **vars(wildcards))  # its pattern names every system's rewrites, rho*'s too
         outputs += outputs_of("generate", **vars(wildcards))
-    return list(dict.fromkeys(outputs + score_files() + verdict_files() + [run["path"] for run in ppo_runs() + star_runs()]))
+    return list(dict.fromkeys(outputs + score_files() + verdict_files() + [run["path"] for run in training_run_files() + star_runs()]))
 
 
 wildcard_constraints:
@@ -506,7 +514,6 @@ wildcard_constraints:
     frozen="|".join(map(re.escape, FROZEN)),
     kind="prompters|frozen|reward",
     system=SYSTEM_PATTERN,
-    ppo_run="ppo|ppo-beta[^/]+",
     beta="[^/]+",
     task="[a-z_]+",  # the schema's model `task` enum names them
     role="|".join(TASK_ROLES),

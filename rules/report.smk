@@ -5,7 +5,7 @@ rule report:
     input:
         scores=score_files(),
         verdicts=verdict_files(),
-        metrics=[run["path"] for run in ppo_runs()],
+        metrics=[run["path"] for run in training_run_files()],
         star=[run["path"] for run in star_runs()],
         test_prompts=test_prompt_tables(),
     output:
@@ -39,7 +39,7 @@ rule report:
             "results/report/training_curves.png",
             category="Training",
             caption="../workflow/report/training_curves.rst",
-            labels={"figure": "PPO training curves"},
+            labels={"figure": "training curves"},
         ),
         win_plot=report(
             "results/report/win_rates.png",
@@ -53,6 +53,12 @@ rule report:
             caption="../workflow/report/frontier.rst",
             labels={"figure": "reward against KL"},
         ),
+        budget_plot=report(
+            "results/report/frozen_answers.png",
+            category="Reward-KL frontier",
+            caption="../workflow/report/frozen_answers.rst",
+            labels={"figure": "training reward against frozen-model answers"},
+        ),
         length_plot=report(
             "results/report/answer_length.png",
             category="Reward",
@@ -60,7 +66,7 @@ rule report:
             labels={"figure": "reward against answer length"},
         ),
     params:
-        training_runs=without_path(ppo_runs()),
+        training_runs=without_path(training_run_files()),
         star_runs=without_path(star_runs()),
         datasets=DATASETS,
         checkers=REFERENCE_CHECKERS,

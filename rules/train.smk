@@ -53,39 +53,47 @@ rule sft:
         "../workflow/scripts/sft.py"
 
 
-rule ppo:
-    """The Align-Pro prompter: PPO from rho_sft, the frozen model answering and the reward model
-    scoring inside each step; `ppo` as configured, `ppo-beta<b>` with the KL coefficient fixed at
-    beta_sweep's b. Resumes from its last checkpoint when rerun."""
-    input:
-        train="results/data/{dataset}/train.parquet",
-        sft="results/train/{dataset}/{frozen}/{prompter}/sft",
-        frozen=lambda wildcards: model_input("frozen", wildcards.frozen),
-        reward=model_input("reward", REWARD_MODEL),
-    output:
-        model=directory("results/train/{dataset}/{frozen}/{prompter}/{ppo_run}/model"),
-        metrics="results/train/{dataset}/{frozen}/{prompter}/{ppo_run}/metrics.parquet",
-    params:
-        workdir=lambda wildcards: f"{train_dir(wildcards)}/{wildcards.ppo_run}",
-        model=lambda wildcards: trained_spec("prompters", wildcards.prompter, f"{train_dir(wildcards)}/sft"),
-        frozen=lambda wildcards: model_spec("frozen", wildcards.frozen),
-        reward=model_spec("reward", REWARD_MODEL),
-        ppo=ppo_settings,
-        rewrite=config["rewrite"],  # its fallback settings: the prompter is the policy, not an engine
-        generation=engine_sampling(TRAINING_GENERATION, "ppo", "frozen_engine"),
-        scoring=config["reward"],
-        seed=config["seed"],
-    resources:
-        gpu=gpus("ppo", "generation"),
-        mem_mb=config["resources"]["ppo"]["mem_mb"],
-        runtime=config["resources"]["ppo"]["runtime"],
-    log:
-        "logs/ppo/{dataset}/{frozen}/{prompter}/{ppo_run}.log",
-    conda:
-        "../envs/train.yaml"
-    cache: "omit-software"
-    script:
-        "../workflow/scripts/ppo.py"
+# One rule per trainer of alignpro.trainers (ppo, ...), named after it: a prompter trained from rho_sft,
+# the frozen model answering and the reward model scoring inside each step; `<trainer>` is the run its
+# config section configures, `<trainer>-beta<b>` one per beta_sweep value, the KL coefficient fixed at b.
+# Resumes from its last checkpoint when rerun.
+for trainer in TRAINERS.values():
+
+    rule:
+        name:
+            trainer.name
+        input:
+            train="results/data/{dataset}/train.parquet",
+            sft="results/train/{dataset}/{frozen}/{prompter}/sft",
+            frozen=lambda wildcards: model_input("frozen", wildcards.frozen),
+            reward=model_input("reward", REWARD_MODEL),
+        output:
+            model=directory("results/train/{dataset}/{frozen}/{prompter}/{run}/model"),
+            metrics="results/train/{dataset}/{frozen}/{prompter}/{run}/metrics.parquet",
+        wildcard_constraints:
+            run=trainer.run_pattern(),
+        params:
+            trainer=trainer.name,
+            workdir=lambda wildcards: f"{train_dir(wildcards)}/{wildcards.run}",
+            model=lambda wildcards: trained_spec("prompters", wildcards.prompter, f"{train_dir(wildcards)}/sft"),
+            frozen=lambda wildcards: model_spec("frozen", wildcards.frozen),
+            reward=model_spec("reward", REWARD_MODEL),
+            settings=run_settings,
+            rewrite=config["rewrite"],  # its fallback settings: the prompter is the policy, not an engine
+            generation=engine_sampling(TRAINING_GENERATION, trainer.name, "frozen_engine"),
+            scoring=config["reward"],
+            seed=config["seed"],
+        resources:
+            gpu=gpus(trainer.name, "generation"),
+            mem_mb=config["resources"][trainer.name]["mem_mb"],
+            runtime=config["resources"][trainer.name]["runtime"],
+        log:
+            f"logs/{trainer.name}/{{dataset}}/{{frozen}}/{{prompter}}/{{run}}.log",
+        conda:
+            "../envs/train.yaml"
+        cache: "omit-software"
+        script:
+            "../workflow/scripts/train_prompter.py"
 
 
 rule rlhf:

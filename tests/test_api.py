@@ -18,7 +18,7 @@ from alignpro.generation import SamplingSettings
 from alignpro.model_spec import ModelSpec
 from alignpro.sampling import Completion, Sampling
 from alignpro.judge import JudgeSettings
-from alignpro.tables import PPO_METRICS, PROMPTS, RESPONSES, SCORES, VERDICTS, read_table, write_table
+from alignpro.tables import TRAINING_METRICS, PROMPTS, RESPONSES, SCORES, VERDICTS, read_table, write_table
 from alignpro.training import RewriteReward
 from fakes import prompts_table
 from openai_stub import JudgeStub, kill_after_requests
@@ -222,14 +222,14 @@ def test_generate_ppo_and_judge_complete_at_a_50_percent_fault_rate(stub, tmp_pa
         ))
         responses = read_table(tmp_path / f"{name}.parquet", RESPONSES)
         assert responses.num_rows == 24 and all(responses.column("response").to_pylist())
-    served("ppo", lambda: stages.ppo(
-        train_path=str(tmp_path / "prompts.parquet"), workdir=str(tmp_path / "ppo"), model=local(tiny_prompter),
+    served("ppo", lambda: stages.train_prompter(
+        trainer="ppo", train_path=str(tmp_path / "prompts.parquet"), workdir=str(tmp_path / "ppo"), model=local(tiny_prompter),
         frozen=frozen, reward=local(tiny_reward),
-        ppo={"steps": 1, "batch_size": 4, "mini_batch_size": 4, "ppo_epochs": 1, "max_new_tokens": 8, "max_prompts": 12},
+        settings={"steps": 1, "batch_size": 4, "mini_batch_size": 4, "ppo_epochs": 1, "max_new_tokens": 8, "max_prompts": 12},
         rewrite={"backend": "transformers", "max_new_tokens": 8}, generation={"backend": "transformers", "max_new_tokens": 16},
         scoring={"batch_size": 8, "max_length": 256}, seed=0,
     ))
-    assert read_table(tmp_path / "ppo/metrics.parquet", PPO_METRICS).num_rows == 1
+    assert read_table(tmp_path / "ppo/metrics.parquet", TRAINING_METRICS).num_rows == 1
 
     def scored(name, method):
         rows = [row | {"method": method, "reward": 0.0, "reward_model": "rm"} for row in read_table(tmp_path / f"{name}.parquet", RESPONSES).to_pylist()]

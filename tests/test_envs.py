@@ -26,8 +26,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+
+from alignpro.trainers import TRAINERS
 
 try:
     import tomllib
@@ -178,6 +181,9 @@ class Rule:
 
 
 RULE_START = re.compile(r"^(?:rule|checkpoint)\s+(?P<name>\w+)\s*:")
+# A rule defined in a loop over the trainers (`for trainer in TRAINERS.values(): rule: name: trainer.name`):
+# one rule per trainer of alignpro.trainers.
+LOOPED_RULE_START = re.compile(r"^(?P<indent>\s+)rule\s*:\s*$")
 DIRECTIVE = re.compile(r"^(?P<indent>\s+)(?P<key>\w+):(?P<rest>.*)$")
 
 
@@ -193,14 +199,22 @@ def rules() -> dict[str, Rule]:
         for number, line in enumerate(lines):
             assert not re.match(r"^use\s+rule\b", line), f"{file.name}:{number + 1}: `use rule` is not understood by this test"
             start = RULE_START.match(line)
-            if not start:
-                continue
-            body = []
-            for following in lines[number + 1 :]:
-                if following.strip() and not following[0].isspace() and not following.startswith("#"):
-                    break
-                body.append(following)
-            found[start["name"]] = Rule(start["name"], file, rule_directives(body))
+            if start:
+                body = []
+                for following in lines[number + 1 :]:
+                    if following.strip() and not following[0].isspace() and not following.startswith("#"):
+                        break
+                    body.append(following)
+                found[start["name"]] = Rule(start["name"], file, rule_directives(body))
+            elif looped := LOOPED_RULE_START.match(line):
+                indent, body = len(looped["indent"]), []
+                for following in lines[number + 1 :]:
+                    if following.strip() and len(following) - len(following.lstrip()) <= indent and not following.lstrip().startswith("#"):
+                        break
+                    body.append(following)
+                directives = rule_directives(body)
+                assert directives.get("name") == "trainer.name", f"{file.name}:{number + 1}: only rules named by a trainer are understood"
+                found.update((name, Rule(name, file, directives)) for name in TRAINERS)
     return found
 
 
@@ -504,11 +518,14 @@ def test_env_is_used_by_a_rule(path):
 
 @pytest.mark.parametrize("path", ENV_FILES, ids=env_id)
 def test_env_header_names_the_rules_that_use_it(path):
-    """The first line says which rules use the env: `# What for (rule x)` or `(rules x, y)`."""
+    """The first line says which rules use the env: `# What for (rule x)` or `(rules x, y)`; `trainers`
+    stands for the rule of every trainer (alignpro.trainers)."""
     env = load_env(path)
     match = re.search(r"\(rules? ([\w, ]+)\)", env.header)
     assert env.header.startswith("#") and match, f"{path.name}: first line {env.header!r} names no rules"
     named = {name.strip() for name in match[1].split(",")}
+    if "trainers" in named:
+        named = (named - {"trainers"}) | set(TRAINERS)
     expected = set(users(path))
     if path.name in PENDING_RULES:
         expected.add(PENDING_RULES[path.name])

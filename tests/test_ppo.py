@@ -39,7 +39,7 @@ from alignpro.ppo import (
     ppo_loss,
 )
 from alignpro.rewrite import prompter_conversation
-from alignpro.tables import PPO_METRICS, read_table
+from alignpro.tables import TRAINING_METRICS, read_table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ppo_run import spaces_reward  # noqa: E402
@@ -393,7 +393,7 @@ def test_outputs_and_metrics(word_prompter, tmp_path):
     trainer = make_trainer(word_prompter, tmp_path, small_config(steps=2, missing_eos_penalty=1.0))
     path = trainer.train(PROMPTS)
     assert path == tmp_path / "model" and not (tmp_path / "checkpoints").exists()
-    metrics = read_table(tmp_path / "metrics.parquet", PPO_METRICS).to_pylist()
+    metrics = read_table(tmp_path / "metrics.parquet", TRAINING_METRICS).to_pylist()
     assert [row["step"] for row in metrics] == [1, 2]
     first = metrics[0]
     assert abs(first["kl"]) < 1e-4  # the reference is the starting policy
@@ -563,7 +563,7 @@ def test_killed_run_resumes_with_identical_weights(word_prompter, tmp_path):
     assert rerun.returncode == 0, log
     assert f"resuming from step {step}" in log
     assert f"step {step + 1}/6" in log and f"step {step}/6" not in log.replace(f"resuming from step {step}", "")
-    assert [row["step"] for row in read_table(out / "metrics.parquet", PPO_METRICS).to_pylist()] == [1, 2, 3, 4, 5, 6]
+    assert [row["step"] for row in read_table(out / "metrics.parquet", TRAINING_METRICS).to_pylist()] == [1, 2, 3, 4, 5, 6]
 
     whole = tmp_path / "whole"
     straight = _run_script(word_prompter, whole)
@@ -583,12 +583,9 @@ def test_killed_run_resumes_with_identical_weights(word_prompter, tmp_path):
 
 
 @pytest.mark.model
-def test_the_stage_names_the_config_key_of_a_checkpoint_past_its_steps(tmp_path, monkeypatch):
-    import pyarrow as pa
-
-    from alignpro import ppo, stages, tables
+def test_the_trainer_names_the_config_key_of_a_checkpoint_past_its_steps(tmp_path, monkeypatch):
+    from alignpro import ppo
     from alignpro.model_spec import ModelSpec
-    from alignpro.tables import PROMPTS
 
     class Refusing:
         def __init__(self, *args, **kwargs):
@@ -597,14 +594,11 @@ def test_the_stage_names_the_config_key_of_a_checkpoint_past_its_steps(tmp_path,
         def train(self, prompts):
             raise CheckpointPastSteps("steps is 1, but checkpoints/step-000002 holds a run already at step 2")
 
-    monkeypatch.setattr(ppo, "PPOTrainer", Refusing)
-    train = tmp_path / "train.parquet"
-    tables.write_table(pa.Table.from_pylist([{"prompt_id": "1", "prompt": "p", "source": "s", "reference": None}], schema=PROMPTS), train, PROMPTS)
-    model = ModelSpec("models.frozen.m", "m")
+    monkeypatch.setattr(ppo.trainer, "PPOTrainer", Refusing)
     with pytest.raises(ValueError, match=r"^config rlhf.steps: steps is 1, but .* at step 2"):
-        stages._train_ppo(
-            section="rlhf", train_path=str(train), workdir=str(tmp_path), model=model, ppo={"steps": 1, "max_prompts": 1},
-            seed=0, query_fn=None, reward_fn=None,
+        ppo.train(
+            {"steps": 1, "max_prompts": 1}, "rlhf", model=ModelSpec("models.frozen.m", "m"), prompts=["p"], query_fn=None,
+            reward_fn=None, workdir=str(tmp_path), seed=0,
         )
 
 

@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from alignpro.report import judge_agreement, pick_examples, ppo_kl, star_kl, summarize, verdicts_frame, win_rates, write_report
+from alignpro.report import judge_agreement, pick_examples, training_kl, star_kl, summarize, verdicts_frame, win_rates, write_report
 from alignpro.report.summary import scores_frame
 from alignpro.report.categories import by_category
 from alignpro.report.plots import draw_dataset, method_series, series_styles, with_labels
 from alignpro.report.render import Heading, Paragraph, Quote, Table, html_page, markdown
-from alignpro.tables import PPO_METRICS, SCORES, SUMMARY, VERDICTS, WIN_RATES, SchemaError, conform
+from alignpro.tables import TRAINING_METRICS, SCORES, SUMMARY, VERDICTS, WIN_RATES, SchemaError, conform
 from fakes import LLM_JUDGE, verdict_record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -236,20 +236,22 @@ RUN_VALUES = dict(
     time_scoring=[0.1, 0.2, 0.3, 0.9],
     time_update=[0.3, 0.5, 0.7, 2.1],
     time_step=[2.0, 3.0, 9.0, 4.0],
+    frozen_calls=[32, 64, 96, 128],
 )  # skewed times: their medians differ from their means
 
 
 def _metrics(steps: list[int], values: dict, *, split: bool) -> pl.DataFrame:
     rows = []
     for index, step in enumerate(steps):
-        row = {name: 0.0 for name in PPO_METRICS.names}
+        row = {name: 0.0 for name in TRAINING_METRICS.names}
         row.update({name: column[index] for name, column in values.items()})
         row["step"] = step
         row["time_reward"] = values["time_frozen_generation"][index] + values["time_scoring"][index]
         if not split:
             row["time_frozen_generation"] = row["time_scoring"] = None
+        row["frozen_calls"] = values["frozen_calls"][index] if "frozen_calls" in values else None
         rows.append(row)
-    return pl.DataFrame(rows, schema=pl.Schema(PPO_METRICS))
+    return pl.DataFrame(rows, schema=pl.Schema(TRAINING_METRICS))
 
 
 def _training_runs() -> dict[str, pl.DataFrame]:
@@ -283,7 +285,7 @@ def _paths(folder) -> dict:
 @pytest.fixture(scope="module")
 def training_report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("training")
-    paths = _paths(folder)
+    paths = {**_paths(folder), "budget_plot": folder / "plots" / "budget.png"}
     write_report(_small_summary(), **paths, training=_training_runs())
     return folder, paths
 
@@ -311,6 +313,22 @@ def test_training_plot_is_a_real_png(training_report):
     assert len(data) > 30_000
     assert image.shape[0] > 500 and image.shape[1] > 1000
     assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_runs_that_counted_frozen_answers_get_the_budget_plot_and_their_count(training_report):
+    from alignpro.report.plots import budget_runs
+
+    _, paths = training_report
+    assert list(budget_runs(_training_runs())) == [ALIGNPRO_RUN]  # rlhf's policy is the frozen model: no count
+    image = _image(paths["budget_plot"].read_bytes())
+    assert image.shape[1] > 800 and image[..., :3].std() > 0.05
+    text = paths["markdown"].read_text(encoding="utf-8")
+    assert "## Reward against frozen-model answers" in text and "](plots/budget.png)" in text
+    tables = _run_tables(text)
+    assert tables[ALIGNPRO_RUN]["frozen-model answers"] == "128"
+    assert tables["rlhf &lt;b&gt;frozen&lt;/b&gt; \\| $x$"]["frozen-model answers"] == "–"
+    with pytest.raises(ValueError, match="budget_plot"):
+        write_report(_small_summary(), **_paths(paths["markdown"].parent / "again"), training=_training_runs())
 
 
 def test_markdown_training_tables_have_the_right_numbers(training_report):
@@ -345,8 +363,9 @@ def test_html_embeds_training_plot_and_escapes_run_labels(training_report):
     _, paths = training_report
     page = paths["html"].read_text(encoding="utf-8")
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == 3
-    assert base64.b64decode(images[2]) == paths["training_plot"].read_bytes()
+    assert len(images) == 4  # mean, variance, budget, training
+    assert base64.b64decode(images[2]) == paths["budget_plot"].read_bytes()
+    assert base64.b64decode(images[3]) == paths["training_plot"].read_bytes()
     assert "<h2>Training</h2>" in page
     assert "rlhf &lt;b&gt;frozen&lt;/b&gt; | $x$" in page and "<b>" not in page
     assert "<td>median step time (s)</td><td>3.500</td>" in page
@@ -356,7 +375,7 @@ def test_html_embeds_training_plot_and_escapes_run_labels(training_report):
 def test_training_report_leaves_no_temporary_files(training_report):
     folder, _ = training_report
     names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
-    assert names == ["plots", "plots/mean.png", "plots/training.png", "plots/variance.png", "report.html", "report.md"]
+    assert names == ["plots", "plots/budget.png", "plots/mean.png", "plots/training.png", "plots/variance.png", "report.html", "report.md"]
 
 
 @pytest.mark.parametrize("training", [None, {}])
@@ -661,19 +680,19 @@ def test_kl_is_joined_with_rlhf_under_every_prompter_and_sft_zero():
         summarize(scores, prompters=[PROMPTER], kl=pl.concat([_kl_frame(), _kl_frame(MEASURED_KL[1:2])]))
 
 
-def test_ppo_kl_is_the_mean_over_the_last_tenth_of_steps():
+def test_training_kl_is_the_mean_over_the_last_tenth_of_steps():
     def metrics(steps: int) -> pl.DataFrame:
         shuffled = list(range(steps, 0, -1))  # out of step order on purpose
         return pl.DataFrame({"step": shuffled, "kl": [float(step) for step in shuffled]})
 
-    assert ppo_kl(metrics(20)) == 19.5  # steps 19 and 20
-    assert ppo_kl(metrics(30)) == 29.0  # 28, 29, 30: not 4 steps from 0.1 × 30 = 3.0000000000000004
-    assert ppo_kl(metrics(5)) == 5.0  # at least one step
-    assert ppo_kl(metrics(20), tail_fraction=1.0) == 10.5
+    assert training_kl(metrics(20)) == 19.5  # steps 19 and 20
+    assert training_kl(metrics(30)) == 29.0  # 28, 29, 30: not 4 steps from 0.1 × 30 = 3.0000000000000004
+    assert training_kl(metrics(5)) == 5.0  # at least one step
+    assert training_kl(metrics(20), tail_fraction=1.0) == 10.5
     with pytest.raises(ValueError, match="without steps"):
-        ppo_kl(metrics(0))
+        training_kl(metrics(0))
     with pytest.raises(ValueError, match="tail_fraction"):
-        ppo_kl(metrics(20), tail_fraction=0.0)
+        training_kl(metrics(20), tail_fraction=0.0)
 
 
 def test_star_kl_is_the_mean_over_prompts():
@@ -991,7 +1010,7 @@ def _report_stage(tmp_path, score_tables: list[pa.Table], n_samples: int, min_ca
     outputs = {name: tmp_path / "report" / file for name, file in (
         ("summary_path", "summary.parquet"), ("markdown", "report.md"), ("html", "report.html"), ("mean_plot", "mean.png"),
         ("variance_plot", "variance.png"), ("accuracy_plot", "accuracy.png"), ("training_plot", "training.png"),
-        ("win_plot", "win.png"), ("frontier_plot", "frontier.png"), ("length_plot", "length.png"), ("win_rates_path", "win_rates.parquet"),
+        ("win_plot", "win.png"), ("frontier_plot", "frontier.png"), ("budget_plot", "budget.png"), ("length_plot", "length.png"), ("win_rates_path", "win_rates.parquet"),
         ("categories_path", "categories.parquet"), ("category_win_rates_path", "category_win_rates.parquet"),
     )}
     stages.report(

@@ -14,10 +14,12 @@ from alignpro.lora import LoraSettings
 from alignpro.ppo import PPOConfig
 from alignpro.rewrite import RewriteSettings
 from alignpro.sft import SFTSettings
+from alignpro.trl_trainers import TRLSettings
 
 SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
 SECTIONS = {  # dataclass -> its section's properties in the schema
     PPOConfig: SCHEMA["$defs"]["ppo"]["properties"],
+    TRLSettings: SCHEMA["$defs"]["trl"]["properties"],
     LoraSettings: SCHEMA["$defs"]["lora"]["properties"],
     SFTSettings: SCHEMA["properties"]["sft"]["properties"],
     JudgeSettings: SCHEMA["$defs"]["api"]["properties"] | SCHEMA["$defs"]["judge"]["properties"]["api"]["allOf"][1]["properties"],

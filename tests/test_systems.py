@@ -26,8 +26,11 @@ def system_names(methods, prompters, beta_tags):
 def test_system_names_cover_every_method_prompter_and_beta():
     names = system_names(EVERY_METHOD, ["p", "q"], ["0.1", "1"])
     assert names == [
-        "base", "rlhf", "sft/p", "sft/q", "alignpro/p", "alignpro/q",
+        "base", "rlhf", "sft/p", "sft/q", "alignpro/p", "alignpro/q", "alignpro-grpo/p", "alignpro-grpo/q",
+        "alignpro-rloo/p", "alignpro-rloo/q",
         "alignpro/p/beta0.1", "alignpro/p/beta1", "alignpro/q/beta0.1", "alignpro/q/beta1",
+        "alignpro-grpo/p/beta0.1", "alignpro-grpo/p/beta1", "alignpro-grpo/q/beta0.1", "alignpro-grpo/q/beta1",
+        "alignpro-rloo/p/beta0.1", "alignpro-rloo/p/beta1", "alignpro-rloo/q/beta0.1", "alignpro-rloo/q/beta1",
         "alignpro-star/p/beta0.1", "alignpro-star/p/beta1", "alignpro-star/q/beta0.1", "alignpro-star/q/beta1",
     ]
 
@@ -50,7 +53,8 @@ def test_labels_and_training_runs_of_systems():
     runs = {system.path: system.training_run for system in systems(EVERY_METHOD, ["p"], ["0.1"])}
     assert runs == {
         "base": None, "rlhf": "rlhf", "sft/p": None, "alignpro/p": "p/ppo", "alignpro/p/beta0.1": "p/ppo-beta0.1",
-        "alignpro-star/p/beta0.1": None,
+        "alignpro-grpo/p": "p/grpo", "alignpro-grpo/p/beta0.1": "p/grpo-beta0.1", "alignpro-rloo/p": "p/rloo",
+        "alignpro-rloo/p/beta0.1": "p/rloo-beta0.1", "alignpro-star/p/beta0.1": None,
     }
 
 
@@ -67,7 +71,10 @@ def test_the_grid_has_every_dataset_frozen_and_system_once():
 def test_training_runs_in_the_order_the_report_draws_them():
     cells = grid(["d"], ["f"], systems(EVERY_METHOD, ["p", "q"], ["0.1", "1"]))
     assert [cell.system.path for cell in training_runs(cells)] == [
-        "alignpro/p", "alignpro/p/beta0.1", "alignpro/p/beta1", "alignpro/q", "alignpro/q/beta0.1", "alignpro/q/beta1", "rlhf",
+        "alignpro/p", "alignpro/p/beta0.1", "alignpro/p/beta1", "alignpro/q", "alignpro/q/beta0.1", "alignpro/q/beta1",
+        "alignpro-grpo/p", "alignpro-grpo/p/beta0.1", "alignpro-grpo/p/beta1", "alignpro-grpo/q", "alignpro-grpo/q/beta0.1",
+        "alignpro-grpo/q/beta1", "alignpro-rloo/p", "alignpro-rloo/p/beta0.1", "alignpro-rloo/p/beta1", "alignpro-rloo/q",
+        "alignpro-rloo/q/beta0.1", "alignpro-rloo/q/beta1", "rlhf",
     ]
 
 
@@ -81,7 +88,10 @@ def test_patterns_match_exactly_their_systems():
     judged = system_pattern(lambda method: method.name != REFERENCE)
     assert [name for name in names if full_match(judged, name)] == names[1:]
     rewritten = system_pattern(lambda method: method.rewrites == "prompter")
-    assert [name for name in names if full_match(rewritten, name)] == ["sft/p", "alignpro/p", "alignpro/p/beta0.1"]
+    assert [name for name in names if full_match(rewritten, name)] == [
+        "sft/p", "alignpro/p", "alignpro-grpo/p", "alignpro-rloo/p", "alignpro/p/beta0.1", "alignpro-grpo/p/beta0.1",
+        "alignpro-rloo/p/beta0.1",
+    ]
     for wrong in ("sft/p/beta0.1", "alignpro-star/p", "base/p", "rlhf/p", "sft", "other/p"):
         assert not full_match(system_pattern(), wrong), wrong
 
@@ -95,3 +105,21 @@ def test_display_order_and_labels():
     frame = pl.DataFrame({"method": ["rlhf", "custom", "alignpro", "base"]})
     assert frame.sort(method_rank(), "method")["method"].to_list() == ["base", "alignpro", "rlhf", "custom"]
     assert label("alignpro", None) == "alignpro" and label("alignpro-star", 0.1) == "alignpro-star β=0.1"
+
+
+def test_each_trainer_makes_a_trained_method_and_its_runs_name_their_beta():
+    from alignpro.trainers import TRAINERS
+
+    for trainer in TRAINERS.values():
+        method = METHODS[trainer.method]
+        assert (method.trainer, method.kl, method.rewrites, method.colour) == (trainer.name, "training", "prompter", trainer.colour)
+        assert System(trainer.method, "p").training_run == f"p/{trainer.name}"
+        assert System(trainer.method, "p", "0.1").training_run == f"p/{trainer.name}-beta0.1"
+        assert trainer.beta_tag(trainer.run("0.1")) == "0.1" and trainer.beta_tag(trainer.run(None)) is None
+        assert re.fullmatch(trainer.run_pattern(), f"{trainer.name}-beta1e-05")
+        assert not re.fullmatch(trainer.run_pattern(), f"{trainer.name}x") and not re.fullmatch(trainer.run_pattern(), "rlhf")
+        swept = trainer.settings({"steps": 3, trainer.beta_key: 9.0}, 0.25)
+        assert swept[trainer.beta_key] == 0.25 and swept["steps"] == 3
+        assert trainer.settings({"steps": 3, trainer.beta_key: 9.0}, None)[trainer.beta_key] == 9.0
+        assert callable(trainer.train_function())
+    assert TRAINERS["ppo"].settings({"adaptive_kl": True}, 0.5) == {"adaptive_kl": False, "init_kl_coef": 0.5}

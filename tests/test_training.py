@@ -41,8 +41,9 @@ def test_rewrite_reward_answers_the_rewrite_and_scores_the_original_prompt():
     first = [len(f"answer to Explain photosynthesis simply. #{i}") / 100 for i in range(2)]
     second = [len(f"answer to tell me a joke #{i}") / 100 for i in range(2)]
     assert rewards == pytest.approx([sum(first) / 2, sum(second) / 2])
-    assert set(timings) == {"time_frozen_generation", "time_scoring"}
-    assert all(seconds >= 0 for seconds in timings.values())
+    assert set(timings) == {"time_frozen_generation", "time_scoring", "frozen_calls"}
+    assert timings["frozen_calls"] == 4  # two rewrites, two answers each
+    assert all(value >= 0 for value in timings.values())
 
 
 def test_truncated_rewrite_falls_back_to_the_prompt_when_configured():

@@ -215,6 +215,33 @@ def test_align_pro_works_on_the_embedded_default(finished_run):
 
 
 @pytest.mark.slow
+def test_grpo_and_rloo_prompters_beat_base_beside_ppo(finished_run, tmp_path):
+    """TRL's GRPO and RLOO train the prompter on the same reward beside PPO (config/trainers.yaml), in a copy
+    of the embedded default's finished run (its task models, rho_sft, PPO prompter and base answers are
+    reused): each trainer's prompter beats base (paired by prompt, 95% interval above 0), each run
+    counted the frozen model's answers it asked for, and the report draws reward against them."""
+    source, _ = finished_run
+    workdir = tmp_path / "trainers"
+    shutil.copytree(source, workdir, symlinks=True)
+    run_snakemake(workdir, "--configfile", "config/trainers.yaml")
+    rows = summary_rows(workdir)
+    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    for method in ("alignpro", "alignpro-grpo", "alignpro-rloo"):
+        gain, low, high = paired_gain(workdir, f"{method}/{PROMPTER}")
+        print(f"{method}: reward {gain:+.3f} over base [{low:+.3f}, {high:+.3f}], accuracy {rows[method]['accuracy']:.3f}, kl {rows[method]['kl']:.3f}")
+        assert low > 0, f"{method} does not beat base: reward gain {gain:+.3f} [{low:+.3f}, {high:+.3f}]"
+        assert rows[method]["kl"] > 0
+    for trainer in ("grpo", "rloo"):
+        section = config[trainer]
+        metrics = tables.read_table(workdir / f"results/train/{RUN}/{PROMPTER}/{trainer}/metrics.parquet", tables.TRAINING_METRICS)
+        calls = metrics.column("frozen_calls").to_pylist()
+        assert metrics.num_rows == section["steps"] and calls[-1] == section["steps"] * section["prompts_per_step"] * section["num_generations"]
+        print(f"{trainer}: {calls[-1]} frozen-model answers in {metrics.num_rows} steps")
+    report = (workdir / "results/report/report.md").read_text(encoding="utf-8")
+    assert "## Reward against frozen-model answers" in report and "](frozen_answers.png)" in report
+
+
+@pytest.mark.slow
 def test_collaborators_can_read_every_result(finished_run):
     """Under umask 0022 every file under results/ is 0644 and every directory 0755 (on a shared cluster
     directory the others in the group read them), whichever way a stage wrote it. (Outputs taken from
@@ -293,7 +320,7 @@ def assert_align_pro_works(workdir: Path) -> None:
     assert rows["alignpro"]["accuracy"] > rows["base"]["accuracy"]
     assert rows["alignpro β=0.1"]["accuracy"] > rows["base"]["accuracy"]
 
-    metrics = tables.read_table(workdir / f"results/train/{RUN}/{PROMPTER}/ppo/metrics.parquet", tables.PPO_METRICS)
+    metrics = tables.read_table(workdir / f"results/train/{RUN}/{PROMPTER}/ppo/metrics.parquet", tables.TRAINING_METRICS)
     score = metrics.column("score_mean").to_pylist()
     quarter = len(score) // 4
     first, last = np.mean(score[:quarter]), np.mean(score[-quarter:])
@@ -385,14 +412,14 @@ def test_training_stages_write_models_and_metrics(finished_run):
     assert pairs.num_rows == config["sft"]["pairs"]["max_prompts"]
     assert set(pairs.column("source").to_pylist()) == {f"best-of-{config['sft']['pairs']['k']}"}
     for run, section in [(f"{PROMPTER}/ppo", "ppo"), *((f"{PROMPTER}/ppo-{tag}", "ppo") for tag in BETAS), ("rlhf", "rlhf")]:
-        metrics = tables.read_table(train / run / "metrics.parquet", tables.PPO_METRICS)
+        metrics = tables.read_table(train / run / "metrics.parquet", tables.TRAINING_METRICS)
         assert metrics.column("step").to_pylist() == list(range(1, config[section]["steps"] + 1))
         assert (train / run / "model" / "config.json").exists()
     log = (workdir / f"logs/ppo/{RUN}/{PROMPTER}/ppo.log").read_text()
     assert f"step {config['ppo']['steps']}/{config['ppo']['steps']}" in log and "ppo: 100%" in log
     assert "generate (transformers)" not in log and "reward: " not in log  # no bars of the calls inside a step
     for tag, beta in BETAS.items():  # the sweep's KL coefficient stays at its beta
-        metrics = tables.read_table(train / f"{PROMPTER}/ppo-{tag}/metrics.parquet", tables.PPO_METRICS)
+        metrics = tables.read_table(train / f"{PROMPTER}/ppo-{tag}/metrics.parquet", tables.TRAINING_METRICS)
         assert set(metrics.column("kl_coef").to_pylist()) == {beta}
     for model in [train / f"{PROMPTER}/sft", train / f"{PROMPTER}/ppo/model", train / "rlhf/model"]:
         assert (model / "model.safetensors").exists() and (model / "tokenizer.json").exists()

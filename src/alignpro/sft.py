@@ -190,6 +190,22 @@ def sft_dataset(pairs: pa.Table):
     )
 
 
+def trl_precision_and_loading(revision: str, trust_remote_code: bool) -> dict:
+    """The keys every TRL config of this project shares: float32 weights, computed under bf16 autocast on
+    CUDA (mixed precision, as TRL intends, so that small updates are not lost to bf16 rounding) and in
+    float32 on the CPU; the model loaded at its revision; no reporting integrations."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    return {
+        "bf16": on_gpu,
+        "use_cpu": not on_gpu,
+        "model_init_kwargs": {"revision": revision, "dtype": torch.float32},
+        "trust_remote_code": trust_remote_code,
+        "report_to": "none",
+    }
+
+
 def build_sft_trainer(
     model: str,
     pairs: pa.Table,
@@ -199,16 +215,11 @@ def build_sft_trainer(
     revision: str = "main",
     trust_remote_code: bool = False,
 ):
-    """TRL's SFTTrainer for `model` on `pairs`, saving and reporting nothing by itself.
-
-    The weights are float32: on CUDA, bf16 autocast computes with them (mixed precision, as TRL
-    intends), so that small updates are not lost to bf16 rounding; on the CPU everything is float32.
-    """
-    import torch
+    """TRL's SFTTrainer for `model` on `pairs`, saving and reporting nothing by itself; its precision
+    and loading are `trl_precision_and_loading`'s."""
     from transformers import AutoTokenizer, PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    on_gpu = torch.cuda.is_available()
     config = SFTConfig(
         output_dir=str(output_dir),
         learning_rate=settings.learning_rate,
@@ -217,12 +228,8 @@ def build_sft_trainer(
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         max_length=settings.max_length,
         seed=settings.seed,
-        bf16=on_gpu,
-        use_cpu=not on_gpu,
-        model_init_kwargs={"revision": revision, "dtype": torch.float32},
-        trust_remote_code=trust_remote_code,
+        **trl_precision_and_loading(revision, trust_remote_code),
         save_strategy="no",
-        report_to="none",
         logging_steps=LOGGING_STEPS,
         logging_first_step=True,
         disable_tqdm=True,
@@ -285,7 +292,7 @@ def train_sft(
     weights: out_dir is a plain full model either way.
     """
     out_dir = Path(out_dir)
-    saved_dtype = _saved_dtype(model, dtype, revision=revision, trust_remote_code=trust_remote_code)
+    saved_dtype = resolve_saved_dtype(model, dtype, revision=revision, trust_remote_code=trust_remote_code)
     log.info("SFT of %s on %d pairs: %s", model, pairs.num_rows, settings)
     with atomic_directory(out_dir) as work_dir:
         trainer = build_sft_trainer(
@@ -297,7 +304,7 @@ def train_sft(
     return out_dir
 
 
-def _saved_dtype(model: str, dtype: str, *, revision: str, trust_remote_code: bool):
+def resolve_saved_dtype(model: str, dtype: str, *, revision: str, trust_remote_code: bool):
     """The torch dtype `dtype` names, resolved before training so that a bad name fails at once."""
     from transformers import AutoConfig
 

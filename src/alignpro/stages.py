@@ -244,43 +244,28 @@ def sft(*, pairs_path: str, out_dir: str, model: ModelSpec, settings: dict, seed
     )
 
 
-def _train_ppo(*, section: str, train_path: str, workdir: str, model: ModelSpec, ppo: dict, seed: int, query_fn, reward_fn) -> None:
-    """PPO as configured by the config's `section` (ppo or rlhf)."""
-    from alignpro.ppo import CheckpointPastSteps, PPOConfig, PPOTrainer
-
-    trainer = PPOTrainer(
-        PPOConfig.from_config({**ppo, "seed": seed}, section),
-        model=model.path,
-        query_fn=query_fn,
-        reward_fn=reward_fn,
-        output_dir=workdir,
-        **model.load_options(),
-    )
-    try:
-        trainer.train(_training_prompts(train_path, ppo["max_prompts"], section).column("prompt").to_pylist())
-    except CheckpointPastSteps as error:
-        raise ValueError(f"config {section}.steps: {error}") from None
-
-
-def ppo(
+def train_prompter(
     *,
+    trainer: str,
     train_path: str,
     workdir: str,
     model: ModelSpec,
     frozen: ModelSpec,
     reward: ModelSpec,
-    ppo: dict,
+    settings: dict,
     rewrite: dict,
     generation: dict,
     scoring: dict,
     seed: int,
 ) -> None:
-    """The Align-Pro prompter: PPO from rho_sft; each rewrite's reward is r(x, frozen(x')).
+    """A prompter trained from rho_sft by `trainer` (alignpro.trainers) with `settings`, its config
+    section as one run takes it; each rewrite's reward is r(x, frozen(x')).
 
     Writes `workdir/model` and `workdir/metrics.parquet`; checkpoints in `workdir/checkpoints`
     survive a killed job, and the rerun resumes from the last one.
     """
     from alignpro.rewrite import prompter_conversation
+    from alignpro.trainers import TRAINERS
     from alignpro.training import RewriteReward
 
     rewriting, answering = _rewriting(rewrite), _generation(generation)
@@ -291,25 +276,32 @@ def ppo(
         fallback_on_truncation=rewriting.fallback_on_truncation,
         max_length_ratio=rewriting.max_length_ratio,
     )
-    _train_ppo(
-        section="ppo", train_path=train_path, workdir=workdir, model=model, ppo=ppo, seed=seed,
-        query_fn=prompter_conversation, reward_fn=reward_fn,
+    TRAINERS[trainer].train_function()(
+        settings,
+        trainer,
+        model=model,
+        prompts=_training_prompts(train_path, settings["max_prompts"], trainer).column("prompt").to_pylist(),
+        query_fn=prompter_conversation,
+        reward_fn=reward_fn,
+        workdir=workdir,
+        seed=seed,
     )
 
 
 def rlhf(*, train_path: str, workdir: str, model: ModelSpec, reward: ModelSpec, ppo: dict, scoring: dict, seed: int) -> None:
-    """The RLHF oracle: the same PPO on the frozen model, rewarded with r(x, y) of its own answers."""
+    """The RLHF oracle: PPO on the frozen model, rewarded with r(x, y) of its own answers."""
+    from alignpro.ppo import train
     from alignpro.training import ResponseReward
 
-    _train_ppo(
-        section="rlhf",
-        train_path=train_path,
-        workdir=workdir,
+    train(
+        ppo,
+        "rlhf",
         model=model,
-        ppo=ppo,
-        seed=seed,
+        prompts=_training_prompts(train_path, ppo["max_prompts"], "rlhf").column("prompt").to_pylist(),
         query_fn=lambda prompt: [{"role": "user", "content": prompt}],
         reward_fn=ResponseReward(_scorer(reward, scoring)),
+        workdir=workdir,
+        seed=seed,
     )
 
 
@@ -412,10 +404,10 @@ def _kl_frame(training_runs: list[dict], training: dict, star_runs: list[dict]):
     """Each trained or resampled system's measured KL to its reference, keyed like the summary."""
     import polars as pl
 
-    from alignpro.report import ppo_kl, star_kl
+    from alignpro.report import training_kl, star_kl
 
     keys = ("dataset", "prompter", "frozen", "method", "beta")
-    rows = [{key: run[key] for key in keys} | {"kl": ppo_kl(training[run["label"]])} for run in training_runs]
+    rows = [{key: run[key] for key in keys} | {"kl": training_kl(training[run["label"]])} for run in training_runs]
     rows += [
         {key: run[key] for key in keys} | {"kl": star_kl(pl.from_arrow(tables.read_table(run["path"], tables.STAR_REWRITES)))}
         for run in star_runs
@@ -476,6 +468,7 @@ def report(
     training_plot: str,
     win_plot: str,
     frontier_plot: str,
+    budget_plot: str,
     length_plot: str,
 ) -> None:
     """The report stage: per (dataset, prompter, frozen, method, beta) reward statistics, win rates
@@ -499,7 +492,7 @@ def report(
     scores = pl.concat(list(score_tables.values()))
     verdicts = verdicts_frame([tables.read_table(path, tables.VERDICTS) for path in verdicts_paths])
     prompts = _test_prompts_frame(test_prompts)
-    training = {run["label"]: pl.from_arrow(tables.read_table(run["path"], tables.PPO_METRICS)) for run in training_runs}
+    training = {run["label"]: pl.from_arrow(tables.read_table(run["path"], tables.TRAINING_METRICS)) for run in training_runs}
     summary = summarize(
         scores,
         prompters=prompters,
@@ -537,6 +530,7 @@ def report(
         agreement=judge_agreement(verdicts, settings["confidence"], free_ties=identical_answer_pairs(scores, REFERENCE)),
         win_plot=win_plot,
         frontier_plot=frontier_plot,
+        budget_plot=budget_plot,
         length_plot=length_plot,
         categories=categories,
         min_category_prompts=settings["min_category_prompts"],

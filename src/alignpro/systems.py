@@ -3,10 +3,10 @@ the report shows it.
 
 A *system* is one thing that answers a test prompt: `base` or `rlhf` (the frozen model alone, as is or
 PPO-tuned), `<method>/<prompter>` (a trained prompter rewrites x, the frozen model answers x'), or
-`<method>/<prompter>/beta<tag>` (the prompter of one beta: the PPO beta sweep, or rho*): one `System`.
+`<method>/<prompter>/beta<tag>` (the prompter of one beta: a trainer's beta sweep, or rho*): one `System`.
 The workflow's grid of (dataset, frozen, system) `Cell`s, its paths and wildcard constraints, and the
 report's order, colours and labels all derive from `METHODS`, so a new method is one entry here plus
-its own rule and stage.
+its own rule and stage; each trainer of `alignpro.trainers` makes one of its methods.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from alignpro.trainers import TRAINERS
+
 
 @dataclass(frozen=True)
 class Method:
@@ -22,9 +24,10 @@ class Method:
     prompter's `rewrite` job), "rho*" (the closed-form rho*, resampled by `star_rewrites`), or None (the
     frozen model answers x itself). `per_prompter` makes one system per prompter with no beta, `per_beta`
     one per prompter and beta of the sweep; `colour` is its colour in every plot. `kl` says where its
-    KL to its reference comes from: "ppo" (its PPO run's metrics), "rho*" (the estimate stored with
-    rho*'s rewrites), "zero" (it is the reference), None (it has none). `answered_by` is "frozen" (the
-    frozen model as given) or "trained" (the frozen model's own PPO-tuned weights)."""
+    KL to its reference comes from: "training" (its training run's metrics), "rho*" (the estimate stored
+    with rho*'s rewrites), "zero" (it is the reference), None (it has none). `trainer` names the
+    trainer (alignpro.trainers) of a trained prompter. `answered_by` is "frozen" (the frozen model as
+    given) or "trained" (the frozen model's own PPO-tuned weights)."""
 
     name: str
     colour: str
@@ -32,6 +35,7 @@ class Method:
     per_prompter: bool = False
     per_beta: bool = False
     kl: str | None = None
+    trainer: str | None = None
     answered_by: str = "frozen"
 
 
@@ -41,9 +45,12 @@ METHODS = {
     for method in (
         Method("base", "#7f7f7f"),
         Method("sft", "#1f77b4", rewrites="prompter", per_prompter=True, kl="zero"),
-        Method("alignpro", "#ff7f0e", rewrites="prompter", per_prompter=True, per_beta=True, kl="ppo"),
+        *(
+            Method(trainer.method, trainer.colour, rewrites="prompter", per_prompter=True, per_beta=True, kl="training", trainer=trainer.name)
+            for trainer in TRAINERS.values()
+        ),
         Method("alignpro-star", "#9467bd", rewrites="rho*", per_beta=True, kl="rho*"),
-        Method("rlhf", "#2ca02c", kl="ppo", answered_by="trained"),
+        Method("rlhf", "#2ca02c", kl="training", answered_by="trained"),
     )
 }
 # What every other system is judged against.
@@ -83,14 +90,14 @@ class System:
 
     @property
     def training_run(self) -> str | None:
-        """Its PPO run's directory below a (dataset, frozen)'s training directory: `<prompter>/ppo`,
-        `<prompter>/ppo-beta<tag>` for a PPO prompter, `rlhf` for the tuned frozen model; None for a
-        system no PPO run trains."""
-        if self.kind.kl != "ppo":
+        """Its training run's directory below a (dataset, frozen)'s training directory: `<prompter>/<run>`
+        for a trained prompter (`ppo`, `ppo-beta<tag>`: alignpro.trainers), `rlhf` for the tuned frozen
+        model; None for a system no training run makes."""
+        if self.kind.kl != "training":
             return None
         if self.prompter is None:
             return self.method
-        return f"{self.prompter}/ppo" if self.beta_tag is None else f"{self.prompter}/ppo-beta{self.beta_tag}"
+        return f"{self.prompter}/{TRAINERS[self.kind.trainer].run(self.beta_tag)}"
 
 
 @dataclass(frozen=True)
@@ -136,13 +143,13 @@ def grid(datasets: list[str], frozen: list[str], systems: list[System]) -> list[
 
 
 def training_runs(cells: list[Cell]) -> list[Cell]:
-    """The cells whose system a PPO run trained (their KL is its metrics'), in the order the report
-    shows their curves: per (dataset, frozen), by method in display order, then prompter, the run
-    configured in `ppo` before its beta sweep."""
+    """The cells whose system a training run made (their KL is its metrics'), in the order the report
+    shows their curves: per (dataset, frozen), by method in display order, then prompter, the run its
+    trainer's section configures before its beta sweep."""
     groups = list(dict.fromkeys((cell.dataset, cell.frozen) for cell in cells))
     prompters = list(dict.fromkeys(cell.system.prompter for cell in cells))
     ranks = {name: rank for rank, name in enumerate(METHODS)}
-    trained = [cell for cell in cells if cell.system.kind.kl == "ppo"]
+    trained = [cell for cell in cells if cell.system.kind.kl == "training"]
     return sorted(
         trained,
         key=lambda cell: (

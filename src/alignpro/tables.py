@@ -271,38 +271,41 @@ SFT_PAIRS = pa.schema(
     },
 )
 
-PPO_METRICS = pa.schema(
+TRAINING_METRICS = pa.schema(
     [
         pa.field("step", pa.int64(), nullable=False),
         pa.field("reward_mean", pa.float64(), nullable=False),
-        pa.field("reward_std", pa.float64(), nullable=False),
+        pa.field("reward_std", pa.float64(), nullable=True),
         pa.field("score_mean", pa.float64(), nullable=False),
         pa.field("kl", pa.float64(), nullable=False),
         pa.field("kl_coef", pa.float64(), nullable=False),
         pa.field("entropy", pa.float64(), nullable=False),
         pa.field("policy_loss", pa.float64(), nullable=False),
-        pa.field("value_loss", pa.float64(), nullable=False),
-        pa.field("clip_fraction", pa.float64(), nullable=False),
-        pa.field("value_clip_fraction", pa.float64(), nullable=False),
-        pa.field("approx_kl", pa.float64(), nullable=False),
+        pa.field("value_loss", pa.float64(), nullable=True),
+        pa.field("clip_fraction", pa.float64(), nullable=True),
+        pa.field("value_clip_fraction", pa.float64(), nullable=True),
+        pa.field("approx_kl", pa.float64(), nullable=True),
         pa.field("response_length", pa.float64(), nullable=False),
         pa.field("missing_eos_fraction", pa.float64(), nullable=False),
-        pa.field("time_policy_generation", pa.float64(), nullable=False),
+        pa.field("time_policy_generation", pa.float64(), nullable=True),
         pa.field("time_reward", pa.float64(), nullable=False),
         pa.field("time_frozen_generation", pa.float64(), nullable=True),
         pa.field("time_scoring", pa.float64(), nullable=True),
-        pa.field("time_update", pa.float64(), nullable=False),
+        pa.field("time_update", pa.float64(), nullable=True),
         pa.field("time_step", pa.float64(), nullable=False),
+        pa.field("frozen_calls", pa.int64(), nullable=True),
     ],
     metadata={
-        "doc": "one row per PPO step: score_mean is the raw reward r (before KL penalty, clipping or "
-        "whitening), reward_mean/std the per-sequence reward minus the KL penalty, kl the mean "
-        "per-sequence sum of log(pi/pi_ref) over response tokens, entropy the mean per-token policy "
-        "entropy, clip fractions over response tokens, times in seconds (time_reward = frozen "
-        "generation + scoring; their split is null where the reward does not report it)"
+        "doc": "one row per training step of any trainer (alignpro.trainers; rlhf's PPO too): score_mean is "
+        "the raw reward r (before KL penalty, clipping or whitening), reward_mean the per-sequence reward "
+        "minus beta x kl (reward_std its spread, PPO only), kl the mean per-sequence sum of log(pi/pi_ref) "
+        "over response tokens (GRPO: its k3 estimate), entropy the mean per-token policy entropy, clip "
+        "fractions over response tokens, value_* and approx_kl PPO's only, times in seconds (time_reward = "
+        "frozen generation + scoring; their split null where the reward does not report it; time_update "
+        "null where the trainer does not split it from the step), frozen_calls the frozen model's answers "
+        "requested from the run's start to the end of this step (null where no frozen model answers)"
     },
 )
-
 
 
 class SchemaError(ValueError):

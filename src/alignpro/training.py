@@ -1,4 +1,6 @@
-"""The rewards PPO maximises, as callables `(prompts, completions, step) -> (scores, timings)`.
+"""The rewards the trainers maximise, as callables `(prompts, completions, step) -> (scores, measures)`:
+the measures are seconds (`time_frozen_generation`, `time_scoring`) and the frozen model's answers asked
+for (`frozen_calls`), where the reward knows them.
 
 For the Align-Pro prompter a completion is a rewrite x': its reward needs the frozen model to answer
 x' and the reward model to score the ORIGINAL x with that answer. For the RLHF oracle the completion
@@ -21,8 +23,9 @@ def rewrite_rewards(
     """Per prompt x, each candidate rewrite's reward: the mean of r(x, y) over the frozen model's
     `sampling.n` answers y to it (an estimate of E_y r(x, y)), as in the evaluation.
 
-    One batched call to each model; also returns the seconds spent answering and scoring. `keys`, one
-    per candidate, name the frozen model's calls for an API model's cache (PPO: step and rollout).
+    One batched call to each model; also returns the seconds spent answering and scoring and the
+    frozen model's answers asked for (`frozen_calls`). `keys`, one per candidate, name the frozen
+    model's calls for an API model's cache (PPO: step and rollout).
     """
     flat = [(prompt, candidate) for prompt, row in zip(prompts, candidates) for candidate in row]
     conversations = [[{"role": "user", "content": candidate}] for _, candidate in flat]
@@ -34,7 +37,8 @@ def rewrite_rewards(
     scored = time.perf_counter()
     means = iter([fmean([next(scores) for _ in answers_of_one]) for answers_of_one in answers])
     rewards = [[next(means) for _ in row] for row in candidates]
-    return rewards, {"time_frozen_generation": generated - started, "time_scoring": scored - generated}
+    measures = {"time_frozen_generation": generated - started, "time_scoring": scored - generated, "frozen_calls": len(pairs)}
+    return rewards, measures
 
 
 class RewriteReward:
@@ -63,10 +67,10 @@ class RewriteReward:
             for prompt, completion in zip(prompts, completions)
         ]
         keys = None if step is None else [f"ppo step {step} rollout {index}" for index in range(len(rewrites))]
-        rewards, timings = rewrite_rewards(
+        rewards, measures = rewrite_rewards(
             self.frozen, self.scorer, prompts, [[rewrite] for rewrite in rewrites], self.sampling, keys=keys
         )
-        return [row[0] for row in rewards], timings
+        return [row[0] for row in rewards], measures
 
 
 class ResponseReward:

@@ -26,5 +26,6 @@ if __name__ == "__main__":
             training_plot=snakemake.output.training_plot,
             win_plot=snakemake.output.win_plot,
             frontier_plot=snakemake.output.frontier_plot,
+            budget_plot=snakemake.output.budget_plot,
             length_plot=snakemake.output.length_plot,
         )

@@ -58,7 +58,7 @@ from alignpro.ppo.policy import (
     build_rollout_batch,
     response_statistics,
 )
-from alignpro.ppo.trainer import CheckpointPastSteps, PPOTrainer, PromptSampler
+from alignpro.ppo.trainer import CheckpointPastSteps, PPOTrainer, PromptSampler, train
 
 __all__ = [
     "AdaptiveKLController",
@@ -81,4 +81,5 @@ __all__ = [
     "masked_whiten",
     "ppo_loss",
     "response_statistics",
+    "train",
 ]

@@ -1,5 +1,5 @@
 """The PPO trainer: rollouts, rewards and updates per step, checkpoints to resume from, the saved model
-and the metrics table (one PPO_METRICS row per step)."""
+and the metrics table (one TRAINING_METRICS row per step)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from alignpro.ppo.policy import (
     response_statistics,
 )
 from alignpro.progress import nested, progress_bar
-from alignpro.tables import PPO_METRICS, read_table, write_table
+from alignpro.tables import TRAINING_METRICS, read_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class PPOTrainer:
 
     query_fn(x) is the chat conversation the policy answers for prompt x; reward_fn(prompts,
     completions) returns one score per rollout and a dict of timings (`time_frozen_generation`,
-    `time_scoring` where it knows them). With LoRA enabled only the adapters and the value head are
+    `time_scoring` where it knows them) and the frozen model's answers it asked for (`frozen_calls`). With LoRA enabled only the adapters and the value head are
     trained and the reference is the same model with its adapters disabled; otherwise all weights
     are trained and the reference is a frozen copy.
 
@@ -223,14 +223,14 @@ class PPOTrainer:
                 progress.update(1)
 
         model_path = self.save_model()
-        write_table(self.metrics_table(), self.output_dir / METRICS, PPO_METRICS)
+        write_table(self.metrics_table(), self.output_dir / METRICS, TRAINING_METRICS)
         shutil.rmtree(self.output_dir / CHECKPOINTS, ignore_errors=True)
         log.info("PPO model written to %s", model_path)
         return model_path
 
     def step(self, step: int, prompts: list[str], queries: list[list[int]]) -> dict:
         """One PPO step on these prompts (already encoded as `queries`): rollout, reward, update.
-        Returns its PPO_METRICS row. Mirrors TRL v0.11 PPOTrainer.generate + .step."""
+        Returns its TRAINING_METRICS row. Mirrors TRL v0.11 PPOTrainer.generate + .step."""
         config = self.config
         started = time.perf_counter()
         responses, ended = self.generate(queries)
@@ -275,7 +275,15 @@ class PPOTrainer:
             "time_scoring": _optional_float(info.get("time_scoring")),
             "time_update": time_update,
             "time_step": time.perf_counter() - started,
+            "frozen_calls": self._frozen_calls(info.get("frozen_calls")),
         }
+
+    def _frozen_calls(self, this_step: int | None) -> int | None:
+        """The frozen model's answers from the run's start to this step, where the reward reports them."""
+        if this_step is None:
+            return None
+        before = self.metrics[-1]["frozen_calls"] if self.metrics else 0
+        return (before or 0) + int(this_step)
 
     def update(self, batch: RolloutBatch, scores: torch.Tensor) -> dict[str, float]:
         """The optimisation part of TRL v0.11 PPOTrainer.step: old log-probs/values and reference
@@ -422,7 +430,7 @@ class PPOTrainer:
             torch.save(self.policy.value_head.state_dict(), tmp / "value_head.pt")
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(rng_states(), tmp / "rng.pt")
-            write_table(self.metrics_table(), tmp / METRICS, PPO_METRICS)
+            write_table(self.metrics_table(), tmp / METRICS, TRAINING_METRICS)
             state = {
                 "step": step,
                 "kl_coef": self.kl_controller.value,
@@ -465,7 +473,7 @@ class PPOTrainer:
         restore_rng_states(torch.load(checkpoint / "rng.pt", weights_only=False))
         self.kl_controller.value = float(state["kl_coef"])
         sampler.epoch, sampler.position = state["sampler"]["epoch"], state["sampler"]["position"]
-        self.metrics = read_table(checkpoint / METRICS, PPO_METRICS).to_pylist()
+        self.metrics = read_table(checkpoint / METRICS, TRAINING_METRICS).to_pylist()
         log.info("resuming from step %d (%s)", state["step"], checkpoint)
         return int(state["step"])
 
@@ -509,7 +517,7 @@ class PPOTrainer:
         return target
 
     def metrics_table(self) -> pa.Table:
-        return pa.Table.from_pylist(self.metrics, schema=PPO_METRICS)
+        return pa.Table.from_pylist(self.metrics, schema=TRAINING_METRICS)
 
     # ---------------------------------------------------------------- helpers
 
@@ -530,6 +538,27 @@ class PPOTrainer:
                 yield self.policy.lm
         else:
             yield self.reference
+
+
+def train(
+    section: dict, name: str, *, model, prompts: Sequence[str], query_fn: Callable[[str], list[dict]], reward_fn: RewardFn,
+    workdir: str | os.PathLike, seed: int,
+) -> None:
+    """PPO as configured by the config's section `name` (ppo, a sweep run's, or rlhf): the registry's
+    trainer function (`alignpro.trainers`). `model` is the policy's ModelSpec; checkpoints in
+    `workdir/checkpoints` survive a killed job, and a rerun resumes from the last one."""
+    trainer = PPOTrainer(
+        PPOConfig.from_config({**section, "seed": seed}, name),
+        model=model.path,
+        query_fn=query_fn,
+        reward_fn=reward_fn,
+        output_dir=workdir,
+        **model.load_options(),
+    )
+    try:
+        trainer.train(prompts)
+    except CheckpointPastSteps as error:
+        raise ValueError(f"config {name}.steps: {error}") from None
 
 
 class CheckpointPastSteps(ValueError):

@@ -20,6 +20,6 @@ and `write_report`).
 from alignpro.report.judging import identical_answer_pairs, judge_agreement
 from alignpro.report.sections import write_report
 from alignpro.report.statistics import win_rates
-from alignpro.report.summary import pick_examples, ppo_kl, star_kl, summarize, verdicts_frame
+from alignpro.report.summary import pick_examples, training_kl, star_kl, summarize, verdicts_frame
 
-__all__ = ["identical_answer_pairs", "judge_agreement", "pick_examples", "ppo_kl", "star_kl", "summarize", "verdicts_frame", "win_rates", "write_report"]
+__all__ = ["identical_answer_pairs", "judge_agreement", "pick_examples", "training_kl", "star_kl", "summarize", "verdicts_frame", "win_rates", "write_report"]

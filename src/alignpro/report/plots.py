@@ -1,6 +1,6 @@
 """The report's plots, each drawn from the summary (or the training metrics) to PNG bytes: mean reward
 and reward variance bars, reward against accuracy, the reward–KL frontier, win rates against base, and
-PPO training curves. Every plot shows a method in its registry colour (`alignpro.systems.METHODS`);
+the training curves. Every plot shows a method in its registry colour (`alignpro.systems.METHODS`);
 beta variants of one method are lighter and hatched.
 """
 
@@ -20,9 +20,10 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
 from alignpro.systems import METHODS, method_rank
 from alignpro.systems import label as method_label  # noqa: E402
+from alignpro.trainers import TRAINERS
 
 EXTRA_COLOURS = ("#8c564b", "#e377c2", "#17becf", "#bcbd22", "#d62728")  # methods outside the registry
-FRONTIER_METHODS = ("alignpro", "alignpro-star")
+FRONTIER_METHODS = (*(trainer.method for trainer in TRAINERS.values()), "alignpro-star")
 OUTCOME_COLOURS = {"win": "#2ca02c", "tie": "#c7c7c7", "loss": "#d62728"}
 
 
@@ -232,7 +233,7 @@ def length_plot(summary: pl.DataFrame) -> bytes:
 
 
 def frontier_points(summary: pl.DataFrame) -> pl.DataFrame:
-    """The prompter rows with a measured KL (PPO prompters, ρ*): without any there is no frontier to draw."""
+    """The prompter rows with a measured KL (trained prompters, ρ*): without any there is no frontier to draw."""
     return summary.filter(pl.col("method").is_in(FRONTIER_METHODS), pl.col("kl").is_not_null())
 
 
@@ -259,7 +260,8 @@ def _beta_notes(points: pl.DataFrame) -> list[str]:
 
 
 def _draw_frontier(ax, rows: pl.DataFrame) -> None:
-    """One (dataset, prompter, frozen) panel: reference lines, then the sft, PPO and ρ* points."""
+    """One (dataset, prompter, frozen) panel: reference lines, then the sft points, each trainer's
+    prompters (its β sweep joined, its section's own run a star) and ρ*'s."""
     for method in ("base", "sft", "rlhf"):
         reference = rows.filter(pl.col("method") == method, pl.col("beta").is_null())
         if reference.height:
@@ -268,13 +270,15 @@ def _draw_frontier(ax, rows: pl.DataFrame) -> None:
                 label=f"{method} mean reward",
             )
     measured = rows.filter(pl.col("kl").is_not_null())
-    sweep = measured.filter(pl.col("method") == "alignpro", pl.col("beta").is_not_null()).sort("beta")
-    main = measured.filter(pl.col("method") == "alignpro", pl.col("beta").is_null())
     star = measured.filter(pl.col("method") == "alignpro-star").sort("beta")
     sft = measured.filter(pl.col("method") == "sft")
     _draw_points(ax, sft, METHODS["sft"].colour, "D", "sft (KL 0)", ["sft"] * sft.height, False, (-6, 6))
-    _draw_points(ax, sweep, METHODS["alignpro"].colour, "o", "alignpro, β sweep", _beta_notes(sweep), True, (6, 6))
-    _draw_points(ax, main, METHODS["alignpro"].colour, "*", "alignpro, ppo section", ["ppo section"] * main.height, False, (6, -12))
+    for trainer in TRAINERS.values():
+        sweep = measured.filter(pl.col("method") == trainer.method, pl.col("beta").is_not_null()).sort("beta")
+        main = measured.filter(pl.col("method") == trainer.method, pl.col("beta").is_null())
+        colour, section = METHODS[trainer.method].colour, f"{trainer.name} section"
+        _draw_points(ax, sweep, colour, "o", f"{trainer.method}, β sweep", _beta_notes(sweep), True, (6, 6))
+        _draw_points(ax, main, colour, "*", f"{trainer.method}, {section}", [section] * main.height, False, (6, -12))
     _draw_points(ax, star, METHODS["alignpro-star"].colour, "s", "alignpro-star (ρ*)", _beta_notes(star), True, (6, -12))
     ax.set_xlabel("KL to ρ_sft")
     ax.set_ylabel("mean reward")
@@ -366,9 +370,9 @@ TRAINING_PANELS = (
     ("score_mean", "score_mean: reward model score"),
     ("kl", "kl: KL to the reference policy"),
     ("entropy", "entropy: policy entropy per token"),
-    ("value_loss", "value_loss"),
+    ("value_loss", "value_loss (PPO's value head)"),
 )
-# Parts of a PPO step, in bar order: column -> (legend label, colour, hatch).
+# Parts of a training step, in bar order: column -> (legend label, colour, hatch).
 STEP_PARTS = {
     "time_policy_generation": ("policy generation", "#4c72b0", None),
     "time_frozen_generation": ("frozen generation", "#dd8452", None),
@@ -387,9 +391,11 @@ def _has_reward_split(frame: pl.DataFrame) -> bool:
 
 
 def step_parts(frame: pl.DataFrame) -> list[str]:
-    """The columns a run's step time is split into: the reward split where known, else time_reward."""
+    """The columns a run's step time is split into: the reward split where known, else time_reward; policy
+    generation and update where the trainer times them (TRL's trainers leave the update in `other`)."""
     reward = ["time_frozen_generation", "time_scoring"] if _has_reward_split(frame) else ["time_reward"]
-    return ["time_policy_generation", *reward, "time_update"]
+    timed = [part for part in ("time_policy_generation", "time_update") if frame[part].null_count() == 0]
+    return [part for part in ("time_policy_generation", *reward, "time_update") if part in timed or part in reward]
 
 
 def _mean_step_split(frame: pl.DataFrame) -> dict[str, float]:
@@ -433,12 +439,12 @@ def training_plot(runs: dict[str, pl.DataFrame]) -> bytes:
                 zorder=3 if single else 2,
             )
         ax.set_title(title, fontsize=11)
-        ax.set_xlabel("PPO step")
+        ax.set_xlabel("step")
         if last - first < 2:  # pad very short runs, or the integer tick locator falls back to fractions
             ax.set_xlim(first - 1, last + 1)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    top.suptitle("PPO training curves", fontsize=13)
+    top.suptitle("training curves", fontsize=13)
     _draw_step_split(bottom.subplots(), runs, colours)
     handles = [plt.Line2D([], [], color=colours[label], marker=markers[label], linewidth=1.6) for label in runs]
     bottom.legend(
@@ -449,6 +455,31 @@ def training_plot(runs: dict[str, pl.DataFrame]) -> bytes:
         frameon=False,
         title="run",
     )
+    return _png(fig, dpi=100)
+
+
+def budget_runs(runs: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+    """The training runs that counted the frozen model's answers (the trained prompters'; rlhf's policy is
+    the frozen model itself, and has no such count)."""
+    return {label: frame for label, frame in runs.items() if frame["frozen_calls"].null_count() == 0}
+
+
+def budget_plot(runs: dict[str, pl.DataFrame]) -> bytes:
+    """PNG of each run's training reward (score_mean per step) against the frozen model's answers it had
+    asked for by then: every trainer on one budget axis, in the training curves' colours."""
+    runs = budget_runs(runs)
+    colours = dict(zip(runs, RUN_COLOURS * (1 + len(runs) // len(RUN_COLOURS))))
+    fig, ax = plt.subplots(figsize=(9, 4.8 + 0.3 * len(runs)), layout="constrained")
+    for label, frame in runs.items():
+        ax.plot(
+            frame["frozen_calls"], frame["score_mean"], color=colours[label], linewidth=1.6,
+            marker="o" if frame.height <= MARKER_MAX_STEPS else None, markersize=3.5, label=_plot_label(label, 60),
+        )
+    ax.set_xlabel("frozen-model answers asked for since the run's start")
+    ax.set_ylabel("training reward (score_mean per step)")
+    ax.set_title("Training reward against the frozen model's answers", fontsize=11)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", ncol=1, frameon=False, title="run")  # one column: long labels fit
     return _png(fig, dpi=100)
 
 

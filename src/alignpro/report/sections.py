@@ -21,7 +21,7 @@ from alignpro.judge_prompts import judge_prompt
 from alignpro.systems import label as method_label
 from alignpro.report.categories import CategoryBreakdown
 from alignpro.report.judging import AGREEMENT_SCHEMA, LC_RESAMPLES, MIN_DECIDED_FOR_LC, MIN_PROMPTS_FOR_LC
-from alignpro.tables import JUDGE_USAGE, LLM_JUDGE, PPO_METRICS, REWARD_JUDGE, WIN_RATES, conform
+from alignpro.tables import JUDGE_USAGE, LLM_JUDGE, TRAINING_METRICS, REWARD_JUDGE, WIN_RATES, conform
 
 
 def _format(value: float | None, pattern: str = "{:.3f}") -> str:
@@ -130,10 +130,11 @@ def _gap_note(confidence: float) -> str:
         "gap, the same for every prompter, and J(base) − J(method), the prompter's part, and bounds it with terms "
         "that include β·KL(ρ* ‖ ρ_sft). The gap is the mean over prompts of rlhf's minus the method's per-prompt "
         f"mean reward, paired by prompt, with a {confidence:.0%} percentile bootstrap interval over prompts. KL is "
-        "each method's measured KL to its own reference: PPO prompters to ρ_sft, the mean over the last 10% of "
-        "training steps, on training prompts; alignpro-star the estimate of KL(ρ* ‖ ρ_sft) from its K candidates "
-        "per prompt (at most log K); rlhf its PPO KL to the frozen model, a different reference. The main alignpro "
-        "run has no single β (its KL coefficient comes from the ppo section), so its β·KL is not shown."
+        "each method's measured KL to its own reference: trained prompters (alignpro by PPO, and any other "
+        "trainer's) to ρ_sft, the mean over the last 10% of training steps, on training prompts; alignpro-star the "
+        "estimate of KL(ρ* ‖ ρ_sft) from its K candidates per prompt (at most log K); rlhf its PPO KL to the frozen "
+        "model, a different reference. A trainer's main run has no single β where its KL coefficient adapts (PPO's "
+        "ppo section), so its β·KL is not shown."
     )
 
 
@@ -167,7 +168,7 @@ def _gap_datasets(summary: pl.DataFrame) -> list[str]:
 
 FRONTIER_NOTE = (
     "Each prompter's mean reward (error bar: the confidence interval over prompts) against its KL to ρ_sft: the "
-    "PPO prompters of the β sweep joined in β order, the main PPO run of the ppo section, the closed-form ρ* at "
+    "trained prompters of each trainer's β sweep joined in β order, its main run (a star) of its config section, the closed-form ρ* at "
     "each β joined in β order, and sft at KL 0. Dashed lines mark the mean reward of base, sft and rlhf (rlhf's "
     "KL is to the frozen model, another reference, so it is a line, not a point)."
 )
@@ -436,6 +437,7 @@ def _training_rows(frame: pl.DataFrame) -> list[tuple[str, str]]:
         ("score_mean, first step", _format(first["score_mean"])),
         ("score_mean, last step", _format(last["score_mean"])),
         ("kl, last step", _format(last["kl"])),
+        ("frozen-model answers", "–" if last["frozen_calls"] is None else f"{last['frozen_calls']:,}"),
         ("median step time (s)", _format(frame["time_step"].median())),
     ]
     for part in step_parts(frame):
@@ -475,6 +477,17 @@ def _frontier_blocks(plot: Image) -> list[Block]:
     return [Heading(2, "Reward–KL frontier"), Paragraph(FRONTIER_NOTE), plot]
 
 
+BUDGET_NOTE = (
+    "Each trained prompter's reward during training (score_mean, the mean reward of a step's rollouts) against "
+    "the frozen-model answers its trainer had asked for by the end of that step: the cost that dominates when "
+    "the frozen model is large or behind an API, one axis for every trainer."
+)
+
+
+def _budget_blocks(plot: Image) -> list[Block]:
+    return [Heading(2, "Reward against frozen-model answers"), Paragraph(BUDGET_NOTE), plot]
+
+
 def _judge_blocks(
     rates: pl.DataFrame, agreement: pl.DataFrame, confidence: float, plot: Image, examples: list[dict]
 ) -> list[Block]:
@@ -507,10 +520,10 @@ def _training_blocks(runs: dict[str, pl.DataFrame], plot: Image) -> list[Block]:
 
 
 def _training_frames(training: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
-    """Each run's metrics checked against PPO_METRICS and sorted by step; a run without steps is an error."""
+    """Each run's metrics checked against TRAINING_METRICS and sorted by step; a run without steps is an error."""
     runs = {}
     for label, frame in training.items():
-        checked = pl.from_arrow(conform(frame.to_arrow(), PPO_METRICS, f"training metrics of {label!r}"))
+        checked = pl.from_arrow(conform(frame.to_arrow(), TRAINING_METRICS, f"training metrics of {label!r}"))
         if checked.is_empty():
             raise ValueError(f"training metrics of {label!r} have no steps")
         runs[label] = checked.sort("step")
@@ -535,6 +548,7 @@ def write_report(
     win_plot: str | os.PathLike | None = None,
     examples: list[dict] = (),
     frontier_plot: str | os.PathLike | None = None,
+    budget_plot: str | os.PathLike | None = None,
     length_plot: str | os.PathLike | None = None,
     categories: CategoryBreakdown | None = None,
     min_category_prompts: int = 10,
@@ -542,7 +556,7 @@ def write_report(
     """Write the Markdown and self-contained HTML reports, the mean / variance bar plots, training curves
     and win rates.
 
-    `training` maps a run label (e.g. "rlhf tiny-frozen (bundled)") to its PPO_METRICS frame. With runs,
+    `training` maps a run label (e.g. "rlhf tiny-frozen (bundled)") to its TRAINING_METRICS frame. With runs,
     `training_plot` is required: it gets the curves (score_mean, kl, entropy, value_loss per step, and the
     mean step-time split), and both reports get a "Training" section with the plot and a table per run.
     With `win_rates` (WIN_RATES rows), `win_plot` is required: both reports get a "Win rate against base"
@@ -551,8 +565,9 @@ def write_report(
     there are several, and `examples` from `pick_examples`). `length_plot` gets mean reward against mean
     answer length. With `categories` (`by_category`) shown, both reports get a "By category" section:
     mean reward and win rates per category, and the categories left out below `min_category_prompts`. When some gap is known (rlhf answers), both reports get a "Suboptimality gap"
-    table per dataset. When alignpro or alignpro-star rows have a kl, `frontier_plot` is required: both
-    reports get a "Reward–KL frontier" section with it. When some dataset has an accuracy (reference answers),
+    table per dataset. When trained prompters or alignpro-star rows have a kl, `frontier_plot` is required: both
+    reports get a "Reward–KL frontier" section with it. When training runs counted the frozen model's answers,
+    `budget_plot` is required: both reports get a "Reward against frozen-model answers" section. When some dataset has an accuracy (reference answers),
     `accuracy_plot` is required and `checkers` must name each such dataset's checker: the reward tables get an
     accuracy column, the note says which checker each dataset used, and both reports get a "Reward and
     accuracy" section with the plot of one against the other. A given plot path with nothing to draw gets a
@@ -571,6 +586,9 @@ def write_report(
     frontier = not plots.frontier_points(summary).is_empty()
     if frontier and frontier_plot is None:
         raise ValueError("prompters with a measured kl in the summary without a frontier_plot path to draw them to")
+    budget = bool(plots.budget_runs(runs))
+    if budget and budget_plot is None:
+        raise ValueError("training runs that counted the frozen model's answers without a budget_plot path to draw them to")
     accuracy = _has_accuracy(summary)
     if accuracy and accuracy_plot is None:
         raise ValueError("accuracies in the summary without an accuracy_plot path to draw them to")
@@ -582,6 +600,7 @@ def write_report(
         training_plot: plots.training_plot(runs) if runs else plots.placeholder_plot("no training runs"),
         win_plot: plots.win_plot(rates) if decided else plots.placeholder_plot("no judged pairs"),
         frontier_plot: plots.frontier_plot(summary) if frontier else plots.placeholder_plot("no prompter KLs"),
+        budget_plot: plots.budget_plot(runs) if budget else plots.placeholder_plot("no frozen-model answers counted"),
         length_plot: plots.length_plot(summary),
     }
     markdown_dir = Path(markdown).parent
@@ -601,13 +620,15 @@ def write_report(
         blocks += _gap_blocks(summary, confidence)
     if frontier:
         blocks += _frontier_blocks(image("Reward–KL frontier", frontier_plot))
+    if budget:
+        blocks += _budget_blocks(image("Training reward against frozen-model answers", budget_plot))
     if judged:
         agreed = agreement if agreement is not None else pl.DataFrame(schema=AGREEMENT_SCHEMA)
         blocks += _judge_blocks(rates, agreed, confidence, image("Win rate against base", win_plot), list(examples))
     if categories is not None and categories.shown:
         blocks += _category_blocks(categories, min_category_prompts, confidence)
     if runs:
-        blocks += _training_blocks(runs, image("PPO training curves", training_plot))
+        blocks += _training_blocks(runs, image("Training curves", training_plot))
     markdown_text, html_text = render_markdown(blocks), html_page(title, blocks)
     for path, png in pngs.items():
         if path is not None:

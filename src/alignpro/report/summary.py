@@ -2,7 +2,7 @@
 answers, measured KLs and reference answers, and the judged examples to read beside them (the win
 rates are alignpro.report.statistics').
 
-A row is a (method, beta): the main PPO prompter has no beta, beta-sweep prompters and rho* have one.
+A row is a (method, beta): a trainer's main prompter has no beta, beta-sweep prompters and rho* have one.
 Rows without a prompter (base, rlhf) are repeated under every prompter, so each (prompter, frozen)
 group is complete.
 """
@@ -133,12 +133,12 @@ def _with_kl(stats: pl.DataFrame, kl: pl.DataFrame | None, prompters: list[str])
     return measured.with_columns(kl=pl.when(pl.col("method").is_in(own_reference)).then(0.0).otherwise(pl.col("kl")))
 
 
-def ppo_kl(metrics: pl.DataFrame, tail_fraction: float = 0.1) -> float:
-    """The KL of the trained PPO policy to its reference: the mean `kl` over the last ceil(tail_fraction ×
-    steps) steps (at least one) of a PPO_METRICS frame. The policy starts at its reference, so a mean over
+def training_kl(metrics: pl.DataFrame, tail_fraction: float = 0.1) -> float:
+    """The KL of a trained policy to its reference: the mean `kl` over the last ceil(tail_fraction ×
+    steps) steps (at least one) of a TRAINING_METRICS frame. The policy starts at its reference, so a mean over
     all steps would understate the KL of the policy that was evaluated; a few last steps smooth the noise."""
     if metrics.is_empty():
-        raise ValueError("PPO metrics without steps have no KL")
+        raise ValueError("training metrics without steps have no KL")
     if not 0.0 < tail_fraction <= 1.0:
         raise ValueError(f"need 0 < tail_fraction <= 1, got {tail_fraction}")
     steps = max(1, math.ceil(tail_fraction * metrics.height - 1e-9))  # 0.1 × 30 is 3.0000000000000004
@@ -171,7 +171,7 @@ def summarize(
     whose rewrite fell back to the original prompt (null for methods without a prompter); mean_tokens
     is the mean answer length in tokens. Win rates are `win_rates`' (alignpro.report.statistics).
 
-    `kl` (columns dataset, prompter (null for rlhf), frozen, method, beta, kl, from `ppo_kl` and
+    `kl` (columns dataset, prompter (null for rlhf), frozen, method, beta, kl, from `training_kl` and
     `star_kl`) fills the kl column, rlhf's under every prompter; sft's kl is 0, base's null.
 
     gap is the suboptimality gap J(rlhf) − J(method) where the (dataset, frozen) has rlhf answers
