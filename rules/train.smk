@@ -83,6 +83,7 @@ for trainer in TRAINERS.values():
             generation=engine_sampling(TRAINING_GENERATION, trainer.name, "frozen_engine"),
             scoring=config["reward"],
             seed=config["seed"],
+            processes=trainer.processes(config["resources"][trainer.name]["gpu"]),
         resources:
             gpu=gpus(trainer.name, "generation"),
             mem_mb=config["resources"][trainer.name]["mem_mb"],

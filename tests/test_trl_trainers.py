@@ -170,3 +170,35 @@ def test_a_killed_trl_run_resumes_from_its_last_checkpoint(tiny_prompter, tmp_pa
     assert len(frozen.sent) == 4  # only step 3's rollouts: steps 1 and 2 came from the checkpoint
     resumed = read_table(tmp_path / "metrics.parquet", TRAINING_METRICS).to_pylist()
     assert [row["step"] for row in resumed] == [1, 2, 3] and resumed[-1]["frozen_calls"] == 12
+
+
+@pytest.mark.model
+def test_a_trl_run_in_two_processes_shares_the_steps_rollouts_and_writes_once(tiny_prompter, tiny_frozen, tiny_reward, tmp_path):
+    """The job of a multi-process trainer on two GPUs, on the CPU: torchrun starts the stage twice (gloo),
+    each process answers and scores its own prompts with its own frozen and reward models, and the main
+    process writes the model and the metrics, which count both processes' frozen-model answers."""
+    import pyarrow as pa
+
+    from alignpro import stages
+    from alignpro import tables
+
+    train = tmp_path / "train.parquet"
+    rows = [{"prompt_id": str(i), "prompt": prompt, "source": "test", "reference": None} for i, prompt in enumerate(PROMPTS)]
+    tables.write_table(pa.Table.from_pylist(rows, schema=tables.PROMPTS), train, tables.PROMPTS)
+    local = lambda label, path: ModelSpec(label, str(path), dtype="float32")  # noqa: E731
+    stages.train_prompter(
+        trainer="rloo", train_path=str(train), workdir=str(tmp_path / "rloo"), model=local("models.prompters.p", tiny_prompter),
+        frozen=local("models.frozen.f", tiny_frozen), reward=local("models.reward.r", tiny_reward), settings=SECTION,
+        rewrite={"backend": "transformers", "max_new_tokens": 8}, generation={"backend": "transformers", "max_new_tokens": 8},
+        scoring={"batch_size": 8, "max_length": 256}, seed=0, processes=2,
+    )
+    metrics = read_table(tmp_path / "rloo/metrics.parquet", TRAINING_METRICS).to_pylist()
+    assert [row["step"] for row in metrics] == [1, 2]
+    assert [row["frozen_calls"] for row in metrics] == [8, 16]  # 2 processes x 2 prompts x 2 completions, one answer each
+    assert (tmp_path / "rloo/model/config.json").is_file() and not (tmp_path / "rloo/launch.json").exists()
+    with pytest.raises(ValueError, match=r"config resources.ppo.gpu: ppo trains in one process"):
+        stages.train_prompter(
+            trainer="ppo", train_path=str(train), workdir=str(tmp_path / "ppo"), model=local("models.prompters.p", tiny_prompter),
+            frozen=local("models.frozen.f", tiny_frozen), reward=local("models.reward.r", tiny_reward), settings={"max_prompts": 4},
+            rewrite={}, generation={}, scoring={}, seed=0, processes=2,
+        )

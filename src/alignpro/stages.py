@@ -257,16 +257,30 @@ def train_prompter(
     generation: dict,
     scoring: dict,
     seed: int,
+    processes: int = 1,
 ) -> None:
     """A prompter trained from rho_sft by `trainer` (alignpro.trainers) with `settings`, its config
     section as one run takes it; each rewrite's reward is r(x, frozen(x')).
 
     Writes `workdir/model` and `workdir/metrics.parquet`; checkpoints in `workdir/checkpoints`
-    survive a killed job, and the rerun resumes from the last one.
+    survive a killed job, and the rerun resumes from the last one. With `processes` above 1 (a trainer
+    that trains in several processes, on as many GPUs) the stage runs once per process under torchrun
+    (alignpro.distributed).
     """
+    from alignpro import distributed
     from alignpro.rewrite import prompter_conversation
     from alignpro.trainers import TRAINERS
     from alignpro.training import RewriteReward
+
+    if processes > 1 and not distributed.launched():
+        if not TRAINERS[trainer].multi_process:
+            raise ValueError(f"config resources.{trainer}.gpu: {trainer} trains in one process; give its job one GPU")
+        arguments = dict(
+            trainer=trainer, train_path=train_path, workdir=workdir, model=model, frozen=frozen, reward=reward,
+            settings=settings, rewrite=rewrite, generation=generation, scoring=scoring, seed=seed, processes=processes,
+        )
+        distributed.run_in_processes(processes, arguments, workdir)
+        return
 
     rewriting, answering = _rewriting(rewrite), _generation(generation)
     reward_fn = RewriteReward(

@@ -27,7 +27,8 @@ class Trainer:
     """One trainer. `method` names the systems its prompters are evaluated as, `colour` their colour in
     every plot; `train` is `module:function` (imported when a job runs, so planning needs no torch);
     `beta_key` is its section's KL coefficient, which a sweep run sets to its beta together with
-    `sweep_fixes` (e.g. PPO's adaptive KL switched off)."""
+    `sweep_fixes` (e.g. PPO's adaptive KL switched off). A `multi_process` trainer trains in one process
+    per GPU of its job (`resources.<name>.gpu`, alignpro.distributed); the others in one."""
 
     name: str
     method: str
@@ -35,6 +36,7 @@ class Trainer:
     train: str
     beta_key: str
     sweep_fixes: dict = field(default_factory=dict)
+    multi_process: bool = False
 
     def run(self, beta_tag: str | None) -> str:
         """Its run's directory name: `ppo` for the section's own run, `ppo-beta0.1` for a sweep run."""
@@ -54,6 +56,10 @@ class Trainer:
         """Its config section as one run trains with it: a sweep run's KL coefficient fixed at `beta`."""
         return dict(section) if beta is None else {**section, self.beta_key: beta, **self.sweep_fixes}
 
+    def processes(self, gpus: int) -> int:
+        """The processes its job trains in, given the job's GPUs."""
+        return max(gpus, 1) if self.multi_process else 1
+
     def train_function(self):
         module, function = self.train.split(":")
         return getattr(importlib.import_module(module), function)
@@ -65,7 +71,7 @@ TRAINERS = {
         Trainer(
             "ppo", "alignpro", "#ff7f0e", "alignpro.ppo:train", beta_key="init_kl_coef", sweep_fixes={"adaptive_kl": False}
         ),
-        Trainer("grpo", "alignpro-grpo", "#bcbd22", "alignpro.trl_trainers:train", beta_key="beta"),
-        Trainer("rloo", "alignpro-rloo", "#17becf", "alignpro.trl_trainers:train", beta_key="beta"),
+        Trainer("grpo", "alignpro-grpo", "#bcbd22", "alignpro.trl_trainers:train", beta_key="beta", multi_process=True),
+        Trainer("rloo", "alignpro-rloo", "#17becf", "alignpro.trl_trainers:train", beta_key="beta", multi_process=True),
     )
 }

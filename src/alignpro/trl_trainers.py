@@ -14,8 +14,10 @@ deletes them, as PPO's does. The metrics table is built from TRL's
 own log history (saved with each checkpoint), under the names every trainer shares
 (`alignpro.tables.TRAINING_METRICS`).
 
-On several GPUs or nodes, run the job under accelerate (`accelerate launch`, or a DeepSpeed config in
-`args`): TRL's trainers shard the batch themselves; see the README's Trainers section.
+On several GPUs the job trains in one process per GPU (alignpro.distributed starts them under torchrun,
+as `accelerate launch` does); each process samples and rewards `prompts_per_step` prompts a step, TRL
+gathers the groups' rewards, and the main process writes the model and metrics. DeepSpeed or FSDP go in
+`args` (TRL's `deepspeed`, `fsdp` keys).
 """
 
 from __future__ import annotations
@@ -307,6 +309,8 @@ def train(
     if resume is not None:
         log.info("%s resumes from %s", name, resume)
     trainer.train(resume_from_checkpoint=resume)
+    if not trainer.accelerator.is_main_process:  # the main process writes what all of them trained
+        return
     saved_dtype = resolve_saved_dtype(model.path, options["dtype"], revision=options["revision"], trust_remote_code=options["trust_remote_code"])
     with atomic_directory(workdir / "model") as tmp:
         save_model(trainer, tmp, saved_dtype)

@@ -16,4 +16,5 @@ if __name__ == "__main__":
             generation=dict(snakemake.params.generation),
             scoring=dict(snakemake.params.scoring),
             seed=snakemake.params.seed,
+            processes=snakemake.params.processes,
         )
