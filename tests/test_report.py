@@ -1,6 +1,7 @@
 """Summary statistics against hand-computed values, the t quantile, and the written report files."""
 
 import base64
+import itertools
 import io
 import random
 import re
@@ -16,6 +17,7 @@ import pytest
 from alignpro.report import judge_agreement, pick_examples, training_kl, star_kl, summarize, verdicts_frame, win_rates, write_report
 from alignpro.report.summary import scores_frame
 from alignpro.report.categories import by_category
+from alignpro.report import plots
 from alignpro.report.plots import draw_dataset, method_series, series_styles, with_labels
 from alignpro.report.render import Heading, Paragraph, Quote, Table, html_page, markdown
 from alignpro.tables import TRAINING_METRICS, SCORES, SUMMARY, VERDICTS, WIN_RATES, SchemaError, conform
@@ -1076,3 +1078,93 @@ def test_control_characters_are_shown_escaped_not_written_raw():
         assert "data\\x00set" in text and "cell\\x1b[31m" in text and "a\\x00b" in text
     assert "> a\\x00b\n> c\td" in markdown(blocks)  # newlines and tabs stay
 
+
+
+# ---------------------------------------------------------------------------- every figure fits its image
+
+
+def _saved_figures(monkeypatch) -> list[tuple]:
+    """Record each figure the report's plots save, with the region of it the PNG holds (in inches) and the
+    renderer that laid it out: savefig's own `bbox_inches`, as matplotlib computes it."""
+    from matplotlib.figure import Figure
+
+    saved, original = [], Figure.savefig
+
+    def savefig(fig, fname, **kwargs):
+        original(fig, fname, **kwargs)
+        fig.canvas.draw()  # lay it out again at its own dpi, so that every extent comes from one layout (in inches)
+        renderer = fig.canvas.get_renderer()
+        if kwargs.get("bbox_inches") == "tight":
+            region = fig.get_tightbbox(renderer).padded(kwargs.get("pad_inches", 0.1))
+        else:
+            region = fig.bbox_inches
+        saved.append((fig, region, renderer))
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
+
+
+def _outside_or_overlapping(fig, region, renderer) -> list[str]:
+    """What a reader would miss: panels (with their tick labels, titles, legends and annotations), figure
+    legends and figure texts reaching past the saved image, by matplotlib's own extents in inches; and
+    annotations of one panel printed over each other."""
+    from matplotlib.legend import Legend
+    from matplotlib.text import Annotation, Text
+    from matplotlib.transforms import Bbox
+
+    inches = fig.dpi_scale_trans.inverted()
+    axis_texts = {  # counted with their panel's extent, which leaves out ticks outside the view
+        id(text)
+        for ax in fig.axes
+        for axis in (ax.xaxis, ax.yaxis)
+        for text in [axis.label, axis.offsetText]
+        + [label for tick in axis.get_major_ticks() + axis.get_minor_ticks() for label in (tick.label1, tick.label2)]
+    }
+    shown = [
+        *((f"panel {ax.get_title()!r}", ax.get_tightbbox(renderer)) for ax in fig.axes if ax.get_visible()),
+        *((f"legend {legend.get_title().get_text()!r}", legend.get_window_extent(renderer)) for legend in fig.findobj(Legend)),
+        *(
+            (f"text {text.get_text()[:50]!r}", text.get_window_extent(renderer))
+            for text in fig.findobj(Text)
+            if text.axes is None and id(text) not in axis_texts and text.get_visible() and text.get_text().strip()
+        ),
+    ]
+    problems = []
+    for name, extent in shown:
+        extent = extent.transformed(inches)
+        both = Bbox.union([extent, region])
+        if both.width > region.width + 0.02 or both.height > region.height + 0.02:
+            problems.append(f"outside the image: {name}")
+    for ax in fig.axes:
+        notes = [text for text in ax.texts if isinstance(text, Annotation) and text.get_visible()]
+        boxes = [note.get_window_extent(renderer) for note in notes]
+        for i, j in itertools.combinations(range(len(notes)), 2):
+            if boxes[i].overlaps(boxes[j]):
+                problems.append(f"annotations overlap: {notes[i].get_text()!r} and {notes[j].get_text()!r}")
+    return problems
+
+
+def _long_names(summary: pl.DataFrame) -> pl.DataFrame:
+    """The same rows under the long names real runs have."""
+    return summary.with_columns(
+        prompter=pl.when(pl.col("prompter").is_not_null()).then(pl.lit("an-organisation/Phi-3.5-mini-instruct-prompter-v2")),
+        frozen=pl.lit("meta-llama/Llama-3.1-8B-Instruct-with-a-longer-suffix"),
+        dataset=pl.lit("a-dataset-with-a-rather-long-name"),
+    )
+
+
+@pytest.mark.parametrize("names", ["short", "long"])
+def test_every_figure_keeps_its_legends_and_texts_inside_the_image_and_apart(frontier_summary, monkeypatch, names):
+    """Mean reward, variance, answer length, the frontier, the training curves and the budget plot, for
+    a run with every method, its beta sweep and rho*, under short and long names."""
+    summary = frontier_summary if names == "short" else _long_names(frontier_summary)
+    saved = _saved_figures(monkeypatch)
+    plots.bar_plot(summary, "mean_reward", "mean reward", "Mean reward", True)
+    plots.bar_plot(summary, "reward_variance", "reward variance", "Reward variance", False)
+    plots.length_plot(summary)
+    plots.frontier_plot(summary)
+    plots.training_plot(_training_runs())
+    plots.budget_plot(_training_runs())
+    assert len(saved) == 6
+    problems = {index: _outside_or_overlapping(*figure) for index, figure in enumerate(saved)}
+    assert not any(problems.values()), problems

@@ -69,9 +69,10 @@ def _short_name(model: str) -> str:
 
 
 def _png(fig, dpi: int = 120) -> bytes:
-    """The figure as PNG bytes; the figure is closed."""
+    """The figure as PNG bytes, grown to hold every legend and label whatever their length (a legend
+    below a narrow one-group bar chart is wider than the chart); the figure is closed."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
     return buffer.getvalue()
 
