@@ -1107,9 +1107,9 @@ def _saved_figures(monkeypatch) -> list[tuple]:
 def _outside_or_overlapping(fig, region, renderer) -> list[str]:
     """What a reader would miss: panels (with their tick labels, titles, legends and annotations), figure
     legends and figure texts reaching past the saved image, by matplotlib's own extents in inches; and
-    annotations of one panel printed over each other."""
+    texts (notes) of one panel printed over each other."""
     from matplotlib.legend import Legend
-    from matplotlib.text import Annotation, Text
+    from matplotlib.text import Text
     from matplotlib.transforms import Bbox
 
     inches = fig.dpi_scale_trans.inverted()
@@ -1136,11 +1136,11 @@ def _outside_or_overlapping(fig, region, renderer) -> list[str]:
         if both.width > region.width + 0.02 or both.height > region.height + 0.02:
             problems.append(f"outside the image: {name}")
     for ax in fig.axes:
-        notes = [text for text in ax.texts if isinstance(text, Annotation) and text.get_visible()]
+        notes = [text for text in ax.texts if text.get_visible() and text.get_text().strip()]
         boxes = [note.get_window_extent(renderer) for note in notes]
         for i, j in itertools.combinations(range(len(notes)), 2):
             if boxes[i].overlaps(boxes[j]):
-                problems.append(f"annotations overlap: {notes[i].get_text()!r} and {notes[j].get_text()!r}")
+                problems.append(f"notes overlap: {notes[i].get_text()!r} and {notes[j].get_text()!r}")
     return problems
 
 
@@ -1168,3 +1168,27 @@ def test_every_figure_keeps_its_legends_and_texts_inside_the_image_and_apart(fro
     assert len(saved) == 6
     problems = {index: _outside_or_overlapping(*figure) for index, figure in enumerate(saved)}
     assert not any(problems.values()), problems
+
+
+def test_frontier_notes_of_crowded_points_do_not_overlap(monkeypatch):
+    """A sweep of six betas and rho* at four, their KLs and rewards close together (as alignpro β=1 and
+    alignpro-star β=0.1 near KL 0.9 were): every point's note stays readable."""
+    base = {"method": "base", "beta": None, "kl": None, "mean_reward": 0.0}
+    points = [{"method": "alignpro", "beta": None, "kl": 0.95, "mean_reward": 0.62}]
+    points += [{"method": "alignpro", "beta": beta, "kl": 0.8 + 0.05 * i, "mean_reward": 0.5 + 0.03 * i}
+               for i, beta in enumerate((0.05, 0.1, 0.2, 0.5, 1.0, 2.0))]
+    points += [{"method": "alignpro-star", "beta": beta, "kl": 0.82 + 0.05 * i, "mean_reward": 0.52 + 0.03 * i}
+               for i, beta in enumerate((0.1, 0.3, 1.0, 3.0))]
+    rows = [
+        {"dataset": "d", "prompter": None if row["method"] == "base" else "p", "frozen": "f", **row,
+         "ci_low": None if row["kl"] is None else row["mean_reward"] - 0.1, "ci_high": None if row["kl"] is None else row["mean_reward"] + 0.1}
+        for row in [base, *points]
+    ]
+    summary = pl.DataFrame(rows, schema={"dataset": pl.String, "prompter": pl.String, "frozen": pl.String, "method": pl.String,
+                                         "beta": pl.Float64, "kl": pl.Float64, "mean_reward": pl.Float64, "ci_low": pl.Float64,
+                                         "ci_high": pl.Float64})
+    saved = _saved_figures(monkeypatch)
+    plots.frontier_plot(summary)
+    (fig, region, renderer), = saved
+    assert sum(len([t for t in ax.texts if t.get_text()]) for ax in fig.axes) == 11  # every point keeps its note
+    assert _outside_or_overlapping(fig, region, renderer) == []

@@ -238,13 +238,11 @@ def frontier_points(summary: pl.DataFrame) -> pl.DataFrame:
     return summary.filter(pl.col("method").is_in(FRONTIER_METHODS), pl.col("kl").is_not_null())
 
 
-def _draw_points(
-    ax, points: pl.DataFrame, colour: str, marker: str, label: str, notes: list[str], joined: bool, offset: tuple[int, int]
-) -> None:
-    """Points at (kl, mean reward) with the reward CI as a vertical error bar, each annotated with its note
-    at `offset` points from it (each family its own side, so notes of nearby points do not overlap)."""
+def _draw_points(ax, points: pl.DataFrame, colour: str, marker: str, label: str, notes: list[str], joined: bool) -> list:
+    """Points at (kl, mean reward) with the reward CI as a vertical error bar, each with its note at the
+    point (returned, to be moved off the points and each other once the panel is laid out)."""
     if points.is_empty():
-        return
+        return []
     reward = points["mean_reward"]
     below = (reward - points["ci_low"].fill_null(reward)).to_list()
     above = (points["ci_high"].fill_null(reward) - reward).to_list()
@@ -252,17 +250,29 @@ def _draw_points(
         points["kl"].to_list(), reward.to_list(), yerr=[below, above], color=colour, marker=marker,
         markersize=12 if marker == "*" else 6, linestyle="-" if joined else "none", capsize=3, label=label,
     )
-    for x, y, note in zip(points["kl"], reward, notes):
-        ax.annotate(note, (x, y), xytext=offset, textcoords="offset points", fontsize=7, ha="left" if offset[0] >= 0 else "right")
+    return [ax.text(x, y, note, fontsize=7, color="#333333") for x, y, note in zip(points["kl"], reward, notes)]
+
+
+def _place_notes(ax, notes: list) -> None:
+    """Move the notes of a laid-out panel off its points and off each other (adjustText), each linked to
+    its point by a thin line."""
+    from adjustText import adjust_text
+
+    if notes:
+        points = [note.get_position() for note in notes]
+        adjust_text(
+            notes, x=[x for x, _ in points], y=[y for _, y in points], ax=ax, expand=(1.3, 1.6),
+            arrowprops={"arrowstyle": "-", "color": "#999999", "linewidth": 0.5},
+        )
 
 
 def _beta_notes(points: pl.DataFrame) -> list[str]:
     return [f"β={beta:g}" for beta in points["beta"]]
 
 
-def _draw_frontier(ax, rows: pl.DataFrame) -> None:
+def _draw_frontier(ax, rows: pl.DataFrame) -> list:
     """One (dataset, prompter, frozen) panel: reference lines, then the sft points, each trainer's
-    prompters (its β sweep joined, its section's own run a star) and ρ*'s."""
+    prompters (its β sweep joined, its section's own run a star) and ρ*'s; returns the points' notes."""
     for method in ("base", "sft", "rlhf"):
         reference = rows.filter(pl.col("method") == method, pl.col("beta").is_null())
         if reference.height:
@@ -273,18 +283,19 @@ def _draw_frontier(ax, rows: pl.DataFrame) -> None:
     measured = rows.filter(pl.col("kl").is_not_null())
     star = measured.filter(pl.col("method") == "alignpro-star").sort("beta")
     sft = measured.filter(pl.col("method") == "sft")
-    _draw_points(ax, sft, METHODS["sft"].colour, "D", "sft (KL 0)", ["sft"] * sft.height, False, (-6, 6))
+    notes = _draw_points(ax, sft, METHODS["sft"].colour, "D", "sft (KL 0)", ["sft"] * sft.height, False)
     for trainer in TRAINERS.values():
         sweep = measured.filter(pl.col("method") == trainer.method, pl.col("beta").is_not_null()).sort("beta")
         main = measured.filter(pl.col("method") == trainer.method, pl.col("beta").is_null())
         colour, section = METHODS[trainer.method].colour, f"{trainer.name} section"
-        _draw_points(ax, sweep, colour, "o", f"{trainer.method}, β sweep", _beta_notes(sweep), True, (6, 6))
-        _draw_points(ax, main, colour, "*", f"{trainer.method}, {section}", [section] * main.height, False, (6, -12))
-    _draw_points(ax, star, METHODS["alignpro-star"].colour, "s", "alignpro-star (ρ*)", _beta_notes(star), True, (6, -12))
+        notes += _draw_points(ax, sweep, colour, "o", f"{trainer.method}, β sweep", _beta_notes(sweep), True)
+        notes += _draw_points(ax, main, colour, "*", f"{trainer.method}, {section}", [section] * main.height, False)
+    notes += _draw_points(ax, star, METHODS["alignpro-star"].colour, "s", "alignpro-star (ρ*)", _beta_notes(star), True)
     ax.set_xlabel("KL to ρ_sft")
     ax.set_ylabel("mean reward")
     ax.margins(x=0.15, y=0.15)
     ax.grid(alpha=0.3)
+    return notes
 
 
 def frontier_plot(summary: pl.DataFrame) -> bytes:
@@ -297,9 +308,9 @@ def frontier_plot(summary: pl.DataFrame) -> bytes:
         nrows, ncols, figsize=(max(7.0, 5.5 * ncols), 4.3 * nrows + 0.3 * legend_rows + 0.8), squeeze=False,
         layout="constrained",
     )
-    legend = {}
+    legend, notes = {}, {}
     for ax, (dataset, prompter, frozen) in zip(axes.flat, panels):
-        _draw_frontier(ax, summary.filter(dataset=dataset, prompter=prompter, frozen=frozen))
+        notes[ax] = _draw_frontier(ax, summary.filter(dataset=dataset, prompter=prompter, frozen=frozen))
         ax.set_title(_plot_label(f"{dataset}: {_short_name(prompter)} → {_short_name(frozen)}"), fontsize=10)
         legend.update(zip(*reversed(ax.get_legend_handles_labels())))
     for ax in list(axes.flat)[len(panels) :]:
@@ -308,6 +319,9 @@ def frontier_plot(summary: pl.DataFrame) -> bytes:
         list(legend.values()), list(legend), loc="outside lower center", ncol=math.ceil(len(legend) / legend_rows), frameon=False
     )
     fig.suptitle("Reward–KL frontier (error bars: CI over prompts)", fontsize=12)
+    fig.canvas.draw()  # the constrained layout fixes each panel's size, which the notes' placement needs
+    for ax, panel_notes in notes.items():
+        _place_notes(ax, panel_notes)
     return _png(fig)
 
 
