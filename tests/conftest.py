@@ -32,7 +32,7 @@ def _skip_the_slurm_controller_probe() -> None:
 
 _skip_the_slurm_controller_probe()
 
-NEEDS = ("slow", "vllm", "model", "workflow")  # pyproject.toml's markers for what a test needs
+NEEDS = ("slow", "vllm", "model", "workflow", "browser")  # pyproject.toml's markers for what a test needs
 
 
 def pytest_collection_modifyitems(items):

@@ -242,6 +242,30 @@ def test_grpo_and_rloo_prompters_beat_base_beside_ppo(finished_run, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.browser
+def test_the_report_page_loads_every_image_and_fits_the_window_in_chromium(finished_run):
+    """report.html of the embedded default in headless Chromium, 1024 pixels wide: every image loaded with
+    a size, no horizontal scrolling of the page (a wide table scrolls within itself); a screenshot is
+    kept in results/browser/ of this checkout (CI's artifact)."""
+    import browser
+
+    if browser.CHROMIUM is None:
+        if os.environ.get("ALIGNPRO_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed, and .ci/run requires the browser test (it installs Debian's chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    workdir, _ = finished_run
+    page = workdir / "results/report/report.html"
+    measured = browser.probe(page, width=1024)
+    images = measured["images"]
+    assert len(images) == page.read_text(encoding="utf-8").count("<img ") >= 8
+    assert all(image["complete"] and image["width"] > 0 and image["height"] > 0 for image in images), images
+    assert measured["scroll_width"] <= measured["client_width"], measured
+    shot = ROOT / "results/browser/report.png"
+    browser.screenshot(page, shot)
+    assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
 def test_collaborators_can_read_every_result(finished_run):
     """Under umask 0022 every file under results/ is 0644 and every directory 0755 (on a shared cluster
     directory the others in the group read them), whichever way a stage wrote it. (Outputs taken from

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 HTML_STYLE = (
     "body{font-family:sans-serif;margin:2em;max-width:80em}"
-    "table{border-collapse:collapse;margin-bottom:1.5em}"
+    # A table wider than the window scrolls within itself, not the whole page.
+    "table{border-collapse:collapse;margin-bottom:1.5em;display:block;max-width:100%;overflow-x:auto}"
     "th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
     "th{background:#f0f0f0}img{max-width:100%}"
     "blockquote.example{white-space:pre-wrap;border-left:3px solid #ccc;margin:.3em 0 .8em;padding-left:.8em}"
