@@ -248,6 +248,10 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             if fault == "timeout":
                 time.sleep(stub.hang_s)
+            if body.get("stream"):  # server-sent events, a chunk per word, as the API streams
+                events = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks(body["model"], reply(fault == "malformed")))
+                self._send_raw(200, (events + "data: [DONE]\n\n").encode(), "text/event-stream")
+                return
             self._send(200, completion(body["model"], reply(fault == "malformed"), prompt))
 
     def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
@@ -277,6 +281,18 @@ def completion(model: str, content: str, prompt: str) -> dict:
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop", "logprobs": None}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
     }
+
+
+def chunks(model: str, content: str) -> list[dict]:
+    """A streamed chat completion: chat.completion.chunk bodies, a word each, then the finish."""
+    words = content.split(" ")
+    pieces = [word if index == 0 else " " + word for index, word in enumerate(words)]
+
+    def chunk(delta: dict, finish: str | None) -> dict:
+        return {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    return [chunk({"role": "assistant", "content": piece}, None) for piece in pieces] + [chunk({}, "stop")]
 
 
 def kill_after_requests(stub: JudgeStub, script: str, *args: str, requests: int) -> None:

@@ -107,10 +107,10 @@ class CompletedCall:
 
 @dataclass
 class Attempted:
-    """What one logical call came to: the completion (None if refused or failed), the requests sent,
-    and, without a completion, why ("budget", or the last error)."""
+    """What one logical call came to: the completion (None if refused or failed; `forward`'s: the SDK's
+    response), the requests sent, and, without a completion, why ("budget", or the last error)."""
 
-    call: CompletedCall | None
+    call: CompletedCall | object | None
     requests: int
     failure: str | None = None
 
@@ -238,25 +238,62 @@ class ChatClient:
     async def complete(self, messages: list[dict], *, max_tokens: int, **sampling) -> Attempted:
         """One logical call (`sampling`: temperature, top_p, seed, ... as the API names them), retried on
         429/5xx/timeouts/connection errors and malformed replies; none starts once the budget is spent."""
-        estimate = self.budget.estimate(messages, max_tokens)
+
+        async def call() -> tuple[CompletedCall, float | None]:
+            response = await self.openai.chat.completions.create(
+                model=self.settings.model, messages=messages, max_tokens=max_tokens, **sampling
+            )
+            completed = self.completed_call(response, messages)
+            return completed, completed.cost_usd
+
+        return await self._retried(call, self.budget.estimate(messages, max_tokens))
+
+    async def forward(self, request: dict) -> Attempted:
+        """A client's chat completion request as it sent it (its messages, sampling and other fields),
+        to this endpoint's model, retried as `complete`: the Attempted's `call` is the SDK's response."""
+        messages = request["messages"]
+        max_tokens = request.get("max_completion_tokens") or request.get("max_tokens") or 1024
+
+        async def call():
+            response = await self.openai.chat.completions.create(**{**request, "model": self.settings.model, "stream": False})
+            return response, self.completed_call(response, messages).cost_usd  # a reply without content is retried
+
+        return await self._retried(call, self.budget.estimate(messages, max_tokens))
+
+    async def stream(self, request: dict):
+        """A client's request streamed: the SDK's chunks as they come. Opening the stream is retried as
+        `complete`; a stream that breaks once chunks have gone out is not (the client has them)."""
+        attempted = await self._retried(
+            lambda: self._opened({**request, "model": self.settings.model, "stream": True}),
+            self.budget.estimate(request["messages"], request.get("max_tokens") or 1024),
+        )
+        if attempted.call is None:
+            raise StreamRefused(attempted.failure)
+        async with attempted.call as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def _opened(self, request: dict):
+        return await self.openai.chat.completions.create(**request), None
+
+    async def _retried(self, call, estimate: float) -> Attempted:
+        """`call()` -> (result, cost) retried on the faults worth another try, within the concurrency limit
+        and the budget; the result, the requests sent, and why there is none."""
         last_error: Exception | None = None
         for retry in range(self.settings.max_retries + 1):
             async with self.semaphore:
                 if not self.budget.try_start(estimate):
                     return Attempted(None, retry, "budget")
                 try:
-                    response = await self.openai.chat.completions.create(
-                        model=self.settings.model, messages=messages, max_tokens=max_tokens, **sampling
-                    )
-                    call = self.completed_call(response, messages)
+                    result, cost = await call()
                 except (openai.APIError, MalformedReply, json.JSONDecodeError) as error:
                     self.budget.finish(estimate, 0.0)
                     if not retryable(error):
                         return Attempted(None, retry + 1, f"error: {describe(error)}")
                     last_error = error
                 else:
-                    self.budget.finish(estimate, call.cost_usd)
-                    return Attempted(call, retry + 1)
+                    self.budget.finish(estimate, cost)
+                    return Attempted(result, retry + 1)
             if retry < self.settings.max_retries:
                 delay = self.retry_delay(retry, last_error)
                 log.warning(
@@ -284,6 +321,10 @@ class ChatClient:
             prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
         finish_reason = choices[0].finish_reason or "stop"
         return CompletedCall(content, finish_reason, prompt_tokens, completion_tokens, self.settings.cost(prompt_tokens, completion_tokens))
+
+
+class StreamRefused(RuntimeError):
+    """A stream that could not be opened after the retries; the message says why."""
 
 
 class EndpointUnusable(RuntimeError):
