@@ -13,6 +13,7 @@ SERVE_FLAGS = {
     "frozen_base_url": ("base_url", "frozen"),
     "frozen_model": ("model", "frozen"),
     "frozen_api_key_env": ("api_key_env", "frozen"),
+    "rewrite_backend": ("backend", "rewrite"),
     "served_model": ("served_model", None),
     "max_concurrency": ("max_concurrency", None),
     "host": ("host", None),
@@ -28,6 +29,7 @@ def serve_settings(args: argparse.Namespace):
 
     section = yaml.safe_load(Path(args.config).read_text()) or {} if args.config else {}
     section.setdefault("frozen", {})
+    section.setdefault("rewrite", {})
     for flag, (key, part) in SERVE_FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--frozen-base-url", help="the frozen model's OpenAI-compatible endpoint, e.g. http://127.0.0.1:8001/v1")
     serve.add_argument("--frozen-model", help="the endpoint's name for the frozen model")
     serve.add_argument("--frozen-api-key-env", help="the environment variable holding the endpoint's key (OPENAI_API_KEY)")
+    serve.add_argument("--rewrite-backend", choices=("vllm", "transformers"), help="what runs the prompter (vllm; transformers on a CPU)")
     serve.add_argument("--served-model", help="the model name clients send (default: the frozen model's)")
     serve.add_argument("--max-concurrency", type=int, help="requests handled at once; the rest wait (32)")
     serve.add_argument("--host", help="address to listen on (127.0.0.1)")
