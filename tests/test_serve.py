@@ -70,7 +70,9 @@ def test_the_frozen_model_answers_the_rewrite_and_the_client_sees_both(frozen):
     answer = response.choices[0].message.content
     assert answer == f"An answer to [{REWRITE}] (seed 5, temperature 0.3, max 77)"  # x' and the request's sampling went through
     assert response.model == "aligned"
-    assert response.model_extra["alignpro"] == {"original": QUESTION, "rewrite": REWRITE, "fallback": None}
+    info = response.model_extra["alignpro"]
+    assert {key: info[key] for key in ("original", "rewrite", "fallback")} == {"original": QUESTION, "rewrite": REWRITE, "fallback": None}
+    assert set(info["seconds"]) == {"rewrite", "frozen_model"} and all(seconds >= 0 for seconds in info["seconds"].values())
     (conversation,), _ = prompter.calls[0]
     assert QUESTION in conversation[-1]["content"]  # the prompter saw x inside the meta-prompt
 

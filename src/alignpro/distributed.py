@@ -27,13 +27,14 @@ def launched() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
-def run_in_processes(processes: int, arguments: dict, workdir: str | os.PathLike) -> None:
-    """Run stages.train_prompter(**arguments) in `processes` processes under torchrun on this machine, and
-    wait for them; a failed process fails the job (torchrun stops the others)."""
+def run_in_processes(stage: str, processes: int, arguments: dict, workdir: str | os.PathLike) -> None:
+    """Run the stage `stage` ("module:function", e.g. "alignpro.stages:train_prompter") with `arguments` in
+    `processes` processes under torchrun on this machine, and wait for them; a failed process fails the job
+    (torchrun stops the others)."""
     spec = Path(workdir) / "launch.json"
     spec.parent.mkdir(parents=True, exist_ok=True)
     encoded = {key: value.as_params() if key in MODEL_ARGUMENTS else value for key, value in arguments.items()}
-    spec.write_text(json.dumps(encoded, indent=1))
+    spec.write_text(json.dumps({"stage": stage, "arguments": encoded}, indent=1))
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
         "-m", "alignpro.distributed", str(spec),
@@ -45,17 +46,19 @@ def run_in_processes(processes: int, arguments: dict, workdir: str | os.PathLike
 
 def main(spec: str) -> None:
     """One of torchrun's processes: the stage on this process's device."""
-    import torch
+    import importlib
 
-    from alignpro import stages
+    import torch
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank {os.environ['RANK']} %(name)s %(levelname)s %(message)s")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # "cuda" is then this process's GPU
-    arguments = json.loads(Path(spec).read_text())
+    launch = json.loads(Path(spec).read_text())
+    arguments = launch["arguments"]
     for key in MODEL_ARGUMENTS:
         arguments[key] = ModelSpec.from_params(arguments[key])
-    stages.train_prompter(**arguments)
+    module, function = launch["stage"].split(":")
+    getattr(importlib.import_module(module), function)(**arguments)
 
 
 if __name__ == "__main__":

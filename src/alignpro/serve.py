@@ -5,8 +5,8 @@ message x into x' with the prompter (the meta-prompt and the extraction of the w
 x itself where the rewrite falls back), forwards the conversation with x' and the request's own sampling
 settings to the frozen model's OpenAI-compatible endpoint through the project's API client (retries,
 concurrency limit), and returns the frozen model's answer, streamed or not. The rewrite, the original and
-why it fell back, if it did, come back in the response's `alignpro` field (and the `x-alignpro-fallback`
-header). Errors are OpenAI's shape: 400 for a malformed request, 502 when the frozen model fails after
+why it fell back, if it did, come back in the response's `alignpro` field (with the seconds the rewrite
+and the frozen model took, unstreamed), and the `x-alignpro-fallback` header. Errors are OpenAI's shape: 400 for a malformed request, 502 when the frozen model fails after
 the retries, 504 when it times out. Each request logs one line with the two parts' seconds.
 """
 
@@ -167,6 +167,7 @@ def build_app(settings: ServeSettings, *, prompter=None, client=None):
             status = 504 if "timed out" in (attempted.failure or "").lower() else 502
             message = f"the frozen model {frozen.model} at {frozen.base_url} failed after {attempted.requests} request(s): {attempted.failure}"
             return JSONResponse(error_body(status, message, "upstream_error"), status_code=status, headers=headers)
+        info["seconds"] = {"rewrite": round(rewritten - started, 4), "frozen_model": round(done - rewritten, 4)}
         answer = attempted.call.model_dump(exclude_none=True) | {"model": served_model, "alignpro": info}
         return JSONResponse(answer, headers=headers)
 

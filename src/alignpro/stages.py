@@ -279,7 +279,7 @@ def train_prompter(
             trainer=trainer, train_path=train_path, workdir=workdir, model=model, frozen=frozen, reward=reward,
             settings=settings, rewrite=rewrite, generation=generation, scoring=scoring, seed=seed, processes=processes,
         )
-        distributed.run_in_processes(processes, arguments, workdir)
+        distributed.run_in_processes("alignpro.stages:train_prompter", processes, arguments, workdir)
         return
 
     rewriting, answering = _rewriting(rewrite), _generation(generation)
