@@ -488,7 +488,7 @@ def report(
     """The report stage: per (dataset, prompter, frozen, method, beta) reward statistics, win rates
     against base per judge (raw and length-controlled, with the judges' position bias and agreement), the gap to rlhf and the measured KL, as tables and plots with judged examples and
     the training curves, and each method's task accuracy beside its reward where a dataset has
-    reference answers, and all of it by category where prompts have one. `training_runs` are PPO runs
+    reference answers, and all of it by category where prompts have one. `training_runs` are the trainers' and rlhf's runs
     (metrics path, label and system keys), `star_runs` rho*'s rewrite tables (path and keys);
     `test_prompts` maps each dataset to its test prompts table (reference answers, categories), `checkers`
     each dataset with reference answers to its checker's name; `settings` is the config's `report` section.
