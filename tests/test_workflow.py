@@ -242,6 +242,67 @@ def test_grpo_and_rloo_prompters_beat_base_beside_ppo(finished_run, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.vllm
+def test_the_served_prompter_raises_accuracy_through_the_proxy(finished_run, monkeypatch, tmp_path):
+    """The product path: `alignpro serve` puts the embedded default's PPO prompter in front of its frozen
+    model served by vLLM; on the test prompts (two answers each, the evaluation's sampling) the frozen model
+    answers correctly more often through the proxy than called directly, paired by prompt, 95% interval of
+    the gain above 0."""
+    import httpx
+    import openai
+
+    from alignpro.checkers import CHECKERS
+
+    workdir, _ = finished_run
+    monkeypatch.setenv("ALIGNPRO_TEST_FROZEN_KEY", "none")
+    test = tables.read_table(workdir / f"results/data/{DATASET}/test.parquet", tables.PROMPTS).to_pylist()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with vllm_server(workdir / f"results/task_models/{DATASET}/frozen", FROZEN, tmp_path / "vllm.log") as frozen_url:
+        command = [
+            str(Path(sys.executable).parent / "alignpro"), "serve", "--port", str(port), "--served-model", "aligned",
+            "--rewrite-backend", "transformers", "--prompter", str(workdir / f"results/train/{RUN}/{PROMPTER}/ppo/model"),
+            "--frozen-base-url", frozen_url, "--frozen-model", FROZEN, "--frozen-api-key-env", "ALIGNPRO_TEST_FROZEN_KEY",
+        ]
+        with open(tmp_path / "proxy.log", "w") as log:
+            proxy = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proxy.poll() is None, (tmp_path / "proxy.log").read_text()[-3000:]
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "alignpro serve did not come up"
+                    time.sleep(0.5)
+            clients = {
+                "direct": (openai.OpenAI(base_url=frozen_url, api_key="none", max_retries=0), FROZEN),
+                "proxy": (openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0), "aligned"),
+            }
+            correct = {name: [] for name in clients}
+            for row in test:
+                for name, (client, model) in clients.items():
+                    answers = [
+                        client.chat.completions.create(
+                            model=model, messages=[{"role": "user", "content": row["prompt"]}], max_tokens=16, temperature=1.0,
+                            top_p=0.9, seed=seed,
+                        ).choices[0].message.content
+                        for seed in (0, 1)
+                    ]
+                    correct[name].append(np.mean([CHECKERS["exact"](answer, row["reference"]) for answer in answers]))
+        finally:
+            proxy.terminate()
+            proxy.wait(timeout=30)
+    gains = np.array(correct["proxy"]) - np.array(correct["direct"])
+    interval = stats.ttest_1samp(gains, 0.0).confidence_interval(0.95)
+    print(f"accuracy direct {np.mean(correct['direct']):.3f}, through the proxy {np.mean(correct['proxy']):.3f}, "
+          f"gain {gains.mean():+.3f} [{interval.low:+.3f}, {interval.high:+.3f}]")
+    assert interval.low > 0
+
+
+@pytest.mark.slow
 @pytest.mark.browser
 def test_the_report_page_loads_every_image_and_fits_the_window_in_chromium(finished_run):
     """report.html of the embedded default in headless Chromium, 1024 pixels wide: every image loaded with
@@ -691,67 +752,6 @@ def vllm_server(model: Path, name: str, log: Path):
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
-
-
-@pytest.mark.slow
-@pytest.mark.vllm
-def test_the_served_prompter_raises_accuracy_through_the_proxy(finished_run, monkeypatch, tmp_path):
-    """The product path: `alignpro serve` puts the embedded default's PPO prompter in front of its frozen
-    model served by vLLM; on the test prompts (two answers each, the evaluation's sampling) the frozen model
-    answers correctly more often through the proxy than called directly, paired by prompt, 95% interval of
-    the gain above 0."""
-    import httpx
-    import openai
-
-    from alignpro.checkers import CHECKERS
-
-    workdir, _ = finished_run
-    monkeypatch.setenv("ALIGNPRO_TEST_FROZEN_KEY", "none")
-    test = tables.read_table(workdir / f"results/data/{DATASET}/test.parquet", tables.PROMPTS).to_pylist()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with vllm_server(workdir / f"results/task_models/{DATASET}/frozen", FROZEN, tmp_path / "vllm.log") as frozen_url:
-        command = [
-            str(Path(sys.executable).parent / "alignpro"), "serve", "--port", str(port), "--served-model", "aligned",
-            "--rewrite-backend", "transformers", "--prompter", str(workdir / f"results/train/{RUN}/{PROMPTER}/ppo/model"),
-            "--frozen-base-url", frozen_url, "--frozen-model", FROZEN, "--frozen-api-key-env", "ALIGNPRO_TEST_FROZEN_KEY",
-        ]
-        with open(tmp_path / "proxy.log", "w") as log:
-            proxy = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"HF_HUB_OFFLINE": "1"})
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                assert proxy.poll() is None, (tmp_path / "proxy.log").read_text()[-3000:]
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    assert time.monotonic() < deadline, "alignpro serve did not come up"
-                    time.sleep(0.5)
-            clients = {
-                "direct": (openai.OpenAI(base_url=frozen_url, api_key="none", max_retries=0), FROZEN),
-                "proxy": (openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0), "aligned"),
-            }
-            correct = {name: [] for name in clients}
-            for row in test:
-                for name, (client, model) in clients.items():
-                    answers = [
-                        client.chat.completions.create(
-                            model=model, messages=[{"role": "user", "content": row["prompt"]}], max_tokens=16, temperature=1.0,
-                            top_p=0.9, seed=seed,
-                        ).choices[0].message.content
-                        for seed in (0, 1)
-                    ]
-                    correct[name].append(np.mean([CHECKERS["exact"](answer, row["reference"]) for answer in answers]))
-        finally:
-            proxy.terminate()
-            proxy.wait(timeout=30)
-    gains = np.array(correct["proxy"]) - np.array(correct["direct"])
-    interval = stats.ttest_1samp(gains, 0.0).confidence_interval(0.95)
-    print(f"accuracy direct {np.mean(correct['direct']):.3f}, through the proxy {np.mean(correct['proxy']):.3f}, "
-          f"gain {gains.mean():+.3f} [{interval.low:+.3f}, {interval.high:+.3f}]")
-    assert interval.low > 0
 
 
 @pytest.mark.slow
