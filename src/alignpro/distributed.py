@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,8 +47,6 @@ def run_in_processes(stage: str, processes: int, arguments: dict, workdir: str |
 
 def main(spec: str) -> None:
     """One of torchrun's processes: the stage on this process's device."""
-    import importlib
-
     import torch
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank {os.environ['RANK']} %(name)s %(levelname)s %(message)s")
@@ -57,8 +56,7 @@ def main(spec: str) -> None:
     arguments = launch["arguments"]
     for key in MODEL_ARGUMENTS:
         arguments[key] = ModelSpec.from_params(arguments[key])
-    module, function = launch["stage"].split(":")
-    getattr(importlib.import_module(module), function)(**arguments)
+    pkgutil.resolve_name(launch["stage"])(**arguments)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ TRAINING_METRICS table of `alignpro.tables`, metrics under the same names for ev
 
 from __future__ import annotations
 
-import importlib
+import pkgutil
 import re
 from dataclasses import dataclass, field
 
@@ -61,8 +61,7 @@ class Trainer:
         return max(gpus, 1) if self.multi_process else 1
 
     def train_function(self):
-        module, function = self.train.split(":")
-        return getattr(importlib.import_module(module), function)
+        return pkgutil.resolve_name(self.train)
 
 
 TRAINERS = {

@@ -433,7 +433,7 @@ def training_plot(runs: dict[str, pl.DataFrame]) -> bytes:
 
     The split panel is a subfigure of its own, so its long run labels do not widen the metric panels.
     """
-    colours = dict(zip(runs, RUN_COLOURS * (1 + len(runs) // len(RUN_COLOURS))))
+    colours = run_colours(runs)
     markers = {label: "o" if frame.height <= MARKER_MAX_STEPS else None for label, frame in runs.items()}
     split_height = 1.2 + 0.55 * len(runs)
     legend_height = 0.5 + 0.25 * math.ceil(len(runs) / 2)
@@ -473,6 +473,11 @@ def training_plot(runs: dict[str, pl.DataFrame]) -> bytes:
     return _png(fig, dpi=100)
 
 
+def run_colours(runs: dict[str, pl.DataFrame]) -> dict[str, str]:
+    """Each training run's colour, by its place among the runs, cycling through RUN_COLOURS."""
+    return dict(zip(runs, RUN_COLOURS * (1 + len(runs) // len(RUN_COLOURS))))
+
+
 def budget_runs(runs: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
     """The training runs that counted the frozen model's answers (the trained prompters'; rlhf's policy is
     the frozen model itself, and has no such count)."""
@@ -482,8 +487,8 @@ def budget_runs(runs: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
 def budget_plot(runs: dict[str, pl.DataFrame]) -> bytes:
     """PNG of each run's training reward (score_mean per step) against the frozen model's answers it had
     asked for by then: every trainer on one budget axis, in the training curves' colours."""
+    colours = run_colours(runs)  # of every run, so each keeps its training curves' colour
     runs = budget_runs(runs)
-    colours = dict(zip(runs, RUN_COLOURS * (1 + len(runs) // len(RUN_COLOURS))))
     fig, ax = plt.subplots(figsize=(9, 4.8 + 0.3 * len(runs)), layout="constrained")
     for label, frame in runs.items():
         ax.plot(
