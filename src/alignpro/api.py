@@ -252,20 +252,19 @@ class ChatClient:
         """A client's chat completion request as it sent it (its messages, sampling and other fields),
         to this endpoint's model, retried as `complete`: the Attempted's `call` is the SDK's response."""
         messages = request["messages"]
-        max_tokens = request.get("max_completion_tokens") or request.get("max_tokens") or 1024
 
         async def call():
             response = await self.openai.chat.completions.create(**{**request, "model": self.settings.model, "stream": False})
             return response, self.completed_call(response, messages).cost_usd  # a reply without content is retried
 
-        return await self._retried(call, self.budget.estimate(messages, max_tokens))
+        return await self._retried(call, self.budget.estimate(messages, requested_tokens(request)))
 
     async def stream(self, request: dict):
         """A client's request streamed: the SDK's chunks as they come. Opening the stream is retried as
         `complete`; a stream that breaks once chunks have gone out is not (the client has them)."""
         attempted = await self._retried(
             lambda: self._opened({**request, "model": self.settings.model, "stream": True}),
-            self.budget.estimate(request["messages"], request.get("max_tokens") or 1024),
+            self.budget.estimate(request["messages"], requested_tokens(request)),
         )
         if attempted.call is None:
             raise StreamRefused(attempted.failure)
@@ -321,6 +320,11 @@ class ChatClient:
             prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
         finish_reason = choices[0].finish_reason or "stop"
         return CompletedCall(content, finish_reason, prompt_tokens, completion_tokens, self.settings.cost(prompt_tokens, completion_tokens))
+
+
+def requested_tokens(request: dict) -> int:
+    """The answer length a client's request allows, for the budget's estimate (1,024 when it sets none)."""
+    return request.get("max_completion_tokens") or request.get("max_tokens") or 1024
 
 
 class StreamRefused(RuntimeError):
