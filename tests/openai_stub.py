@@ -146,9 +146,20 @@ class JudgeStub:
 
 def chat_reply(body: dict) -> str:
     """A frozen model's answer: it names the question, the seed and the sampling, so tests can tell
-    which request an answer came from."""
+    which request an answer came from. A prompter's request (x inside the workflow's meta-prompt) gets
+    a rewrite of x between <prompt> tags, as a trained prompter served by its own server gives one."""
     question = body["messages"][-1]["content"]
+    quoted = ORIGINAL_PROMPT.search(question)
+    if quoted:
+        return f"<prompt>{stub_rewrite(quoted.group(1))}</prompt>"
     return f"An answer to [{question}] (seed {body.get('seed')}, temperature {body.get('temperature')}, max {body.get('max_tokens')})"
+
+
+ORIGINAL_PROMPT = re.compile(r"<original_prompt>\n(.*)\n</original_prompt>", re.DOTALL)
+
+
+def stub_rewrite(prompt: str) -> str:
+    return f"Answer clearly and step by step: {prompt}"
 
 
 def judge_reply(stub: JudgeStub, question: str, answer_a: str, answer_b: str, malformed: bool, mt_bench: bool = False) -> str:

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from fakes import ScriptedPrompter
-from openai_stub import JudgeStub
+from openai_stub import JudgeStub, stub_rewrite
 
 from alignpro.serve import ServeSettings, build_app
 
@@ -40,10 +40,14 @@ def proxy(app):
         thread.join(timeout=10)
 
 
+def endpoint(stub: JudgeStub, model: str = "served-frozen", **extra) -> dict:
+    """The stub as a model entry's `api` section."""
+    return {"base_url": stub.base_url, "model": model, "api_key_env": "ALIGNPRO_TEST_KEY", "max_retries": 1,
+            "backoff_base_s": 0.01, "backoff_max_s": 0.02, "timeout_s": 5.0, **extra}
+
+
 def settings(stub: JudgeStub, **extra) -> ServeSettings:
-    frozen = {"base_url": stub.base_url, "model": "served-frozen", "api_key_env": "ALIGNPRO_TEST_KEY", "max_retries": 1,
-              "backoff_base_s": 0.01, "backoff_max_s": 0.02, "timeout_s": 5.0}
-    return ServeSettings.from_config({"prompter": "unused", "frozen": frozen, "served_model": "aligned", **extra})
+    return ServeSettings.from_config({"prompter": "unused", "frozen": {"api": endpoint(stub)}, "served_model": "aligned", **extra})
 
 
 @pytest.fixture
@@ -144,6 +148,56 @@ def test_32_requests_at_once_each_get_their_own_answer_within_the_concurrency_li
     assert 1 < frozen.max_in_flight <= 8 and seconds < 30  # answered side by side, never more than the limit
 
 
+@pytest.mark.unit
+def test_a_prompter_served_by_its_own_server_rewrites_through_the_api_client(frozen, tmp_path):
+    """The prompter behind an OpenAI-compatible server (here the stub, which rewrites a meta-prompt's x
+    between tags): its rewrite, extracted as the workflow extracts, is what the frozen model answers;
+    a prompt asked again is rewritten from the proxy's cache."""
+    prompter = {"api": endpoint(frozen, "served-prompter", cache=str(tmp_path / "prompter.sqlite"))}
+    serve = ServeSettings.from_config({"prompter": prompter, "frozen": {"api": endpoint(frozen)}, "rewrite": {"temperature": 0.7}})
+    with proxy(build_app(serve)) as base_url:
+        client = openai.OpenAI(base_url=base_url, api_key="anything", max_retries=0)
+        first, again = (client.chat.completions.create(model="served-frozen", messages=[{"role": "user", "content": QUESTION}]) for _ in range(2))
+    rewrite = stub_rewrite(QUESTION)
+    assert first.model_extra["alignpro"]["rewrite"] == rewrite and first.model_extra["alignpro"]["fallback"] is None
+    assert first.choices[0].message.content.startswith(f"An answer to [{rewrite}]")
+    assert again.choices[0].message.content == first.choices[0].message.content
+    prompter_requests = [question for (question, _), count in frozen.counts.items() if "<original_prompt>" in question for _ in range(count)]
+    assert len(prompter_requests) == 1 and QUESTION in prompter_requests[0]  # the meta-prompt around x, sent once
+    assert frozen.counts[(rewrite, "")] == 2  # the frozen model answered x' twice
+
+
+@pytest.mark.model
+def test_a_frozen_model_from_local_weights_answers_the_rewrite(tiny_frozen):
+    """The frozen model's weights run in the proxy (transformers backend): greedy, its answer through the
+    proxy is its answer to x' called directly; streamed, the same text; n answers; a setting the backend
+    cannot honour is a 400 naming it."""
+    from alignpro.generation import load_generator
+    from alignpro.sampling import Sampling
+
+    serve = ServeSettings.from_config({
+        "prompter": "unused", "frozen": {"path": str(tiny_frozen), "dtype": "float32"}, "generation": {"backend": "transformers", "max_new_tokens": 8},
+    })
+    request = {"model": "frozen", "messages": [{"role": "user", "content": QUESTION}], "temperature": 0.0, "max_tokens": 6}
+    with proxy(build_app(serve, prompter=scripted(f"<prompt>{REWRITE}</prompt>"))) as base_url:
+        client = openai.OpenAI(base_url=base_url, api_key="anything", max_retries=0)
+        answer = client.chat.completions.create(**request)
+        streamed = list(client.chat.completions.create(**request, stream=True))
+        several = client.chat.completions.create(**request | {"n": 2, "temperature": 1.0, "seed": 3})
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(**request, stop=["\n"])
+        assert [model.id for model in client.models.list()] == [tiny_frozen.name]
+    direct = load_generator("transformers", str(tiny_frozen), dtype="float32").chat(
+        [[{"role": "user", "content": REWRITE}]], Sampling(temperature=0.0, max_new_tokens=6)
+    )[0][0]
+    assert answer.choices[0].message.content == direct.text and answer.choices[0].finish_reason == direct.finish_reason
+    assert answer.model_extra["alignpro"]["rewrite"] == REWRITE
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed) == direct.text
+    assert streamed[0].model_extra["alignpro"]["rewrite"] == REWRITE and streamed[-1].choices[0].finish_reason == direct.finish_reason
+    assert len(several.choices) == 2
+    assert refused.value.body["param"] == "stop" and "local weights" in refused.value.body["message"]
+
+
 @pytest.mark.model
 def test_alignpro_serve_rewrites_with_a_trained_prompters_directory(frozen, tiny_prompter, tmp_path):
     """The command as a user runs it (`alignpro serve --config`, here `python -m alignpro.cli`), the prompter
@@ -163,7 +217,7 @@ def test_alignpro_serve_rewrites_with_a_trained_prompters_directory(frozen, tiny
     config.write_text(yaml.safe_dump({
         "prompter": str(tiny_prompter),
         "rewrite": {"backend": "transformers", "max_new_tokens": 12, "fallback_on_truncation": False, "max_length_ratio": 100.0},
-        "frozen": {"base_url": frozen.base_url, "model": "served-frozen", "api_key_env": "ALIGNPRO_TEST_KEY"},
+        "frozen": {"api": {"base_url": frozen.base_url, "model": "served-frozen", "api_key_env": "ALIGNPRO_TEST_KEY"}},
     }))
     command = [sys.executable, "-m", "alignpro.cli", "serve", "--config", str(config), "--port", str(port), "--served-model", "aligned"]
     server = subprocess.Popen(command, env=os.environ | {"HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -187,3 +241,24 @@ def test_alignpro_serve_rewrites_with_a_trained_prompters_directory(frozen, tiny
     assert info["original"] == QUESTION and (info["rewrite"] != QUESTION or info["fallback"] is not None)
     assert response.choices[0].message.content.startswith(f"An answer to [{info['rewrite']}]")
     assert "rewrite" in log and "frozen model" in log  # the request's log line with both parts' seconds
+
+
+
+@pytest.mark.unit
+def test_the_commands_flags_write_model_entries_and_name_what_is_missing(tmp_path):
+    import yaml
+
+    from alignpro.cli import main, parser, serve_settings
+
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump({"prompter": "results/ppo/model", "frozen": "weights/frozen", "served_model": "aligned"}))
+    served = serve_settings(parser().parse_args(["serve", "--config", str(config), "--generation-backend", "transformers", "--port", "8009"]))
+    assert (served.prompter, served.frozen, served.generation, served.port) == ("results/ppo/model", "weights/frozen", {"backend": "transformers"}, 8009)
+    remote = serve_settings(parser().parse_args([
+        "serve", "--prompter-base-url", "http://127.0.0.1:8002/v1", "--prompter-model", "trained", "--frozen-path", "weights/frozen",
+    ]))
+    assert remote.prompter_spec().api == {"base_url": "http://127.0.0.1:8002/v1", "model": "trained"} and remote.frozen_spec().path == "weights/frozen"
+    with pytest.raises(SystemExit, match="serve.prompter: a model spec needs either a path to load or an api to call, not both"):
+        serve_settings(parser().parse_args(["serve", "--config", str(config), "--prompter-base-url", "http://127.0.0.1:8002/v1"]))
+    with pytest.raises(SystemExit, match="give the frozen model: --frozen-base-url and --frozen-model .* or --frozen-path"):
+        main(["serve", "--prompter", "results/ppo/model"])

@@ -123,7 +123,8 @@ class CallCache:
 
     def __init__(self, path: str | os.PathLike):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=60.0)  # jobs running at once share one file
+        # jobs running at once share one file; alignpro serve uses a cache from its worker threads, one at a time
+        self.db = sqlite3.connect(path, timeout=60.0, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(

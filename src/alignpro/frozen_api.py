@@ -73,14 +73,15 @@ class APIGenerator:
     the rest.
     """
 
-    def __init__(self, settings: FrozenAPISettings, *, name: str):
+    def __init__(self, settings: FrozenAPISettings, *, name: str, role: str = "frozen model"):
         self.settings = settings
         self.name = name
+        self.who = f"{role} {name}"  # as logs and errors name it (alignpro serve's prompter can be an API too)
         self.usage = {"requests": 0, "cached": 0, "repeated": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
         # One event loop, client, budget and cache for the generator's life (a job): PPO calls it once
         # a step, and keeping the client keeps its connections open from one step to the next.
         self.loop = asyncio.new_event_loop()
-        self.client = ChatClient(settings, Budget(settings), who=f"frozen model {name}")  # fails here without the key
+        self.client = ChatClient(settings, Budget(settings), who=self.who)  # fails here without the key
         self.cache = CallCache(settings.cache)
         weakref.finalize(self, _close, self.loop, self.client, self.cache)
 
@@ -134,7 +135,7 @@ class APIGenerator:
         if failures:
             missing = sum(answer is None for answer in answers)
             raise APIAnswersMissing(
-                f"frozen model {self.name} ({self.settings.model} at {self.settings.base_url}): {missing} of "
+                f"{self.who} ({self.settings.model} at {self.settings.base_url}): {missing} of "
                 f"{len(answers)} answers could not be had (first: {failures[0]}). The {len(answers) - missing} "
                 f"answered are cached in {self.settings.cache}: rerun to ask for the rest, paying only for them"
             )
@@ -146,7 +147,7 @@ class APIGenerator:
         usage = self.usage
         cost = f"${usage['cost_usd']:.4f}" if self.settings.priced else "no cost (no prices given)"
         return (
-            f"frozen model {self.name}: {usage['requests']} requests, {usage['cached']} answers from the cache, "
+            f"{self.who}: {usage['requests']} requests, {usage['cached']} answers from the cache, "
             f"{usage['repeated']} repeats of a call asked for once, "
             f"{usage['prompt_tokens']} / {usage['completion_tokens']} tokens in / out, {cost}"
         )

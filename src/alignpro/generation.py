@@ -43,12 +43,13 @@ class SamplingSettings:
     def sampling(self, *, seed: int, n: int = 1) -> Sampling:
         return Sampling(n=n, temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens, seed=seed)
 
-    def generator(self, model: ModelSpec, *, seed: int):
-        """`model` loaded with this backend, or, for a frozen model behind an API, its client."""
+    def generator(self, model: ModelSpec, *, seed: int, role: str = "frozen model"):
+        """`model` loaded with this backend, or, for a model behind an API, its client (`role` names it
+        in the client's logs and errors)."""
         if model.api is not None:
             from alignpro.frozen_api import APIGenerator, FrozenAPISettings
 
-            return APIGenerator(FrozenAPISettings.from_config(model.api, f"{model.label}.api"), name=model.name)
+            return APIGenerator(FrozenAPISettings.from_config(model.api, f"{model.label}.api"), name=model.name, role=role)
         return load_generator(
             self.backend, model.path, **model.load_options(), batch_size=self.batch_size, seed=seed, vllm_options=self.vllm
         )

@@ -39,6 +39,12 @@ class ModelSpec:
         return dataclasses.asdict(self)
 
     @classmethod
+    def from_entry(cls, label: str, entry: str | dict) -> ModelSpec:
+        """A model entry written outside the workflow's config (alignpro serve's `prompter`, `frozen`): a
+        directory or hub id, or a mapping of this class's fields (`path` with its load options, or `api`)."""
+        return cls.from_params({"label": label, **({"path": entry} if isinstance(entry, str) else entry)})
+
+    @classmethod
     def from_params(cls, params) -> ModelSpec:
         """From a rule's params (a Snakemake Namedlist or dict), naming what is missing or unknown."""
         values = dict(params)
