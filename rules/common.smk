@@ -356,6 +356,13 @@ def without_path(runs):
     return [{key: value for key, value in run.items() if key != "path"} for run in runs]
 
 
+def across_nodes(nodes):
+    """The resources of a job spanning several nodes (none for one). SLURM's executor plugin runs an
+    `mpi` job's script on the allocation's first node rather than inside a one-task step, so the stage's
+    own srun reaches every node: one task per node (torchrun), no task per GPU."""
+    return {} if nodes == 1 else {"nodes": nodes, "mpi": "srun", "tasks": nodes, "tasks_per_gpu": 0}
+
+
 def gpus(rule, *sampling_sections):
     """GPUs one job of `rule` takes: its `resources` entry's `gpu`, or more where it generates with
     vLLM (the largest tensor_parallel_size among the sampling sections it generates with). A job that

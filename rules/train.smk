@@ -84,10 +84,12 @@ for trainer in TRAINERS.values():
             scoring=config["reward"],
             seed=config["seed"],
             processes=trainer.processes(config["resources"][trainer.name]["gpu"]),
+            nodes=trainer.nodes(config["resources"][trainer.name]),
         resources:
-            gpu=gpus(trainer.name, "generation"),
+            gpu=gpus(trainer.name, "generation") * trainer.nodes(config["resources"][trainer.name]),
             mem_mb=config["resources"][trainer.name]["mem_mb"],
             runtime=config["resources"][trainer.name]["runtime"],
+            **across_nodes(trainer.nodes(config["resources"][trainer.name])),
         log:
             f"logs/{trainer.name}/{{dataset}}/{{frozen}}/{{prompter}}/{{run}}.log",
         conda:

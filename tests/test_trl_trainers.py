@@ -2,6 +2,8 @@
 model and scores the ORIGINAL x, and each trainer runs for real (TRL 1.16, a few steps on the tiny
 prompter), writes the shared metrics table and its model, and resumes from its checkpoint."""
 
+import os
+
 import pytest
 
 from alignpro.model_spec import ModelSpec
@@ -172,33 +174,65 @@ def test_a_killed_trl_run_resumes_from_its_last_checkpoint(tiny_prompter, tmp_pa
     assert [row["step"] for row in resumed] == [1, 2, 3] and resumed[-1]["frozen_calls"] == 12
 
 
-@pytest.mark.model
-def test_a_trl_run_in_two_processes_shares_the_steps_rollouts_and_writes_once(tiny_prompter, tiny_frozen, tiny_reward, tmp_path):
-    """The job of a multi-process trainer on two GPUs, on the CPU: torchrun starts the stage twice (gloo),
-    each process answers and scores its own prompts with its own frozen and reward models, and the main
-    process writes the model and the metrics, which count both processes' frozen-model answers."""
+def train_in_processes(trainer, models, tmp_path, **launch):
+    """The stage of `trainer` on the tiny models in several processes (`processes`, `nodes`); its metrics."""
     import pyarrow as pa
 
     from alignpro import stages
     from alignpro import tables
 
     train = tmp_path / "train.parquet"
+    train.parent.mkdir(parents=True, exist_ok=True)
     rows = [{"prompt_id": str(i), "prompt": prompt, "source": "test", "reference": None} for i, prompt in enumerate(PROMPTS)]
     tables.write_table(pa.Table.from_pylist(rows, schema=tables.PROMPTS), train, tables.PROMPTS)
-    local = lambda label, path: ModelSpec(label, str(path), dtype="float32")  # noqa: E731
+    prompter, frozen, reward = (ModelSpec(f"models.{kind}.m", str(path), dtype="float32") for kind, path in zip(("prompters", "frozen", "reward"), models))
     stages.train_prompter(
-        trainer="rloo", train_path=str(train), workdir=str(tmp_path / "rloo"), model=local("models.prompters.p", tiny_prompter),
-        frozen=local("models.frozen.f", tiny_frozen), reward=local("models.reward.r", tiny_reward), settings=SECTION,
-        rewrite={"backend": "transformers", "max_new_tokens": 8}, generation={"backend": "transformers", "max_new_tokens": 8},
-        scoring={"batch_size": 8, "max_length": 256}, seed=0, processes=2,
+        trainer=trainer, train_path=str(train), workdir=str(tmp_path / trainer), model=prompter, frozen=frozen, reward=reward,
+        settings=SECTION, rewrite={"backend": "transformers", "max_new_tokens": 8}, generation={"backend": "transformers", "max_new_tokens": 8},
+        scoring={"batch_size": 8, "max_length": 256}, seed=0, **launch,
     )
-    metrics = read_table(tmp_path / "rloo/metrics.parquet", TRAINING_METRICS).to_pylist()
+    return read_table(tmp_path / trainer / "metrics.parquet", TRAINING_METRICS).to_pylist()
+
+
+@pytest.mark.model
+def test_a_trl_run_in_two_processes_shares_the_steps_rollouts_and_writes_once(tiny_prompter, tiny_frozen, tiny_reward, tmp_path):
+    """The job of a multi-process trainer on two GPUs, on the CPU: torchrun starts the stage twice (gloo),
+    each process answers and scores its own prompts with its own frozen and reward models, and the main
+    process writes the model and the metrics, which count both processes' frozen-model answers."""
+    metrics = train_in_processes("rloo", (tiny_prompter, tiny_frozen, tiny_reward), tmp_path, processes=2)
     assert [row["step"] for row in metrics] == [1, 2]
     assert [row["frozen_calls"] for row in metrics] == [8, 16]  # 2 processes x 2 prompts x 2 completions, one answer each
     assert (tmp_path / "rloo/model/config.json").is_file() and not (tmp_path / "rloo/launch.json").exists()
     with pytest.raises(ValueError, match=r"config resources.ppo.gpu: ppo trains in one process"):
-        stages.train_prompter(
-            trainer="ppo", train_path=str(train), workdir=str(tmp_path / "ppo"), model=local("models.prompters.p", tiny_prompter),
-            frozen=local("models.frozen.f", tiny_frozen), reward=local("models.reward.r", tiny_reward), settings={"max_prompts": 4},
-            rewrite={}, generation={}, scoring={}, seed=0, processes=2,
-        )
+        train_in_processes("ppo", (tiny_prompter, tiny_frozen, tiny_reward), tmp_path, processes=2)
+
+SRUN = """#!/usr/bin/env bash
+# srun on one machine: its command once per --nodes, side by side, as on that many nodes; fails if one fails
+echo "$@" > "$(dirname "$0")/srun.args"
+while [[ $1 == --* ]]; do case $1 in --nodes=*) nodes=${1#--nodes=};; esac; shift; done
+for ((node = 0; node < nodes; node++)); do SLURM_NODEID=$node "$@" & pids+=($!); done
+status=0; for pid in "${pids[@]}"; do wait "$pid" || status=1; done; exit $status
+"""
+
+
+@pytest.mark.model
+def test_a_trl_run_across_two_nodes_meets_at_one_rendezvous(tiny_prompter, tiny_frozen, tiny_reward, tmp_path, monkeypatch):
+    """Two nodes of a SLURM allocation, one process each: srun (a stand-in starting its command once per node
+    on this machine) starts torchrun on each, they meet at the c10d rendezvous on the job's node, train as
+    one (frozen-model answers of both counted) and the main process writes; outside an allocation the
+    setting is refused, naming it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(SRUN)
+    (bin_dir / "srun").chmod(0o755)
+    models = (tiny_prompter, tiny_frozen, tiny_reward)
+    with pytest.raises(ValueError, match=r"config resources.rloo.nodes: 2 nodes need a SLURM allocation"):
+        train_in_processes("rloo", models, tmp_path / "outside", processes=1, nodes=2)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    metrics = train_in_processes("rloo", models, tmp_path, processes=1, nodes=2)
+    assert [row["frozen_calls"] for row in metrics] == [8, 16]  # 2 nodes x 2 prompts x 2 completions, one answer each
+    assert (tmp_path / "rloo/model/config.json").is_file() and not (tmp_path / "rloo/launch.json").exists()
+    srun = (bin_dir / "srun.args").read_text().split()
+    assert srun[:3] == ["--nodes=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    assert {"--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", "--rdzv_id=4242"} <= set(srun)

@@ -1184,6 +1184,21 @@ def test_gpu_requests_follow_vllm_tensor_parallel_size(tmp_path):
     assert not gpus["dataset"] and not gpus["judge"] and not gpus["report"] and not gpus["star_rewrites"]
 
 
+def test_a_trainer_spanning_nodes_asks_slurm_for_them_and_one_in_one_process_is_refused(tmp_path):
+    """resources.grpo: {gpu: 2, nodes: 2}: the job asks for both nodes' GPUs and one task per node, run as
+    an `mpi` job (the stage's own srun starts torchrun on each node); nodes on PPO, which trains in one
+    process, stop the run naming the key."""
+    workdir = copy_workflow(tmp_path / "workflow")
+    base = {"gpu": 0, "mem_mb": 4000, "runtime": 30}
+    spread = derive_config(workdir / "config/trainers.yaml", "nodes.yaml", resources={"grpo": base | {"gpu": 2, "nodes": 2}})
+    requests = planned_resources(workdir, "--configfile", str(spread), "--resources", "gpu=8")
+    assert requests["grpo"] and all({"gpu=4", "nodes=2", "mpi=srun", "tasks=2", "tasks_per_gpu=0"} <= job for job in requests["grpo"])
+    assert all("nodes=2" not in job and "mpi=srun" not in job for rule in ("rloo", "ppo") for job in requests[rule])
+    refused = derive_config(workdir / "config/trainers.yaml", "ppo_nodes.yaml", resources={"ppo": base | {"nodes": 2}})
+    failed = run_snakemake(workdir, "--dry-run", "--configfile", str(refused), check=False)
+    assert failed.returncode != 0 and "config resources.ppo.nodes: ppo trains in one process, on one node" in failed.stdout + failed.stderr
+
+
 def test_the_embedded_default_takes_no_gpu_except_for_vllm(tmp_path):
     """Its small models run on the CPU: no job holds the `gpu` resource, so `--resources gpu=1` lets
     them run side by side; a job that generates with vLLM still takes one."""

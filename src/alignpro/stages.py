@@ -258,28 +258,31 @@ def train_prompter(
     scoring: dict,
     seed: int,
     processes: int = 1,
+    nodes: int = 1,
 ) -> None:
     """A prompter trained from rho_sft by `trainer` (alignpro.trainers) with `settings`, its config
     section as one run takes it; each rewrite's reward is r(x, frozen(x')).
 
     Writes `workdir/model` and `workdir/metrics.parquet`; checkpoints in `workdir/checkpoints`
     survive a killed job, and the rerun resumes from the last one. With `processes` above 1 (a trainer
-    that trains in several processes, on as many GPUs) the stage runs once per process under torchrun
-    (alignpro.distributed).
+    that trains in several processes, on as many GPUs) or several `nodes` (of a SLURM allocation) the
+    stage runs once per process under torchrun, `processes` on each node (alignpro.distributed).
     """
     from alignpro import distributed
     from alignpro.rewrite import prompter_conversation
     from alignpro.trainers import TRAINERS
     from alignpro.training import RewriteReward
 
-    if processes > 1 and not distributed.launched():
+    if (processes > 1 or nodes > 1) and not distributed.launched():
         if not TRAINERS[trainer].multi_process:
             raise ValueError(f"config resources.{trainer}.gpu: {trainer} trains in one process; give its job one GPU")
         arguments = dict(
             trainer=trainer, train_path=train_path, workdir=workdir, model=model, frozen=frozen, reward=reward,
-            settings=settings, rewrite=rewrite, generation=generation, scoring=scoring, seed=seed, processes=processes,
+            settings=settings, rewrite=rewrite, generation=generation, scoring=scoring, seed=seed,
         )
-        distributed.run_in_processes("alignpro.stages:train_prompter", processes, arguments, workdir)
+        distributed.run_in_processes(
+            "alignpro.stages:train_prompter", arguments, workdir, processes=processes, nodes=nodes, resource=f"resources.{trainer}"
+        )
         return
 
     rewriting, answering = _rewriting(rewrite), _generation(generation)

@@ -17,4 +17,5 @@ if __name__ == "__main__":
             scoring=dict(snakemake.params.scoring),
             seed=snakemake.params.seed,
             processes=snakemake.params.processes,
+            nodes=snakemake.params.nodes,
         )
