@@ -18,39 +18,16 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from servers import free_port, started  # noqa: E402  (the tests' way to start a server and wait for it)
+
 SAMPLING = {"max_tokens": 16, "temperature": 1.0, "top_p": 0.9, "seed": 0}  # the evaluation's (config.yaml)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def started(command: list[str], url: str, log: Path, env: dict | None = None) -> subprocess.Popen:
-    """`command` started, once `url` answers."""
-    import httpx
-
-    process = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 300
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"{command[0]} exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{url} did not answer:\n{log.read_text()[-3000:]}") from None
-            time.sleep(1)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -75,23 +52,21 @@ def main() -> None:
     prompts = pq.read_table(results / "data/phrasing/test.parquet").column("prompt").to_pylist()[: args.prompts]
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     frozen_port, proxy_port = free_port(), free_port()
-    frozen = started(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(results / "task_models/phrasing/frozen"),
-         "--served-model-name", "phrasing-frozen", "--host", "127.0.0.1", "--port", str(frozen_port), "--dtype", "float32",
-         "--max-model-len", "512", "--gpu-memory-utilization", "0.2"],
-        f"http://127.0.0.1:{frozen_port}/v1/models", logs / "serve_latency_vllm.log",
-    )
-    proxy = None
-    try:
-        proxy = started(
-            [str(Path(sys.executable).parent / "alignpro"), "serve", "--port", str(proxy_port), "--served-model", "aligned",
-             "--rewrite-backend", "transformers",
-             "--prompter", str(results / "train/phrasing/phrasing-frozen/phrasing-prompter/ppo/model"),
-             "--frozen-base-url", f"http://127.0.0.1:{frozen_port}/v1", "--frozen-model", "phrasing-frozen",
-             "--frozen-api-key-env", "SERVE_LATENCY_KEY"],
-            f"http://127.0.0.1:{proxy_port}/health", logs / "serve_latency_proxy.log",
-            env=os.environ | {"SERVE_LATENCY_KEY": "none", "HF_HUB_OFFLINE": "1"},
-        )
+    frozen = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(results / "task_models/phrasing/frozen"),
+        "--served-model-name", "phrasing-frozen", "--host", "127.0.0.1", "--port", str(frozen_port), "--dtype", "float32",
+        "--max-model-len", "512", "--gpu-memory-utilization", "0.2",
+    ]
+    proxy = [
+        str(Path(sys.executable).parent / "alignpro"), "serve", "--port", str(proxy_port), "--served-model", "aligned",
+        "--rewrite-backend", "transformers", "--prompter", str(results / "train/phrasing/phrasing-frozen/phrasing-prompter/ppo/model"),
+        "--frozen-base-url", f"http://127.0.0.1:{frozen_port}/v1", "--frozen-model", "phrasing-frozen", "--frozen-api-key-env", "SERVE_LATENCY_KEY",
+    ]
+    with (
+        started(frozen, f"http://127.0.0.1:{frozen_port}/v1/models", logs / "serve_latency_vllm.log", timeout_s=300),
+        started(proxy, f"http://127.0.0.1:{proxy_port}/health", logs / "serve_latency_proxy.log", timeout_s=300,
+                env=os.environ | {"SERVE_LATENCY_KEY": "none", "HF_HUB_OFFLINE": "1"}),
+    ):
         direct = openai.OpenAI(base_url=f"http://127.0.0.1:{frozen_port}/v1", api_key="none", max_retries=0)
         through = openai.OpenAI(base_url=f"http://127.0.0.1:{proxy_port}/v1", api_key="none", max_retries=0)
         rows = []
@@ -105,11 +80,6 @@ def main() -> None:
                 timed[name] = (time.perf_counter() - began, response)
             seconds = timed["proxy"][1].model_extra["alignpro"]["seconds"]
             rows.append({"direct": timed["direct"][0], "proxy": timed["proxy"][0], **seconds})
-    finally:
-        for process in (proxy, frozen):
-            if process is not None:
-                process.terminate()
-                process.wait(timeout=60)
     report = {
         "command": "python benchmarks/serve_latency.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",

@@ -13,6 +13,7 @@ import pytest
 
 from fakes import ScriptedPrompter
 from openai_stub import JudgeStub, stub_rewrite
+from servers import free_port, started
 
 from alignpro.serve import ServeSettings, build_app
 
@@ -203,16 +204,11 @@ def test_alignpro_serve_rewrites_with_a_trained_prompters_directory(frozen, tiny
     """The command as a user runs it (`alignpro serve --config`, here `python -m alignpro.cli`), the prompter
     a model directory loaded by the transformers backend: a request is rewritten and answered."""
     import os
-    import socket
-    import subprocess
     import sys
 
-    import httpx
     import yaml
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     config = tmp_path / "serve.yaml"
     config.write_text(yaml.safe_dump({
         "prompter": str(tiny_prompter),
@@ -220,22 +216,10 @@ def test_alignpro_serve_rewrites_with_a_trained_prompters_directory(frozen, tiny
         "frozen": {"api": {"base_url": frozen.base_url, "model": "served-frozen", "api_key_env": "ALIGNPRO_TEST_KEY"}},
     }))
     command = [sys.executable, "-m", "alignpro.cli", "serve", "--config", str(config), "--port", str(port), "--served-model", "aligned"]
-    server = subprocess.Popen(command, env=os.environ | {"HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.stdout.read()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "alignpro serve did not come up"
-                time.sleep(0.2)
+    with started(command, f"http://127.0.0.1:{port}/health", tmp_path / "serve.log", timeout_s=120, env=os.environ | {"HF_HUB_OFFLINE": "1"}):
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="anything", max_retries=0)
         response = client.chat.completions.create(model="aligned", messages=[{"role": "user", "content": QUESTION}])
-    finally:
-        server.terminate()
-        log = server.communicate(timeout=30)[0]
+    log = (tmp_path / "serve.log").read_text()
     info = response.model_extra["alignpro"]
     # the random tiny prompter's rewrite (x itself, should it fall back on another float path) is what was answered
     assert info["original"] == QUESTION and (info["rewrite"] != QUESTION or info["fallback"] is not None)

