@@ -356,6 +356,21 @@ def without_path(runs):
     return [{key: value for key, value in run.items() if key != "path"} for run in runs]
 
 
+def check_nodes():
+    """Only a trainer that trains in one process per GPU spans nodes (alignpro.distributed): `nodes` on
+    another rule's jobs would be asked of the cluster and go unused."""
+    spanning = [trainer.name for trainer in TRAINERS.values() if trainer.multi_process]
+    for name, requests in config["resources"].items():
+        if requests["nodes"] > 1 and name not in spanning:
+            raise ValueError(
+                f"config resources.{name}.nodes: {name}'s jobs run in one process on one node; only {' and '.join(spanning)} "
+                f"span nodes. Set it to 1"
+            )
+
+
+check_nodes()
+
+
 def across_nodes(nodes):
     """The resources of a job spanning several nodes (none for one). SLURM's executor plugin runs an
     `mpi` job's script on the allocation's first node rather than inside a one-task step, so the stage's

@@ -84,12 +84,12 @@ for trainer in TRAINERS.values():
             scoring=config["reward"],
             seed=config["seed"],
             processes=trainer.processes(config["resources"][trainer.name]["gpu"]),
-            nodes=trainer.nodes(config["resources"][trainer.name]),
+            nodes=config["resources"][trainer.name]["nodes"],
         resources:
-            gpu=gpus(trainer.name, "generation") * trainer.nodes(config["resources"][trainer.name]),
+            gpu=gpus(trainer.name, "generation") * config["resources"][trainer.name]["nodes"],
             mem_mb=config["resources"][trainer.name]["mem_mb"],
             runtime=config["resources"][trainer.name]["runtime"],
-            **across_nodes(trainer.nodes(config["resources"][trainer.name])),
+            **across_nodes(config["resources"][trainer.name]["nodes"]),
         log:
             f"logs/{trainer.name}/{{dataset}}/{{frozen}}/{{prompter}}/{{run}}.log",
         conda:

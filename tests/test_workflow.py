@@ -1170,7 +1170,7 @@ def test_a_trainer_spanning_nodes_asks_slurm_for_them_and_one_in_one_process_is_
     assert all("nodes=2" not in job and "mpi=srun" not in job for rule in ("rloo", "ppo") for job in requests[rule])
     refused = derive_config(workdir / "config/trainers.yaml", "ppo_nodes.yaml", resources={"ppo": base | {"nodes": 2}})
     failed = run_snakemake(workdir, "--dry-run", "--configfile", str(refused), check=False)
-    assert failed.returncode != 0 and "config resources.ppo.nodes: ppo trains in one process, on one node" in failed.stdout + failed.stderr
+    assert failed.returncode != 0 and "config resources.ppo.nodes: ppo's jobs run in one process on one node; only grpo and rloo span nodes" in failed.stdout + failed.stderr
 
 
 def test_the_embedded_default_takes_no_gpu_except_for_vllm(tmp_path):

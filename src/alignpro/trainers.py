@@ -60,13 +60,6 @@ class Trainer:
         """The processes its job trains in on each node, given the job's GPUs per node."""
         return max(gpus, 1) if self.multi_process else 1
 
-    def nodes(self, resources: dict) -> int:
-        """The nodes its job spans (`resources.<name>.nodes`); only a multi-process trainer spans several."""
-        nodes = resources.get("nodes", 1)
-        if nodes > 1 and not self.multi_process:
-            raise ValueError(f"config resources.{self.name}.nodes: {self.name} trains in one process, on one node; set it to 1")
-        return nodes
-
     def train_function(self):
         return pkgutil.resolve_name(self.train)
 
