@@ -97,12 +97,12 @@ class EndpointModel:
     """The frozen model at an OpenAI-compatible endpoint, through the project's API client (retries,
     concurrency limit): requests pass through as the client sent them, x' in place of x."""
 
-    def __init__(self, settings: FrozenAPISettings, client=None):
+    def __init__(self, settings: FrozenAPISettings):
         from alignpro.api import Budget, ChatClient
 
         self.settings = settings
         self.name = settings.model
-        self.client = client or ChatClient(settings, Budget(settings), who=f"frozen model {settings.model}")
+        self.client = ChatClient(settings, Budget(settings), who=f"frozen model {settings.model}")
 
     def check(self, request: dict) -> None:
         """The endpoint judges the request itself."""
