@@ -23,9 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+from alignpro.distributed import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from servers import free_port, started  # noqa: E402  (the tests' way to start a server and wait for it)
+from servers import started  # noqa: E402  (the tests' way to start a server and wait for it)
 
 SAMPLING = {"max_tokens": 16, "temperature": 1.0, "top_p": 0.9, "seed": 0}  # the evaluation's (config.yaml)
 

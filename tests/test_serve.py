@@ -13,8 +13,9 @@ import pytest
 
 from fakes import ScriptedPrompter
 from openai_stub import JudgeStub, stub_rewrite
-from servers import free_port, started
+from servers import started
 
+from alignpro.distributed import free_port
 from alignpro.serve import ServeSettings, build_app
 
 QUESTION = "hw do i boil egg"

@@ -30,8 +30,9 @@ import yaml
 from scipy import stats
 
 from alignpro import tables, task_plans
+from alignpro.distributed import free_port
 from openai_stub import JudgeStub
-from servers import free_port, started
+from servers import started
 
 pytestmark = pytest.mark.workflow
 

@@ -323,9 +323,10 @@ class ChatClient:
         return CompletedCall(content, finish_reason, prompt_tokens, completion_tokens, self.settings.cost(prompt_tokens, completion_tokens))
 
 
-def requested_tokens(request: dict) -> int:
-    """The answer length a client's request allows, for the budget's estimate (1,024 when it sets none)."""
-    return request.get("max_completion_tokens") or request.get("max_tokens") or 1024
+def requested_tokens(request: dict, default: int = 1024) -> int:
+    """The answer length a client's chat request allows (max_completion_tokens, else max_tokens), `default`
+    when it sets none (1,024 for the budget's estimate)."""
+    return request.get("max_completion_tokens") or request.get("max_tokens") or default
 
 
 class StreamRefused(RuntimeError):

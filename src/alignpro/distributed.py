@@ -60,7 +60,7 @@ def launch_command(spec: Path, processes: int, nodes: int, resource: str = "reso
 
 
 def free_port() -> int:
-    """A TCP port free on this node now, for the rendezvous."""
+    """A TCP port free on this machine now (the rendezvous's; the tests' servers take theirs here too)."""
     with socket.socket() as probe:
         probe.bind(("", 0))
         return probe.getsockname()[1]

@@ -33,6 +33,11 @@ class FrozenAPISettings(APISettings):
             raise ValueError(f"config {name}.model: the API's name for the model is required")
         return settings
 
+    @classmethod
+    def of(cls, model) -> FrozenAPISettings:
+        """The settings of a model spec's `api` section (alignpro.model_spec.ModelSpec), named after its entry."""
+        return cls.from_config(model.api, f"{model.label}.api")
+
 
 def answer_key(settings: FrozenAPISettings, messages: list[dict], sampling: Sampling, sample_index: int, extra: str | None) -> str:
     """sha256 of everything that determines one sampled answer: the endpoint and model, the messages,

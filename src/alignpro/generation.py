@@ -49,7 +49,7 @@ class SamplingSettings:
         if model.api is not None:
             from alignpro.frozen_api import APIGenerator, FrozenAPISettings
 
-            return APIGenerator(FrozenAPISettings.from_config(model.api, f"{model.label}.api"), name=model.name, role=role)
+            return APIGenerator(FrozenAPISettings.of(model), name=model.name, role=role)
         return load_generator(
             self.backend, model.path, **model.load_options(), batch_size=self.batch_size, seed=seed, vllm_options=self.vllm
         )

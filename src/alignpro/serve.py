@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict
 
+from alignpro.api import requested_tokens
 from alignpro.frozen_api import FrozenAPISettings
 from alignpro.generation import GenerationSettings
 from alignpro.model_spec import ModelSpec
@@ -65,7 +66,7 @@ class ServeSettings:
         settings = from_section(cls, section, "serve")
         for model in (settings.prompter_spec(), settings.frozen_spec()):  # a bad key fails here, naming it
             if model.api is not None:
-                FrozenAPISettings.from_config(model.api, f"{model.label}.api")
+                FrozenAPISettings.of(model)
         settings.rewrite_settings(), settings.generation_settings()
         return settings
 
@@ -154,7 +155,7 @@ class LocalModel:
             n=request.get("n") or 1,
             temperature=defaults.temperature if request.get("temperature") is None else request["temperature"],
             top_p=defaults.top_p if request.get("top_p") is None else request["top_p"],
-            max_new_tokens=request.get("max_completion_tokens") or request.get("max_tokens") or defaults.max_new_tokens,
+            max_new_tokens=requested_tokens(request, default=defaults.max_new_tokens),
             seed=defaults.seed if request.get("seed") is None else request["seed"],
         )
 
@@ -188,7 +189,7 @@ def frozen_model(settings: ServeSettings) -> EndpointModel | LocalModel:
     """The frozen model the settings name: its endpoint's client, or its weights loaded here."""
     model = settings.frozen_spec()
     if model.api is not None:
-        return EndpointModel(FrozenAPISettings.from_config(model.api, f"{model.label}.api"))
+        return EndpointModel(FrozenAPISettings.of(model))
     generation = settings.generation_settings()
     generator = generation.generator(model, seed=settings.seed)
     return LocalModel(generator, generation, name=model.path.rstrip("/").rsplit("/", 1)[-1], seed=settings.seed)
