@@ -243,60 +243,6 @@ def test_grpo_and_rloo_prompters_beat_base_beside_ppo(finished_run, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.vllm
-def test_the_served_prompter_raises_accuracy_through_the_proxy(finished_run, monkeypatch, tmp_path):
-    """The product path: `alignpro serve` puts the embedded default's PPO prompter in front of its frozen
-    model served by vLLM, and a second proxy in front of the same weights run inside it; on the test
-    prompts (two answers each, the evaluation's sampling) the frozen model answers correctly more often
-    through each proxy than called directly, paired by prompt, 95% interval of the gain above 0."""
-    import openai
-
-    from alignpro.checkers import CHECKERS
-
-    workdir, _ = finished_run
-    monkeypatch.setenv("ALIGNPRO_TEST_FROZEN_KEY", "none")
-    test = tables.read_table(workdir / f"results/data/{DATASET}/test.parquet", tables.PROMPTS).to_pylist()
-    weights = workdir / f"results/task_models/{DATASET}/frozen"
-    ports = {"proxy": free_port(), "proxy, local weights": free_port()}
-    serve = [
-        str(Path(sys.executable).parent / "alignpro"), "serve", "--served-model", "aligned", "--rewrite-backend", "transformers",
-        "--prompter", str(workdir / f"results/train/{RUN}/{PROMPTER}/ppo/model"),
-    ]
-    with contextlib.ExitStack() as servers:
-        frozen_url = servers.enter_context(vllm_server(weights, FROZEN, tmp_path / "vllm.log"))
-        frozen = {
-            "proxy": ["--frozen-base-url", frozen_url, "--frozen-model", FROZEN, "--frozen-api-key-env", "ALIGNPRO_TEST_FROZEN_KEY"],
-            "proxy, local weights": ["--frozen-path", str(weights), "--generation-backend", "transformers"],
-        }
-        for name, port in ports.items():
-            command = [*serve, "--port", str(port), *frozen[name]]
-            log = tmp_path / f"{name.replace(', ', '-').replace(' ', '_')}.log"
-            servers.enter_context(started(command, f"http://127.0.0.1:{port}/health", log, timeout_s=120, env=os.environ | {"HF_HUB_OFFLINE": "1"}))
-        clients = {"direct": (openai.OpenAI(base_url=frozen_url, api_key="none", max_retries=0), FROZEN)} | {
-            name: (openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0), "aligned") for name, port in ports.items()
-        }
-        correct = {name: [] for name in clients}
-        for row in test:
-            for name, (client, model) in clients.items():
-                answers = [
-                    client.chat.completions.create(
-                        model=model, messages=[{"role": "user", "content": row["prompt"]}], max_tokens=16, temperature=1.0,
-                        top_p=0.9, seed=seed,
-                    ).choices[0].message.content
-                    for seed in (0, 1)
-                ]
-                correct[name].append(np.mean([CHECKERS["exact"](answer, row["reference"]) for answer in answers]))
-    low = {}
-    for name in ports:
-        gains = np.array(correct[name]) - np.array(correct["direct"])
-        interval = stats.ttest_1samp(gains, 0.0).confidence_interval(0.95)
-        low[name] = interval.low
-        print(f"accuracy direct {np.mean(correct['direct']):.3f}, {name} {np.mean(correct[name]):.3f}, "
-              f"gain {gains.mean():+.3f} [{interval.low:+.3f}, {interval.high:+.3f}]")
-    assert all(bound > 0 for bound in low.values()), low
-
-
-@pytest.mark.slow
 @pytest.mark.browser
 def test_the_report_page_loads_every_image_and_fits_the_window_in_chromium(finished_run):
     """report.html of the embedded default in headless Chromium, 1024 pixels wide: every image loaded with
@@ -729,20 +675,38 @@ def vllm_server(model: Path, name: str, log: Path):
         yield f"http://127.0.0.1:{port}/v1"
 
 
+def vllm_requests_answered(base_url: str) -> float:
+    """Requests a vLLM server has answered so far, by its Prometheus metrics."""
+    with urllib.request.urlopen(f"{base_url.removesuffix('/v1')}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    return sum(float(value) for value in re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)$", metrics, flags=re.MULTILINE))
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_a_frozen_model_served_by_vllm_answers_in_training_and_evaluation(finished_run, monkeypatch, tmp_path):
-    """The frozen model behind vLLM's OpenAI-compatible server, as a black box: rlhf is refused without
-    local weights; with them beside the API entry, sft_pairs, ppo and generate get their answers from
-    the server (nothing is built or fetched for it), and the run is complete. Training is cut short
-    (a few PPO steps, fewer sft pairs): what is tested is who answers, not how well the prompter learns."""
-    workdir, config = finished_run
-    key = "sk-served-fedcba9876543210"
-    monkeypatch.setenv("ALIGNPRO_TEST_SERVED_KEY", key)
-    models = yaml.safe_load(config.read_text())["models"]
-    weights = f"results/task_models/{DATASET}/frozen"
-    with vllm_server(workdir / weights, "phrasing-served", tmp_path / "vllm-server.log") as base_url:
-        api = {"model": "phrasing-served", "base_url": base_url, "api_key_env": "ALIGNPRO_TEST_SERVED_KEY", "concurrency": 8}
+class TestTheFrozenModelServedByVLLM:
+    """The embedded default's frozen model behind vLLM's OpenAI-compatible server, one server for the
+    tests that call it over HTTP (one takes about 40 s to start here)."""
+
+    @pytest.fixture(scope="class")
+    def frozen_url(self, finished_run, tmp_path_factory):
+        workdir, _ = finished_run
+        log = tmp_path_factory.mktemp("vllm-server") / "vllm.log"
+        with vllm_server(workdir / f"results/task_models/{DATASET}/frozen", FROZEN, log) as base_url:
+            yield base_url
+
+    def test_it_answers_in_training_and_evaluation(self, finished_run, frozen_url, monkeypatch):
+        """As a black box: rlhf is refused without local weights; with them beside the API entry,
+        sft_pairs, ppo and generate get their answers from the server (nothing is built or fetched for
+        it), and the run is complete. Training is cut short (a few PPO steps, fewer sft pairs): what is
+        tested is who answers, not how well the prompter learns."""
+        workdir, config = finished_run
+        key = "sk-served-fedcba9876543210"
+        monkeypatch.setenv("ALIGNPRO_TEST_SERVED_KEY", key)
+        models = yaml.safe_load(config.read_text())["models"]
+        weights = f"results/task_models/{DATASET}/frozen"
+        answered_before = vllm_requests_answered(frozen_url)
+        api = {"model": FROZEN, "base_url": frozen_url, "api_key_env": "ALIGNPRO_TEST_SERVED_KEY", "concurrency": 8}
         black_box = derive_config(config, "served_alone.yaml", models={"frozen": {**models["frozen"], "served": {"api": api}}})
         refused = run_snakemake(workdir, "--dry-run", "--configfile", str(black_box), check=False)
         assert refused.returncode != 0
@@ -762,16 +726,64 @@ def test_a_frozen_model_served_by_vllm_answers_in_training_and_evaluation(finish
         assert planned == {"generate": 3, "rewrite": 2, "sft_pairs": 1, "sft": 1, "ppo": 1}
         run_snakemake(workdir, "--configfile", str(served), targets=targets)
         for text in job_logs(workdir, run):
-            assert f"frozen model served: phrasing-served at {base_url}, through its API" in text
+            assert f"frozen model served: {FROZEN} at {frozen_url}, through its API" in text
             assert re.search(r"frozen model served: [1-9]\d* requests, \d+ answers from the cache", text)
         assert pq.read_table(workdir / base).num_rows == sections["datasets"][DATASET]["test_size"] * sections["generation"]["n_samples"]
         assert planned_jobs(workdir, "--configfile", str(served), targets=targets) == {}
-        with urllib.request.urlopen(f"{base_url.removesuffix('/v1')}/metrics", timeout=10) as response:
-            metrics = response.read().decode()
-    answered = sum(float(value) for value in re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)$", metrics, flags=re.MULTILINE))
-    recorded = sum(int(text.rsplit("frozen model served: ", 1)[1].split(" requests", 1)[0]) for text in job_logs(workdir, run))
-    assert answered == recorded > 0  # the server answered exactly the requests the jobs counted
-    assert_key_written_nowhere(workdir, key)
+        answered = vllm_requests_answered(frozen_url) - answered_before
+        recorded = sum(int(text.rsplit("frozen model served: ", 1)[1].split(" requests", 1)[0]) for text in job_logs(workdir, run))
+        assert answered == recorded > 0  # the server answered exactly the requests the jobs counted
+        assert_key_written_nowhere(workdir, key)
+
+    def test_the_served_prompter_raises_accuracy_through_the_proxy(self, finished_run, frozen_url, monkeypatch, tmp_path):
+        """The product path: `alignpro serve` puts the embedded default's PPO prompter in front of the
+        frozen model on vLLM, and a second proxy in front of the same weights run inside it; on the test
+        prompts (two answers each, the evaluation's sampling) the frozen model answers correctly more
+        often through each proxy than called directly, paired by prompt, 95% interval of the gain above 0."""
+        import openai
+
+        from alignpro.checkers import CHECKERS
+
+        workdir, _ = finished_run
+        monkeypatch.setenv("ALIGNPRO_TEST_FROZEN_KEY", "none")
+        test = tables.read_table(workdir / f"results/data/{DATASET}/test.parquet", tables.PROMPTS).to_pylist()
+        weights = workdir / f"results/task_models/{DATASET}/frozen"
+        ports = {"proxy": free_port(), "proxy, local weights": free_port()}
+        serve = [
+            str(Path(sys.executable).parent / "alignpro"), "serve", "--served-model", "aligned", "--rewrite-backend", "transformers",
+            "--prompter", str(workdir / f"results/train/{RUN}/{PROMPTER}/ppo/model"),
+        ]
+        frozen = {
+            "proxy": ["--frozen-base-url", frozen_url, "--frozen-model", FROZEN, "--frozen-api-key-env", "ALIGNPRO_TEST_FROZEN_KEY"],
+            "proxy, local weights": ["--frozen-path", str(weights), "--generation-backend", "transformers"],
+        }
+        with contextlib.ExitStack() as servers:
+            for name, port in ports.items():
+                command = [*serve, "--port", str(port), *frozen[name]]
+                log = tmp_path / f"{name.replace(', ', '-').replace(' ', '_')}.log"
+                servers.enter_context(started(command, f"http://127.0.0.1:{port}/health", log, timeout_s=120, env=os.environ | {"HF_HUB_OFFLINE": "1"}))
+            clients = {"direct": (openai.OpenAI(base_url=frozen_url, api_key="none", max_retries=0), FROZEN)} | {
+                name: (openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0), "aligned") for name, port in ports.items()
+            }
+            correct = {name: [] for name in clients}
+            for row in test:
+                for name, (client, model) in clients.items():
+                    answers = [
+                        client.chat.completions.create(
+                            model=model, messages=[{"role": "user", "content": row["prompt"]}], max_tokens=16, temperature=1.0,
+                            top_p=0.9, seed=seed,
+                        ).choices[0].message.content
+                        for seed in (0, 1)
+                    ]
+                    correct[name].append(np.mean([CHECKERS["exact"](answer, row["reference"]) for answer in answers]))
+        low = {}
+        for name in ports:
+            gains = np.array(correct[name]) - np.array(correct["direct"])
+            interval = stats.ttest_1samp(gains, 0.0).confidence_interval(0.95)
+            low[name] = interval.low
+            print(f"accuracy direct {np.mean(correct['direct']):.3f}, {name} {np.mean(correct[name]):.3f}, "
+                  f"gain {gains.mean():+.3f} [{interval.low:+.3f}, {interval.high:+.3f}]")
+        assert all(bound > 0 for bound in low.values()), low
 
 
 def job_logs(workdir: Path, run: str) -> list[str]:
