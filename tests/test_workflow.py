@@ -636,31 +636,6 @@ def assert_key_written_nowhere(workdir: Path, key: str) -> None:
                 assert key.encode() not in path.read_bytes(), path
 
 
-@pytest.mark.slow
-@pytest.mark.vllm
-def test_vllm_backend_runs_generation_end_to_end(finished_run):
-    """Switching the frozen model to vLLM plans to rerun what uses it (generation, and the prompter's
-    training, whose reward needs the frozen model's answers); vLLM really answers, in the evaluation
-    and inside PPO's steps (one PPO run and base's answers are built, to bound the time)."""
-    workdir, config = finished_run
-    with_vllm = derive_config(
-        config, "vllm.yaml", generation={"backend": "vllm", "vllm": {"max_model_len": 512}},
-        ppo={"steps": 4, "save_every": 2},  # vLLM answering inside PPO's steps, not the prompter learning, is tested
-        gpu_memory={job: {"frozen_engine": 0.2} for job in ("generate", "sft_pairs", "star_candidates", "ppo")},
-    )
-    retrained = {"sft_pairs": 1, "sft": 1, "ppo": 3, "rewrite": 4, "star_candidates": 1, "star_rewrites": 2}
-    evaluated = {"generate": 8, "score": 8, "judge": 7, "report": 1}
-    assert planned_jobs(workdir, "--configfile", str(with_vllm)) == {"all": 1, **evaluated, **retrained}
-    base, ppo = f"results/responses/{RUN}/base.parquet", f"results/train/{RUN}/{PROMPTER}/ppo/metrics.parquet"
-    run_snakemake(workdir, "--configfile", str(with_vllm), targets=(base, ppo))
-    log = (workdir / f"logs/generate/{RUN}/base.log").read_text()
-    assert "vllm" in log.lower()
-    responses = pq.read_table(workdir / base)
-    assert responses.num_rows == yaml.safe_load(config.read_text())["datasets"][DATASET]["test_size"] * 2
-    assert "vllm" in (workdir / f"logs/ppo/{RUN}/{PROMPTER}/ppo.log").read_text().lower()
-    assert planned_jobs(workdir, "--configfile", str(with_vllm), targets=(base, ppo)) == {}
-
-
 @contextlib.contextmanager
 def vllm_server(model: Path, name: str, log: Path):
     """vLLM's OpenAI-compatible server on `model`, started as the README says (`python -m
@@ -744,7 +719,9 @@ class TestTheFrozenModelServedByVLLM:
 
         from alignpro.checkers import CHECKERS
 
-        workdir, _ = finished_run
+        workdir, config = finished_run
+        ppo_steps = pq.read_table(workdir / f"results/train/{RUN}/{PROMPTER}/ppo/metrics.parquet").num_rows
+        assert ppo_steps == yaml.safe_load(config.read_text())["ppo"]["steps"], "a test before this one retrained the PPO prompter"
         monkeypatch.setenv("ALIGNPRO_TEST_FROZEN_KEY", "none")
         test = tables.read_table(workdir / f"results/data/{DATASET}/test.parquet", tables.PROMPTS).to_pylist()
         weights = workdir / f"results/task_models/{DATASET}/frozen"
@@ -784,6 +761,31 @@ class TestTheFrozenModelServedByVLLM:
             print(f"accuracy direct {np.mean(correct['direct']):.3f}, {name} {np.mean(correct[name]):.3f}, "
                   f"gain {gains.mean():+.3f} [{interval.low:+.3f}, {interval.high:+.3f}]")
         assert all(bound > 0 for bound in low.values()), low
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_backend_runs_generation_end_to_end(finished_run):
+    """Switching the frozen model to vLLM plans to rerun what uses it (generation, and the prompter's
+    training, whose reward needs the frozen model's answers); vLLM really answers, in the evaluation
+    and inside PPO's steps (one PPO run and base's answers are built, to bound the time)."""
+    workdir, config = finished_run
+    with_vllm = derive_config(
+        config, "vllm.yaml", generation={"backend": "vllm", "vllm": {"max_model_len": 512}},
+        ppo={"steps": 4, "save_every": 2},  # vLLM answering inside PPO's steps, not the prompter learning, is tested
+        gpu_memory={job: {"frozen_engine": 0.2} for job in ("generate", "sft_pairs", "star_candidates", "ppo")},
+    )
+    retrained = {"sft_pairs": 1, "sft": 1, "ppo": 3, "rewrite": 4, "star_candidates": 1, "star_rewrites": 2}
+    evaluated = {"generate": 8, "score": 8, "judge": 7, "report": 1}
+    assert planned_jobs(workdir, "--configfile", str(with_vllm)) == {"all": 1, **evaluated, **retrained}
+    base, ppo = f"results/responses/{RUN}/base.parquet", f"results/train/{RUN}/{PROMPTER}/ppo/metrics.parquet"
+    run_snakemake(workdir, "--configfile", str(with_vllm), targets=(base, ppo))
+    log = (workdir / f"logs/generate/{RUN}/base.log").read_text()
+    assert "vllm" in log.lower()
+    responses = pq.read_table(workdir / base)
+    assert responses.num_rows == yaml.safe_load(config.read_text())["datasets"][DATASET]["test_size"] * 2
+    assert "vllm" in (workdir / f"logs/ppo/{RUN}/{PROMPTER}/ppo.log").read_text().lower()
+    assert planned_jobs(workdir, "--configfile", str(with_vllm), targets=(base, ppo)) == {}
 
 
 def job_logs(workdir: Path, run: str) -> list[str]:
