@@ -661,7 +661,7 @@ def vllm_requests_answered(base_url: str) -> float:
 @pytest.mark.vllm
 class TestTheFrozenModelServedByVLLM:
     """The embedded default's frozen model behind vLLM's OpenAI-compatible server, one server for the
-    tests that call it over HTTP (one takes about 40 s to start here)."""
+    tests that call it over HTTP (one took 52 s to start in the full suite here)."""
 
     @pytest.fixture(scope="class")
     def frozen_url(self, finished_run, tmp_path_factory):
