@@ -5,7 +5,8 @@
     python benchmarks/test_tiers.py --tree /tmp/before --label before --out benchmarks/results/test_tiers.json
 
 Each tier is `python -m pytest -q` with the tier's marker expression (`pyproject.toml` names the
-markers), its package imported from the tree's `src/`. The result file keeps one entry per label:
+markers), its package imported from the tree's `src/`; `--tiers "full, xdist"` adds the whole suite on
+every core (pytest-xdist, `-n auto --dist loadgroup`). The result file keeps one entry per label:
 each tier's pytest summary line, wall seconds, and CPU seconds of pytest and everything it started
 (the CPU share shows how much of the two cores the suite leaves idle).
 """
@@ -22,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-TIERS = {"unit": ["-m", "unit"], "not slow": ["-m", "not slow"], "full": []}
+TIERS = {"unit": ["-m", "unit"], "not slow": ["-m", "not slow"], "full": [], "full, xdist": ["-n", "auto", "--dist", "loadgroup"]}
 
 
 def children_cpu_seconds() -> float:
@@ -52,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--label", required=True)
-    parser.add_argument("--tiers", nargs="+", choices=list(TIERS), default=list(TIERS))
+    parser.add_argument("--tiers", nargs="+", choices=list(TIERS), default=["unit", "not slow", "full"])
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.tree, capture_output=True, text=True).stdout.strip()

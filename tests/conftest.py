@@ -35,11 +35,45 @@ _skip_the_slurm_controller_probe()
 NEEDS = ("slow", "vllm", "model", "workflow", "browser")  # pyproject.toml's markers for what a test needs
 
 
-def pytest_collection_modifyitems(items):
-    """Every test that needs none of NEEDS is a unit test: `pytest -m unit` is the quick tier."""
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Every test that needs none of NEEDS is a unit test: `pytest -m unit` is the quick tier. Under
+    pytest-xdist (`-n`), tests that share a module- or class-scoped fixture run in one worker, so that
+    the fixture (e.g. the embedded default's run) is built once."""
     for item in items:
         if not any(item.get_closest_marker(need) for need in NEEDS):
             item.add_marker(pytest.mark.unit)
+    if config.pluginmanager.hasplugin("xdist"):
+        for item, group in shared_fixture_groups(items).items():
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def shared_fixture_groups(items) -> dict[pytest.Item, str]:
+    """Test -> a name shared by every test it is linked to through module- or class-scoped fixtures
+    (fixtures a test asks for by name, directly or through other fixtures; not those it asks for with
+    `request.getfixturevalue`). Tests without such fixtures, and items that are not test functions,
+    are left out."""
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    shared: dict[pytest.Item, list[str]] = {}
+    for item in items:
+        keys = []
+        fixtures = getattr(item, "_fixtureinfo", None)  # pytest's record of the fixtures a test function uses
+        for name, definitions in (fixtures.name2fixturedefs.items() if fixtures else ()):
+            scope = definitions[-1].scope
+            if scope in ("module", "class"):
+                owner = item.getparent(pytest.Class if scope == "class" else pytest.Module)
+                keys.append(f"{owner.nodeid}::{name}")
+        for key in keys[1:]:
+            parent[root(key)] = root(keys[0])
+        if keys:
+            shared[item] = keys
+    return {item: root(keys[0]) for item, keys in shared.items()}
 
 
 @pytest.fixture(scope="session")

@@ -41,6 +41,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 WORKFLOW_FILES = ["Snakefile", "rules", "workflow", "config", "profiles", "envs"]
 DATASET, FROZEN, PROMPTER = "phrasing", "phrasing-frozen", "phrasing-prompter"  # config.yaml's names
 RUN = f"{DATASET}/{FROZEN}"
+TASK_MODELS = f"results/task_models/{DATASET}"  # the task models the workflow trains, by role
 BETAS = {"beta0.1": 0.1, "beta1": 1.0}  # config.yaml's beta_sweep, as tagged in paths
 REWRITTEN = [  # systems whose frozen model answers a prompter's rewrite
     f"sft/{PROMPTER}",
@@ -139,15 +140,25 @@ def finished_run(tmp_path_factory, output_cache):
     return workdir, workdir / "config/config.yaml"
 
 
-def another_float_path() -> str:
-    """A torch CPU kernel path other than this machine's own that it can run: AVX2 under AVX-512,
-    else the plain one."""
+def native_float_path() -> str:
+    """The CPU kernel path torch picks on this machine (e.g. 'avx512')."""
     import torch
 
-    native = torch.backends.cpu.get_cpu_capability().lower()
-    if native == "default":
+    return torch.backends.cpu.get_cpu_capability().lower()
+
+
+def other_float_path(native: str) -> str | None:
+    """The path the embedded default runs on beside the native one: AVX2 under AVX-512, else the plain
+    one; none where torch already runs the plain path."""
+    return None if native == "default" else "avx2" if native == "avx512" else "default"
+
+
+def another_float_path() -> str:
+    """A torch CPU kernel path other than this machine's own that it can run."""
+    path = other_float_path(native_float_path())
+    if path is None:
         pytest.skip("this machine's torch already runs the plain path: there is no other to force")
-    return "avx2" if native == "avx512" else "default"
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -289,41 +300,56 @@ def test_align_pro_works_on_another_float_path(finished_run_on_another_float_pat
 
 
 def training_cards(workdir: Path) -> dict[str, dict]:
-    models = workdir / f"results/task_models/{DATASET}"
+    models = workdir / TASK_MODELS
     return {role: json.loads((models / role / task_plans.TRAINING_CARD).read_text()) for role in task_plans.ROLES}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("float_path", task_plans.FLOAT_PATHS)
-def test_every_role_meets_its_targets_on_each_float_path(float_path, request, tmp_path):
+def assert_every_role_meets_its_targets(cards: dict[str, dict], float_path: str) -> None:
     """The task models train to their targets whichever SIMD kernels torch picks (users run on every
-    CPU). On the native path and the other one the embedded default runs on, the cards are those of
-    the models those runs trained; a third path trains every role in a process of its own (`python -m
-    alignpro.task_models`); a path the CPU lacks cannot be forced and is skipped."""
-    import torch
-
-    if float_path == torch.backends.cpu.get_cpu_capability().lower():
-        cards = training_cards(request.getfixturevalue("finished_run")[0])
-    elif float_path == another_float_path():
-        cards = training_cards(request.getfixturevalue("finished_run_on_another_float_path")[0])
-    else:
-        env = dict(os.environ, ATEN_CPU_CAPABILITY=float_path)
-        probe = [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"]
-        forced = subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip().lower()
-        if forced != float_path:
-            pytest.skip(f"this CPU cannot run torch's {float_path} path (it falls back to {forced})")
-        result = subprocess.run(
-            [sys.executable, "-m", "alignpro.task_models", DATASET, str(tmp_path)], env=env, capture_output=True, text=True, timeout=1200, check=False
-        )
-        assert result.returncode == 0, result.stderr[-4000:]
-        cards = json.loads(result.stdout.splitlines()[-1])["cards"]
+    CPU): the cards of the models the native run trained, those of the run on another path, and those
+    of the models trained by themselves on the remaining paths of task_plans.FLOAT_PATHS."""
     for role, card in cards.items():
-        print(role, card["steps"], "steps:", {key: value for key, value in card.items() if key.startswith(("sampled_", "pairwise_"))})
+        print(float_path, role, card["steps"], "steps:", {key: value for key, value in card.items() if key.startswith(("sampled_", "pairwise_"))})
         assert card["cpu_capability"] == float_path and card["seed"] == 0
         assert card["targets"] == [str(target) for target in task_plans.PLANS[role].targets]
         assert all(target.met(card) for target in task_plans.PLANS[role].targets), (role, card)
     frozen = cards["frozen"]
     assert frozen["sampled_accuracy_clear"] >= 0.9 and frozen["sampled_accuracy_vague"] <= 0.5  # phrasing matters
+
+
+@pytest.mark.slow
+def test_every_role_meets_its_targets_on_the_native_float_path(finished_run):
+    assert_every_role_meets_its_targets(training_cards(finished_run[0]), native_float_path())
+
+
+@pytest.mark.slow
+def test_every_role_meets_its_targets_on_another_float_path(finished_run_on_another_float_path):
+    workdir, path = finished_run_on_another_float_path
+    assert_every_role_meets_its_targets(training_cards(workdir), path)
+
+
+@pytest.mark.slow
+def test_every_role_meets_its_targets_on_the_float_paths_no_run_takes(tmp_path):
+    """Each role trained in a process of its own (`python -m alignpro.task_models`) on every path
+    that neither end-to-end run takes; a path the CPU lacks cannot be forced and is left out."""
+    native = native_float_path()
+    taken = {native, other_float_path(native)} - {None}
+    lacking = {}
+    for float_path in (path for path in task_plans.FLOAT_PATHS if path not in taken):
+        env = dict(os.environ, ATEN_CPU_CAPABILITY=float_path)
+        probe = [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"]
+        forced = subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip().lower()
+        if forced != float_path:
+            lacking[float_path] = forced
+            continue
+        out = tmp_path / float_path
+        result = subprocess.run(
+            [sys.executable, "-m", "alignpro.task_models", DATASET, str(out)], env=env, capture_output=True, text=True, timeout=1200, check=False
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert_every_role_meets_its_targets(json.loads(result.stdout.splitlines()[-1])["cards"], float_path)
+    if set(lacking) | taken == set(task_plans.FLOAT_PATHS):
+        pytest.skip(f"this CPU cannot run torch's {', '.join(lacking)} path (it falls back to {', '.join(set(lacking.values()))})")
 
 
 def assert_align_pro_works(workdir: Path) -> None:
@@ -415,17 +441,17 @@ def test_every_stage_table_is_complete(finished_run, first_tables):
 def test_task_models_are_trained_and_loaded_like_hub_models(finished_run):
     """The model stage trains the base LM and the three models fine-tuned from it; each is a saved
     Qwen2 checkpoint with its tokenizer, and its training card records how well it learnt its part
-    (test_every_role_meets_its_targets_on_each_float_path checks the figures)."""
+    (test_every_role_meets_its_targets_on_the_native_float_path checks the figures)."""
 
     workdir, _ = finished_run
-    models = workdir / "results/task_models/phrasing"
+    models = workdir / TASK_MODELS
     cards = {role: json.loads((models / role / "task_training.json").read_text()) for role in ("base", "frozen", "reward", "prompter")}
     for role, card in cards.items():
         assert (models / role / "model.safetensors").exists() and (models / role / "tokenizer.json").exists()
         assert card["role"] == role and card["seed"] == 0
     assert json.loads((models / "reward/config.json").read_text())["architectures"] == ["Qwen2ForSequenceClassification"]
     log = (workdir / f"logs/generate/{RUN}/base.log").read_text()
-    assert "loading results/task_models/phrasing/frozen at revision main" in log
+    assert f"loading {TASK_MODELS}/frozen at revision main" in log
 
 
 @pytest.mark.slow
@@ -657,18 +683,20 @@ def vllm_requests_answered(base_url: str) -> float:
     return sum(float(value) for value in re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)$", metrics, flags=re.MULTILINE))
 
 
+@pytest.fixture(scope="class")
+def frozen_url(finished_run, tmp_path_factory):
+    """The embedded default's frozen model behind vLLM's OpenAI-compatible server, for one class."""
+    workdir, _ = finished_run
+    log = tmp_path_factory.mktemp("vllm-server") / "vllm.log"
+    with vllm_server(workdir / TASK_MODELS / "frozen", FROZEN, log) as base_url:
+        yield base_url
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
 class TestTheFrozenModelServedByVLLM:
     """The embedded default's frozen model behind vLLM's OpenAI-compatible server, one server for the
     tests that call it over HTTP (one took 52 s to start in the full suite here)."""
-
-    @pytest.fixture(scope="class")
-    def frozen_url(self, finished_run, tmp_path_factory):
-        workdir, _ = finished_run
-        log = tmp_path_factory.mktemp("vllm-server") / "vllm.log"
-        with vllm_server(workdir / f"results/task_models/{DATASET}/frozen", FROZEN, log) as base_url:
-            yield base_url
 
     def test_it_answers_in_training_and_evaluation(self, finished_run, frozen_url, monkeypatch):
         """As a black box: rlhf is refused without local weights; with them beside the API entry,
@@ -679,7 +707,7 @@ class TestTheFrozenModelServedByVLLM:
         key = "sk-served-fedcba9876543210"
         monkeypatch.setenv("ALIGNPRO_TEST_SERVED_KEY", key)
         models = yaml.safe_load(config.read_text())["models"]
-        weights = f"results/task_models/{DATASET}/frozen"
+        weights = f"{TASK_MODELS}/frozen"
         answered_before = vllm_requests_answered(frozen_url)
         api = {"model": FROZEN, "base_url": frozen_url, "api_key_env": "ALIGNPRO_TEST_SERVED_KEY", "concurrency": 8}
         black_box = derive_config(config, "served_alone.yaml", models={"frozen": {**models["frozen"], "served": {"api": api}}})
@@ -724,7 +752,7 @@ class TestTheFrozenModelServedByVLLM:
         assert ppo_steps == yaml.safe_load(config.read_text())["ppo"]["steps"], "a test before this one retrained the PPO prompter"
         monkeypatch.setenv("ALIGNPRO_TEST_FROZEN_KEY", "none")
         test = tables.read_table(workdir / f"results/data/{DATASET}/test.parquet", tables.PROMPTS).to_pylist()
-        weights = workdir / f"results/task_models/{DATASET}/frozen"
+        weights = workdir / TASK_MODELS / "frozen"
         ports = {"proxy": free_port(), "proxy, local weights": free_port()}
         serve = [
             str(Path(sys.executable).parent / "alignpro"), "serve", "--served-model", "aligned", "--rewrite-backend", "transformers",
@@ -805,8 +833,8 @@ def test_another_workflow_reuses_cached_outputs(finished_run, first_tables, outp
     from_cache = set(re.findall(r"Symlinking output file (\S+) from cache", result.stdout + result.stderr))
     assert {
         f"results/data/{DATASET}/test.parquet",
-        "results/task_models/phrasing/base/model.safetensors",
-        "results/task_models/phrasing/frozen/model.safetensors",
+        f"{TASK_MODELS}/base/model.safetensors",
+        f"{TASK_MODELS}/frozen/model.safetensors",
         f"results/responses/{RUN}/base.parquet",
         f"results/responses/{RUN}/alignpro/{PROMPTER}.parquet",
         f"results/scores/{RUN}/base.parquet",
