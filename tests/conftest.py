@@ -60,7 +60,7 @@ def shared_fixture_groups(items) -> dict[pytest.Item, str]:
             key = parent[key]
         return key
 
-    shared: dict[pytest.Item, list[str]] = {}
+    first_keys: dict[pytest.Item, str] = {}
     for item in items:
         keys = []
         fixtures = getattr(item, "_fixtureinfo", None)  # pytest's record of the fixtures a test function uses
@@ -72,8 +72,8 @@ def shared_fixture_groups(items) -> dict[pytest.Item, str]:
         for key in keys[1:]:
             parent[root(key)] = root(keys[0])
         if keys:
-            shared[item] = keys
-    return {item: root(keys[0]) for item, keys in shared.items()}
+            first_keys[item] = keys[0]
+    return {item: root(key) for item, key in first_keys.items()}
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,7 @@ def test_pytest_xdist_runs_each_group_in_one_worker(pytester):
     pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
     module = MODULE.replace("return 1", "open('builds', 'a').write('run '); return 1")
     pytester.makepyfile(test_linked=module + "\n\ndef test_a(run): pass\ndef test_b(run): pass\ndef test_c(tables): pass\n")
-    result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadgroup", "-v", "-s", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadgroup", "-v", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=9)
     workers = {}
     for line in result.outlines:

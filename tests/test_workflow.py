@@ -445,8 +445,7 @@ def test_task_models_are_trained_and_loaded_like_hub_models(finished_run):
 
     workdir, _ = finished_run
     models = workdir / TASK_MODELS
-    cards = {role: json.loads((models / role / "task_training.json").read_text()) for role in ("base", "frozen", "reward", "prompter")}
-    for role, card in cards.items():
+    for role, card in training_cards(workdir).items():
         assert (models / role / "model.safetensors").exists() and (models / role / "tokenizer.json").exists()
         assert card["role"] == role and card["seed"] == 0
     assert json.loads((models / "reward/config.json").read_text())["architectures"] == ["Qwen2ForSequenceClassification"]
