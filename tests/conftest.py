@@ -32,6 +32,26 @@ def _skip_the_slurm_controller_probe() -> None:
 
 _skip_the_slurm_controller_probe()
 
+SESSION_ENVIRONMENT = dict(os.environ)  # what every test starts from
+
+
+@pytest.fixture(autouse=True)
+def environment_of_the_session():
+    """Each test leaves os.environ as the session had it. Libraries change it when imported, for the
+    rest of the process: importing TRL sets VLLM_LOGGING_LEVEL=ERROR (trl._compat) and, through vLLM,
+    LD_LIBRARY_PATH. Every subprocess a later test starts inherited that, so which tests ran before
+    decided what it logged: after a test importing TRL, vLLM's KV cache line was missing from the
+    two-engine test's process (test_memory.py; under pytest-xdist, whose workers run tests in another
+    order). PYTEST_CURRENT_TEST is pytest's own."""
+    yield
+    for name in set(os.environ) | set(SESSION_ENVIRONMENT):
+        if name == "PYTEST_CURRENT_TEST" or os.environ.get(name) == SESSION_ENVIRONMENT.get(name):
+            continue
+        if name in SESSION_ENVIRONMENT:
+            os.environ[name] = SESSION_ENVIRONMENT[name]
+        else:
+            del os.environ[name]
+
 NEEDS = ("slow", "vllm", "model", "workflow", "browser")  # pyproject.toml's markers for what a test needs
 
 

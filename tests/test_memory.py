@@ -4,6 +4,7 @@ python tests/test_memory.py PROMPTER FROZEN SHARE)."""
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -66,6 +67,7 @@ def test_two_engines_of_one_job_start_side_by_side_with_their_shares(tiny_prompt
     result = subprocess.run(
         [sys.executable, __file__, str(tiny_prompter), str(tiny_frozen), str(share)],
         capture_output=True, text=True, timeout=600,
+        env={**os.environ, "VLLM_LOGGING_LEVEL": "INFO"},  # the KV cache line is vLLM's INFO
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
