@@ -23,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-TIERS = {"unit": ["-m", "unit"], "not slow": ["-m", "not slow"], "full": [], "full, xdist": ["-n", "auto", "--dist", "loadgroup"]}
+TIERS = {"unit": ["-m", "unit"], "not slow": ["-m", "not slow"], "full": []}  # run unless --tiers says otherwise
+ON_REQUEST = {"full, xdist": ["-n", "auto", "--dist", "loadgroup"]}
+ALL_TIERS = TIERS | ON_REQUEST
 
 
 def children_cpu_seconds() -> float:
@@ -32,7 +34,7 @@ def children_cpu_seconds() -> float:
 
 
 def run_tier(tree: Path, tier: str) -> dict:
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TIERS[tier]]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *ALL_TIERS[tier]]
     env = dict(os.environ, PYTHONPATH=str(tree / "src"))
     cpu, started = children_cpu_seconds(), time.perf_counter()
     result = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=False)
@@ -53,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--label", required=True)
-    parser.add_argument("--tiers", nargs="+", choices=list(TIERS), default=["unit", "not slow", "full"])
+    parser.add_argument("--tiers", nargs="+", choices=list(ALL_TIERS), default=list(TIERS))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.tree, capture_output=True, text=True).stdout.strip()

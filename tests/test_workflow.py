@@ -41,7 +41,8 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 WORKFLOW_FILES = ["Snakefile", "rules", "workflow", "config", "profiles", "envs"]
 DATASET, FROZEN, PROMPTER = "phrasing", "phrasing-frozen", "phrasing-prompter"  # config.yaml's names
 RUN = f"{DATASET}/{FROZEN}"
-TASK_MODELS = f"results/task_models/{DATASET}"  # the task models the workflow trains, by role
+TASK = "phrasing"  # the bundled task config.yaml's models are trained on (`task: phrasing`)
+TASK_MODELS = f"results/task_models/{TASK}"  # the task models the workflow trains, by role
 BETAS = {"beta0.1": 0.1, "beta1": 1.0}  # config.yaml's beta_sweep, as tagged in paths
 REWRITTEN = [  # systems whose frozen model answers a prompter's rewrite
     f"sft/{PROMPTER}",
@@ -344,7 +345,7 @@ def test_every_role_meets_its_targets_on_the_float_paths_no_run_takes(tmp_path):
             continue
         out = tmp_path / float_path
         result = subprocess.run(
-            [sys.executable, "-m", "alignpro.task_models", DATASET, str(out)], env=env, capture_output=True, text=True, timeout=1200, check=False
+            [sys.executable, "-m", "alignpro.task_models", TASK, str(out)], env=env, capture_output=True, text=True, timeout=1200, check=False
         )
         assert result.returncode == 0, result.stderr[-4000:]
         assert_every_role_meets_its_targets(json.loads(result.stdout.splitlines()[-1])["cards"], float_path)
